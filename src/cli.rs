@@ -1,0 +1,211 @@
+//! The command line (PRODUCT §4): argument parsing and the commands that
+//! do not serve mail — `check-config`, `explain`, `hash-password`. `run`
+//! and `test-server` hand over to the server modules.
+//!
+//! Exit codes: 0 success, 64 bad config or usage, 1 any other failure.
+
+use crate::config::{self, Config, ConfigErrors};
+use crate::explain;
+use clap::{Args, Parser, Subcommand};
+use std::io::{BufRead, Write};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// Exit code for a refused config (EX_USAGE, as PRODUCT §4 specifies).
+pub const EXIT_CONFIG: u8 = 64;
+
+/// smarthost: an SMTP submission proxy and smart relay.
+#[derive(Debug, Parser)]
+#[command(name = "smarthost", version, about)]
+pub struct Cli {
+    /// The config file. Default for `run`: ./smarthost.toml if present, else
+    /// the embedded default (127.0.0.1:2525, capture outbox in ./outbox).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve until SIGTERM/SIGINT.
+    Run,
+    /// Validate the config; exit 0 when valid, 64 with every error otherwise.
+    CheckConfig(CheckConfigArgs),
+    /// Dry run: identification, rewrites, recipients and server chain for a message.
+    Explain(ExplainArgs),
+    /// Read a password on stdin and print an argon2id hash for `password_hash`.
+    HashPassword,
+}
+
+/// `check-config` options.
+#[derive(Debug, Args)]
+pub struct CheckConfigArgs {
+    /// Also connect to every SMTP server (TCP, TLS, AUTH; no mail).
+    #[arg(long)]
+    pub probe: bool,
+}
+
+/// `explain` options.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("who").required(true).args(["app", "auth_user", "client_ip"])))]
+pub struct ExplainArgs {
+    /// The application by name.
+    #[arg(long)]
+    pub app: Option<String>,
+    /// Identify as this SMTP AUTH user.
+    #[arg(long)]
+    pub auth_user: Option<String>,
+    /// Identify by client address.
+    #[arg(long)]
+    pub client_ip: Option<IpAddr>,
+    /// With --client-ip: the listener (name or address) the client connects to.
+    #[arg(long)]
+    pub listener: Option<String>,
+    /// Envelope sender (also the From header of the sample message).
+    #[arg(long)]
+    pub from: String,
+    /// Recipients.
+    #[arg(long, required = true, num_args = 1..)]
+    pub to: Vec<String>,
+    /// Subject of the sample message.
+    #[arg(long, default_value = "explain")]
+    pub subject: String,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Loads the config named on the command line, or the default one.
+pub fn load_config(path: Option<&Path>) -> Result<Config, ConfigErrors> {
+    match path {
+        Some(p) => config::load_file(p),
+        None if Path::new("smarthost.toml").exists() => {
+            config::load_file(Path::new("smarthost.toml"))
+        }
+        None => config::load_default(),
+    }
+}
+
+/// Prints every config error as `file:line: key: message`.
+pub fn print_errors(errs: &ConfigErrors) {
+    let mut err = std::io::stderr().lock();
+    for e in &errs.0 {
+        let _ = writeln!(err, "{e}");
+    }
+    let _ = writeln!(
+        err,
+        "smarthost: {} error(s); configuration refused",
+        errs.0.len()
+    );
+}
+
+fn check_config(cli: &Cli, _args: &CheckConfigArgs) -> ExitCode {
+    match load_config(cli.config.as_deref()) {
+        Ok(cfg) => {
+            for w in &cfg.warnings {
+                eprintln!("{w} (warning)");
+            }
+            println!(
+                "{}: ok ({} listener(s), {} server(s), {} tenant(s), {} application(s), {} route(s))",
+                cfg.source,
+                cfg.listeners.len(),
+                cfg.servers.len(),
+                cfg.tenants.len(),
+                cfg.applications.len(),
+                cfg.routes.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            print_errors(&e);
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+fn explain_cmd(cli: &Cli, args: &ExplainArgs) -> ExitCode {
+    let cfg = match load_config(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            print_errors(&e);
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let who = if let Some(a) = &args.app {
+        explain::Who::App(a.clone())
+    } else if let Some(u) = &args.auth_user {
+        explain::Who::AuthUser(u.clone())
+    } else if let Some(ip) = args.client_ip {
+        explain::Who::ClientIp {
+            ip,
+            listener: args.listener.clone(),
+        }
+    } else {
+        unreachable!("clap requires one of --app, --auth-user, --client-ip")
+    };
+    let req = explain::Request {
+        who,
+        from: args.from.clone(),
+        to: args.to.clone(),
+        subject: args.subject.clone(),
+    };
+    match explain::explain(&cfg, &req) {
+        Ok(report) => {
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).unwrap_or_default()
+                );
+            } else {
+                print!("{}", report.to_text());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("smarthost explain: {e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+fn hash_password() -> ExitCode {
+    let mut line = String::new();
+    if std::io::stdin().lock().read_line(&mut line).is_err() {
+        eprintln!("smarthost hash-password: cannot read stdin");
+        return ExitCode::FAILURE;
+    }
+    let pw = line.strip_suffix('\n').unwrap_or(&line);
+    let pw = pw.strip_suffix('\r').unwrap_or(pw);
+    if pw.is_empty() {
+        eprintln!("smarthost hash-password: empty password");
+        return ExitCode::FAILURE;
+    }
+    match crate::auth::hash_password(pw) {
+        Ok(h) => {
+            println!("{h}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("smarthost hash-password: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs the command line; `main` only calls this.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match &cli.command {
+        Command::CheckConfig(a) => check_config(&cli, a),
+        Command::Explain(a) => explain_cmd(&cli, a),
+        Command::HashPassword => hash_password(),
+        Command::Run => {
+            eprintln!("smarthost run: not available yet");
+            ExitCode::FAILURE
+        }
+    }
+}

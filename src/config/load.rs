@@ -1,0 +1,529 @@
+//! Reading config files: the main file, `include` globs, TOML parsing with
+//! spans, and per-entity deserialisation that collects every error.
+//!
+//! Each server, tenant, application, listener and route is deserialised on
+//! its own; when one fails, the offending key is removed and the entity is
+//! tried again, so a file with three typos reports three errors. Lines come
+//! from the TOML spans, looked up by key path.
+
+use super::raw::{
+    RawAdmin, RawApplication, RawLimits, RawListener, RawLog, RawRoute, RawServer, RawSystem,
+    RawTenant, RawTls,
+};
+use super::{Config, ConfigError, ConfigErrors};
+use serde::de::DeserializeOwned;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use toml::Spanned;
+use toml::de::{DeTable, DeValue, ValueDeserializer};
+
+/// The embedded default config: a listener on 127.0.0.1:2525 that treats
+/// loopback clients as a demo application and captures into `./outbox`.
+pub const DEFAULT_CONFIG: &str = include_str!("default.toml");
+
+/// One segment of a key path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Seg {
+    Key(String),
+    Index(usize),
+}
+
+/// A dotted key path such as `application.webshop.primary` or `listener[0].address`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(super) struct KeyPath(pub Vec<Seg>);
+
+impl KeyPath {
+    pub fn new<S: Into<String>>(keys: impl IntoIterator<Item = S>) -> Self {
+        KeyPath(keys.into_iter().map(|k| Seg::Key(k.into())).collect())
+    }
+    pub fn key(mut self, k: impl Into<String>) -> Self {
+        self.0.push(Seg::Key(k.into()));
+        self
+    }
+    pub fn index(mut self, i: usize) -> Self {
+        self.0.push(Seg::Index(i));
+        self
+    }
+}
+
+impl fmt::Display for KeyPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, s) in self.0.iter().enumerate() {
+            match s {
+                Seg::Key(k) if i == 0 => f.write_str(k)?,
+                Seg::Key(k) => write!(f, ".{k}")?,
+                Seg::Index(n) => write!(f, "[{n}]")?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One file that was read.
+pub(super) struct SourceFile<'t> {
+    pub name: String,
+    pub path: Option<PathBuf>,
+    pub text: &'t str,
+    pub table: Option<Spanned<DeTable<'t>>>,
+}
+
+/// Every file of one load, for line lookups.
+pub(super) struct Sources<'t> {
+    pub files: Vec<SourceFile<'t>>,
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    let end = offset.min(text.len());
+    text.as_bytes()[..end]
+        .iter()
+        .filter(|b| **b == b'\n')
+        .count()
+        + 1
+}
+
+impl Sources<'_> {
+    /// The line of the deepest key of `path` that exists in `file`
+    /// (0 when not even the first key is there).
+    pub fn line(&self, file: usize, path: &KeyPath) -> usize {
+        let Some(f) = self.files.get(file) else {
+            return 0;
+        };
+        let Some(table) = &f.table else { return 0 };
+        let mut line = 0;
+        let mut cur: Option<&DeValue<'_>> = None;
+        let mut cur_table: Option<&DeTable<'_>> = Some(table.get_ref());
+        for seg in &path.0 {
+            match seg {
+                Seg::Key(k) => {
+                    let t = match (cur_table, cur) {
+                        (Some(t), None) => t,
+                        (_, Some(DeValue::Table(t))) => t,
+                        _ => break,
+                    };
+                    let Some((key, val)) = t.get_key_value(k.as_str()) else {
+                        break;
+                    };
+                    line = line_of(f.text, key.span().start);
+                    cur = Some(val.get_ref());
+                    cur_table = None;
+                }
+                Seg::Index(i) => {
+                    let Some(DeValue::Array(a)) = cur else { break };
+                    let Some(v) = a.get(*i) else { break };
+                    line = line_of(f.text, v.span().start);
+                    cur = Some(v.get_ref());
+                }
+            }
+        }
+        line
+    }
+
+    /// Builds an error for `path` in `file`.
+    pub fn error(&self, file: usize, path: &KeyPath, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: self
+                .files
+                .get(file)
+                .map(|f| f.name.clone())
+                .unwrap_or_default(),
+            line: self.line(file, path),
+            key: path.to_string(),
+            message: message.into(),
+        }
+    }
+
+    /// The directory relative paths of `file` are resolved against.
+    pub fn base_dir(&self, file: usize) -> PathBuf {
+        self.files
+            .get(file)
+            .and_then(|f| f.path.as_ref())
+            .and_then(|p| p.parent().map(Path::to_path_buf))
+            .unwrap_or_else(|| PathBuf::from("."))
+    }
+}
+
+/// An entity and the file it came from.
+#[derive(Debug, Clone)]
+pub(super) struct Located<T> {
+    pub file: usize,
+    pub path: KeyPath,
+    pub value: T,
+}
+
+/// Everything the files say, before validation.
+#[derive(Default)]
+pub(super) struct RawDoc {
+    pub system: Option<Located<RawSystem>>,
+    pub listeners: Vec<Located<RawListener>>,
+    pub tls: Option<Located<RawTls>>,
+    pub limits: Option<Located<RawLimits>>,
+    pub admin: Option<Located<RawAdmin>>,
+    pub log: Option<Located<RawLog>>,
+    pub servers: Vec<(String, Located<RawServer>)>,
+    pub tenants: Vec<(String, Located<RawTenant>)>,
+    pub applications: Vec<(String, Located<RawApplication>)>,
+    pub routes: Vec<Located<RawRoute>>,
+}
+
+fn unknown_field(msg: &str) -> Option<&str> {
+    msg.strip_prefix("unknown field `")
+        .and_then(|r| r.split_once('`'))
+        .map(|(f, _)| f)
+}
+
+/// Removes the value at `segs` below `v`; an array element takes its whole
+/// array with it (arrays cannot shrink in place). Returns whether anything
+/// was removed.
+fn remove_at(v: &mut Spanned<DeValue<'_>>, segs: &[Seg]) -> bool {
+    let Some((first, rest)) = segs.split_first() else {
+        return false;
+    };
+    match (v.get_mut(), first) {
+        (DeValue::Table(t), Seg::Key(k)) => {
+            if rest.is_empty() || matches!(rest.first(), Some(Seg::Index(_))) && rest.len() == 1 {
+                return t.remove(k.as_str()).is_some();
+            }
+            match t.get_mut(k.as_str()) {
+                Some(child) => remove_at(child, rest) || t.remove(k.as_str()).is_some(),
+                None => false,
+            }
+        }
+        (DeValue::Array(a), Seg::Index(i)) => match a.get_mut(*i) {
+            Some(child) => remove_at(child, rest),
+            None => false,
+        },
+        _ => false,
+    }
+}
+
+fn to_segs(p: &serde_path_to_error::Path) -> Vec<Seg> {
+    use serde_path_to_error::Segment;
+    p.iter()
+        .filter_map(|s| match s {
+            Segment::Seq { index } => Some(Seg::Index(*index)),
+            Segment::Map { key } => Some(Seg::Key(key.clone())),
+            Segment::Enum { variant } => Some(Seg::Key(variant.clone())),
+            Segment::Unknown => None,
+        })
+        .collect()
+}
+
+/// Deserialises one entity, collecting every error it has (see module docs).
+fn entity<T: DeserializeOwned>(
+    src: &Sources<'_>,
+    file: usize,
+    path: &KeyPath,
+    value: &Spanned<DeValue<'_>>,
+    errors: &mut Vec<ConfigError>,
+) -> Option<T> {
+    let mut v = value.clone();
+    let mut clean = true;
+    for _ in 0..64 {
+        let de = ValueDeserializer::from(v.clone());
+        match serde_path_to_error::deserialize::<_, T>(de) {
+            Ok(t) => return clean.then_some(t),
+            Err(e) => {
+                clean = false;
+                let mut segs = to_segs(e.path());
+                let inner = e.into_inner();
+                let msg = inner.message().to_owned();
+                if let Some(f) = unknown_field(&msg)
+                    && segs.last() != Some(&Seg::Key(f.to_owned()))
+                {
+                    segs.push(Seg::Key(f.to_owned()));
+                }
+                let mut full = path.clone();
+                full.0.extend(segs.iter().cloned());
+                let mut err = src.error(file, &full, msg.clone());
+                if let (Some(span), Some(text)) =
+                    (inner.span(), src.files.get(file).map(|f| f.text))
+                {
+                    let at_span = line_of(text, span.start);
+                    if segs.is_empty() || err.line < at_span {
+                        err.line = at_span;
+                    }
+                }
+                errors.push(err);
+                if !remove_at(&mut v, &segs) {
+                    return None;
+                }
+            }
+        }
+    }
+    None
+}
+
+const MAIN_ONLY: &[&str] = &[
+    "include", "system", "listener", "tls", "limits", "admin", "log",
+];
+
+/// Walks one file's top-level keys into `doc`.
+fn collect(src: &Sources<'_>, file: usize, doc: &mut RawDoc, errors: &mut Vec<ConfigError>) {
+    let Some(table) = &src.files[file].table else {
+        return;
+    };
+    for (key, value) in table.get_ref().iter() {
+        let k = key.get_ref().as_ref();
+        let path = KeyPath::new([k]);
+        if file > 0 && MAIN_ONLY.contains(&k) {
+            errors.push(src.error(
+                file,
+                &path,
+                format!("[{k}] is only allowed in the main config file; included files may define tenant, server, application and route"),
+            ));
+            continue;
+        }
+        macro_rules! located {
+            () => {
+                |value| Located {
+                    file,
+                    path: path.clone(),
+                    value,
+                }
+            };
+        }
+        match k {
+            "include" => {} // read by `read_all` before collecting
+            "system" => doc.system = entity(src, file, &path, value, errors).map(located!()),
+            "tls" => doc.tls = entity(src, file, &path, value, errors).map(located!()),
+            "limits" => doc.limits = entity(src, file, &path, value, errors).map(located!()),
+            "admin" => doc.admin = entity(src, file, &path, value, errors).map(located!()),
+            "log" => doc.log = entity(src, file, &path, value, errors).map(located!()),
+            "listener" | "route" => {
+                let DeValue::Array(items) = value.get_ref() else {
+                    errors.push(src.error(file, &path, format!("expected an array of tables: write [[{k}]]")));
+                    continue;
+                };
+                for (i, item) in items.iter().enumerate() {
+                    let p = path.clone().index(i);
+                    if k == "listener" {
+                        if let Some(l) = entity(src, file, &p, item, errors) {
+                            doc.listeners.push(Located { file, path: p, value: l });
+                        }
+                    } else if let Some(r) = entity(src, file, &p, item, errors) {
+                        doc.routes.push(Located { file, path: p, value: r });
+                    }
+                }
+            }
+            "server" | "tenant" | "application" => {
+                let DeValue::Table(items) = value.get_ref() else {
+                    errors.push(src.error(file, &path, format!("expected tables: write [{k}.NAME]")));
+                    continue;
+                };
+                for (name, item) in items.iter() {
+                    let name = name.get_ref().to_string();
+                    let p = path.clone().key(name.clone());
+                    if name.is_empty() || name.chars().any(|c| c.is_control() || c.is_whitespace()) {
+                        errors.push(src.error(file, &p, "names may not be empty or contain spaces or control characters"));
+                        continue;
+                    }
+                    match k {
+                        "server" => {
+                            if let Some(v) = entity(src, file, &p, item, errors) {
+                                doc.servers.push((name, Located { file, path: p, value: v }));
+                            }
+                        }
+                        "tenant" => {
+                            if let Some(v) = entity(src, file, &p, item, errors) {
+                                doc.tenants.push((name, Located { file, path: p, value: v }));
+                            }
+                        }
+                        _ => {
+                            if let Some(v) = entity(src, file, &p, item, errors) {
+                                doc.applications.push((name, Located { file, path: p, value: v }));
+                            }
+                        }
+                    }
+                }
+            }
+            other => errors.push(src.error(
+                file,
+                &path,
+                format!("unknown key `{other}`, expected one of include, system, listener, tls, limits, admin, log, server, tenant, application, route"),
+            )),
+        }
+    }
+}
+
+/// Loads and validates a config file and everything it includes.
+pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            file: path.display().to_string(),
+            line: 0,
+            key: String::new(),
+            message: format!("cannot read the config file: {e}"),
+        }])
+    })?;
+    load_inner(&text, path.display().to_string(), Some(path.to_path_buf()))
+}
+
+/// Loads a config given as text; `name` is used in error messages and
+/// relative paths resolve against `base_dir`.
+pub fn load_str(text: &str, name: &str, base_dir: &Path) -> Result<Config, ConfigErrors> {
+    load_inner(text, name.to_owned(), Some(base_dir.join(name)))
+}
+
+/// Loads the embedded default config (paths relative to the working directory).
+pub fn load_default() -> Result<Config, ConfigErrors> {
+    load_inner(DEFAULT_CONFIG, "<embedded default>".to_owned(), None)
+}
+
+fn include_patterns(table: &Spanned<DeTable<'_>>) -> Result<Vec<String>, String> {
+    match table.get_ref().get("include").map(|v| v.get_ref()) {
+        None => Ok(Vec::new()),
+        Some(DeValue::Array(a)) => a
+            .iter()
+            .map(|v| {
+                v.get_ref()
+                    .as_str()
+                    .map(str::to_owned)
+                    .ok_or_else(|| "expected an array of glob strings".to_owned())
+            })
+            .collect(),
+        Some(DeValue::String(s)) => Ok(vec![s.to_string()]),
+        Some(_) => {
+            Err("expected an array of glob strings, e.g. include = [\"tenants/*.toml\"]".into())
+        }
+    }
+}
+
+fn load_inner(text: &str, name: String, path: Option<PathBuf>) -> Result<Config, ConfigErrors> {
+    let mut errors = Vec::new();
+    let (table, syntax) = DeTable::parse_recoverable(text);
+    for e in &syntax {
+        errors.push(ConfigError {
+            file: name.clone(),
+            line: e.span().map_or(0, |s| line_of(text, s.start)),
+            key: String::new(),
+            message: format!("TOML syntax error: {}", e.message().trim()),
+        });
+    }
+    let mut files = vec![SourceFile {
+        name: name.clone(),
+        path: path.clone(),
+        text,
+        table: syntax.is_empty().then_some(table),
+    }];
+
+    // Included files are read in full before any is parsed, because parsed
+    // tables borrow the text.
+    let mut included: Vec<(String, PathBuf, String)> = Vec::new();
+    if let Some(t) = &files[0].table {
+        let base = path
+            .as_ref()
+            .and_then(|p| p.parent().map(Path::to_path_buf))
+            .unwrap_or_else(|| PathBuf::from("."));
+        match include_patterns(t) {
+            Err(m) => errors.push(ConfigError {
+                file: name.clone(),
+                line: t
+                    .get_ref()
+                    .get_key_value("include")
+                    .map_or(0, |(k, _)| line_of(text, k.span().start)),
+                key: "include".into(),
+                message: m,
+            }),
+            Ok(patterns) => {
+                for pat in patterns {
+                    let full = base.join(&pat);
+                    let found = glob::glob(&full.to_string_lossy());
+                    let mut paths: Vec<PathBuf> = match found {
+                        Ok(it) => it.filter_map(Result::ok).collect(),
+                        Err(e) => {
+                            errors.push(ConfigError {
+                                file: name.clone(),
+                                line: 0,
+                                key: "include".into(),
+                                message: format!("invalid glob {pat:?}: {e}"),
+                            });
+                            continue;
+                        }
+                    };
+                    paths.sort();
+                    for p in paths {
+                        match std::fs::read_to_string(&p) {
+                            Ok(t) => included.push((p.display().to_string(), p, t)),
+                            Err(e) => errors.push(ConfigError {
+                                file: p.display().to_string(),
+                                line: 0,
+                                key: String::new(),
+                                message: format!("cannot read included file: {e}"),
+                            }),
+                        }
+                    }
+                }
+            }
+        }
+    }
+    for (iname, ipath, itext) in &included {
+        let (t, syn) = DeTable::parse_recoverable(itext);
+        for e in &syn {
+            errors.push(ConfigError {
+                file: iname.clone(),
+                line: e.span().map_or(0, |s| line_of(itext, s.start)),
+                key: String::new(),
+                message: format!("TOML syntax error: {}", e.message().trim()),
+            });
+        }
+        files.push(SourceFile {
+            name: iname.clone(),
+            path: Some(ipath.clone()),
+            text: itext,
+            table: syn.is_empty().then_some(t),
+        });
+    }
+
+    let src = Sources { files };
+    let mut doc = RawDoc::default();
+    for i in 0..src.files.len() {
+        collect(&src, i, &mut doc, &mut errors);
+    }
+    let hash = content_hash(&src);
+    let file_paths = src.files.iter().filter_map(|f| f.path.clone()).collect();
+    super::validate::validate(&src, doc, errors, hash, file_paths, name)
+}
+
+fn content_hash(src: &Sources<'_>) -> String {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    for f in &src.files {
+        ctx.update(f.name.as_bytes());
+        ctx.update(&[0]);
+        ctx.update(f.text.as_bytes());
+        ctx.update(&[0]);
+    }
+    ctx.finish()
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_paths_display() {
+        let p = KeyPath::new(["listener"]).index(2).key("address");
+        assert_eq!(p.to_string(), "listener[2].address");
+    }
+
+    #[test]
+    fn line_lookup_follows_keys() {
+        let text = "[system]\nhostname = \"x\"\n\n[server.a]\nhost = \"h\"\nport = 25\n";
+        let (t, _) = DeTable::parse_recoverable(text);
+        let src = Sources {
+            files: vec![SourceFile {
+                name: "f".into(),
+                path: None,
+                text,
+                table: Some(t),
+            }],
+        };
+        assert_eq!(src.line(0, &KeyPath::new(["server", "a", "port"])), 6);
+        assert_eq!(src.line(0, &KeyPath::new(["server", "a", "missing"])), 4);
+        assert_eq!(src.line(0, &KeyPath::new(["system", "hostname"])), 2);
+        assert_eq!(src.line(0, &KeyPath::new(["nothing"])), 0);
+    }
+}

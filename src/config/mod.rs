@@ -1,0 +1,436 @@
+//! Configuration: the one immutable, validated snapshot every other module
+//! reads, and the load path that builds it.
+//!
+//! `load` reads the main file and its includes, deserialises every entity on
+//! its own so that one mistake does not hide the next, and `validate` checks
+//! references, ownership and safety rules, collecting every error with file,
+//! line and key. Nothing outside this module sees unvalidated config.
+
+mod load;
+pub mod raw;
+mod validate;
+pub mod values;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use load::{DEFAULT_CONFIG, load_default, load_file, load_str};
+pub use raw::{
+    BlacklistAction, DeliveryMode, LimitCounts, ListenerAuth, ListenerTls, LogFormat, Security,
+    UpstreamAuth,
+};
+use values::{BlacklistEntry, Cidr, EmailAddress, HeaderText, Limit, Secret};
+
+/// One problem found while loading a config: where it is and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file, as given or as found by an include glob.
+    pub file: String,
+    /// 1-based line, or 0 when the problem has no single place.
+    pub line: usize,
+    /// Dotted key path, e.g. `application.webshop.primary`.
+    pub key: String,
+    /// What is wrong, naming who refers to what.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}: {}: {}",
+            self.file, self.line, self.key, self.message
+        )
+    }
+}
+
+/// Every error of a refused config, in file order.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{} configuration error(s); first: {}", .0.len(), .0.first().map(ToString::to_string).unwrap_or_default())]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+/// The validated configuration. Immutable; shared as `Arc<Config>`; a
+/// session pins one for its whole life.
+#[derive(Debug)]
+pub struct Config {
+    /// The main file (or `<embedded default>`).
+    pub source: String,
+    /// Every file read, main first: what a reload watches.
+    pub files: Vec<PathBuf>,
+    /// SHA-256 over the content of every file read, hex.
+    pub hash: String,
+    /// `[system]`.
+    pub system: System,
+    /// `[[listener]]`, in file order.
+    pub listeners: Vec<Listener>,
+    /// `[tls]`, loaded and checked.
+    pub tls: Option<TlsSettings>,
+    /// `[limits]` with defaults applied.
+    pub limits: Limits,
+    /// `[admin]`.
+    pub admin: Option<Admin>,
+    /// `[log]`.
+    pub log: Log,
+    /// Every `[server.NAME]`.
+    pub servers: BTreeMap<String, Server>,
+    /// Every `[tenant.NAME]`.
+    pub tenants: BTreeMap<String, Tenant>,
+    /// Every `[application.NAME]`.
+    pub applications: BTreeMap<String, Application>,
+    /// `[[route]]`, in file order.
+    pub routes: Vec<Route>,
+    /// Things that are allowed but probably not meant (printed by check-config).
+    pub warnings: Vec<ConfigError>,
+    auth_index: HashMap<String, String>,
+    ip_index: Vec<(Cidr, String)>,
+}
+
+/// `[system]` with defaults applied.
+#[derive(Debug, Clone)]
+pub struct System {
+    /// Greeting / EHLO / Received name.
+    pub hostname: String,
+    /// Global sending switch.
+    pub enabled: bool,
+    /// Delivery mode as configured.
+    pub delivery: DeliveryMode,
+    /// Spool directory (absolute or relative to the working directory).
+    pub spool: PathBuf,
+    /// The system default server.
+    pub default_server: Option<String>,
+    /// The system fallback server, after the default.
+    pub fallback_server: Option<String>,
+    /// Last-resort sender.
+    pub default_sender: Option<EmailAddress>,
+    /// Last-resort display name.
+    pub display_name: Option<HeaderText>,
+    /// Last-resort Reply-To.
+    pub reply_to: Option<EmailAddress>,
+    /// Where DSNs go when nothing more specific is set.
+    pub bounce_address: Option<EmailAddress>,
+    /// System suppression list.
+    pub blacklist: Vec<BlacklistEntry>,
+    /// Its action.
+    pub blacklist_action: BlacklistAction,
+}
+
+/// A listener.
+#[derive(Debug, Clone)]
+pub struct Listener {
+    /// Name for logs and metrics.
+    pub name: String,
+    /// Address to bind.
+    pub address: SocketAddr,
+    /// TLS mode.
+    pub tls: ListenerTls,
+    /// AUTH requirement.
+    pub auth: ListenerAuth,
+    /// Offer AUTH without TLS.
+    pub allow_plaintext_auth: bool,
+    /// Bound application.
+    pub application: Option<String>,
+    /// Accept bare LF in DATA.
+    pub allow_bare_lf: bool,
+}
+
+/// The listener certificate, loaded.
+#[derive(Clone)]
+pub struct TlsSettings {
+    /// Certificate path.
+    pub certificate: PathBuf,
+    /// Key path.
+    pub private_key: PathBuf,
+    /// The ready server config (TLS 1.2+ only).
+    pub server_config: Arc<rustls::ServerConfig>,
+}
+
+impl fmt::Debug for TlsSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsSettings")
+            .field("certificate", &self.certificate)
+            .field("private_key", &self.private_key)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Inbound limits with defaults applied.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest message in bytes.
+    pub max_message_size: u64,
+    /// Most recipients per message.
+    pub max_recipients: usize,
+    /// Most concurrent sessions.
+    pub max_connections: usize,
+    /// Idle time between commands.
+    pub command_timeout: Duration,
+    /// Whole DATA phase.
+    pub data_timeout: Duration,
+    /// Longest line.
+    pub max_line_length: usize,
+    /// Memory threshold before spooling to disk.
+    pub memory_threshold: u64,
+    /// Failed AUTH attempts before lockout.
+    pub auth_failures: u32,
+    /// Lockout duration.
+    pub auth_lockout: Duration,
+}
+
+/// `[admin]`.
+#[derive(Debug, Clone)]
+pub struct Admin {
+    /// Address to bind.
+    pub address: SocketAddr,
+    /// Bearer token.
+    pub token: Option<Secret>,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone)]
+pub struct Log {
+    /// Line format.
+    pub format: LogFormat,
+    /// Filter directive.
+    pub level: String,
+}
+
+/// An upstream.
+#[derive(Debug, Clone)]
+pub struct Server {
+    /// Its name.
+    pub name: String,
+    /// Owner tenant; `None` for a system server.
+    pub tenant: Option<String>,
+    /// Fixed sender.
+    pub sender: Option<EmailAddress>,
+    /// Send limit.
+    pub limit: Option<Limit>,
+    /// What the limit counts.
+    pub limit_counts: LimitCounts,
+    /// Kind-specific settings.
+    pub kind: ServerKind,
+}
+
+/// Kind-specific server settings.
+#[derive(Debug, Clone)]
+pub enum ServerKind {
+    /// An SMTP upstream.
+    Smtp(SmtpServer),
+    /// A capture outbox.
+    Capture(CaptureServer),
+}
+
+/// SMTP upstream settings, defaults applied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SmtpServer {
+    /// Host name or IP.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// TLS mode.
+    pub security: Security,
+    /// AUTH user.
+    pub username: Option<String>,
+    /// AUTH password.
+    pub password: Option<Secret>,
+    /// AUTH mechanism; `None` = what the server offers.
+    pub auth: Option<UpstreamAuth>,
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+    /// Greeting and per-command timeout.
+    pub command_timeout: Duration,
+    /// Data phase timeout.
+    pub data_timeout: Duration,
+    /// Skip certificate verification.
+    pub accept_invalid_certs: bool,
+    /// Extra CA file.
+    pub ca_file: Option<PathBuf>,
+    /// TLS name to verify.
+    pub tls_name: String,
+    /// EHLO name.
+    pub helo_name: String,
+    /// Pool size.
+    pub pool_size: usize,
+    /// Pool idle timeout.
+    pub pool_idle_timeout: Duration,
+}
+
+/// Capture outbox settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CaptureServer {
+    /// Directory written to.
+    pub path: PathBuf,
+}
+
+/// Test mode as resolved for a tenant or application.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TestModeSetting {
+    /// Explicitly off (overrides an inherited test mode).
+    Off,
+    /// On.
+    On(TestMode),
+}
+
+/// An active test mode.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TestMode {
+    /// The test address.
+    pub redirect_to: EmailAddress,
+    /// Subject prefix.
+    pub subject_prefix: Option<HeaderText>,
+    /// Recipients still delivered normally.
+    pub allow: Vec<BlacklistEntry>,
+}
+
+/// A tenant as written (inheritance is resolved by `policy`).
+#[derive(Debug, Clone, Default)]
+pub struct Tenant {
+    /// Its name.
+    pub name: String,
+    /// Head office.
+    pub parent: Option<String>,
+    /// Sending switch.
+    pub enabled: Option<bool>,
+    /// May use system servers.
+    pub use_system_server: Option<bool>,
+    /// May own servers.
+    pub own_servers: Option<bool>,
+    /// Default server.
+    pub default_server: Option<String>,
+    /// Sender.
+    pub sender: Option<EmailAddress>,
+    /// Display name.
+    pub display_name: Option<HeaderText>,
+    /// Reply-To.
+    pub reply_to: Option<EmailAddress>,
+    /// DSN address.
+    pub bounce_address: Option<EmailAddress>,
+    /// Suppression list.
+    pub blacklist: Vec<BlacklistEntry>,
+    /// Its action.
+    pub blacklist_action: BlacklistAction,
+    /// Test mode.
+    pub test_mode: Option<TestModeSetting>,
+}
+
+/// An application.
+#[derive(Debug, Clone, Default)]
+pub struct Application {
+    /// Its name.
+    pub name: String,
+    /// Its tenant.
+    pub tenant: String,
+    /// AUTH user.
+    pub auth_user: Option<String>,
+    /// argon2id PHC string.
+    pub password_hash: Option<String>,
+    /// Identifying networks.
+    pub client_ips: Vec<Cidr>,
+    /// Primary server.
+    pub primary: Option<String>,
+    /// Fallback server.
+    pub fallback: Option<String>,
+    /// Display name.
+    pub display_name: Option<HeaderText>,
+    /// Sender.
+    pub sender: Option<EmailAddress>,
+    /// Reply-To.
+    pub reply_to: Option<EmailAddress>,
+    /// Test mode.
+    pub test_mode: Option<TestModeSetting>,
+    /// Bare LF tolerance.
+    pub allow_bare_lf: Option<bool>,
+}
+
+/// A route.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// Sender filter.
+    pub sender: BlacklistEntry,
+    /// Selected server.
+    pub server: String,
+    /// Tenant scope (the tenant and its locations); `None` = every tenant.
+    pub tenant: Option<String>,
+}
+
+impl Config {
+    /// The tenant and its ancestors, nearest first. Cycles were refused at
+    /// load, but the walk is bounded anyway.
+    pub fn tenant_chain<'a>(&'a self, tenant: &str) -> Vec<&'a Tenant> {
+        let mut out: Vec<&Tenant> = Vec::new();
+        let mut next = self.tenants.get(tenant);
+        while let Some(t) = next {
+            if out.iter().any(|o| o.name == t.name) || out.len() > self.tenants.len() {
+                break;
+            }
+            out.push(t);
+            next = t.parent.as_deref().and_then(|p| self.tenants.get(p));
+        }
+        out
+    }
+
+    /// Whether `tenant` is `ancestor` or one of its locations.
+    pub fn is_within(&self, tenant: &str, ancestor: &str) -> bool {
+        self.tenant_chain(tenant).iter().any(|t| t.name == ancestor)
+    }
+
+    /// The nearest value set along the tenant chain.
+    pub fn inherited<'a, T: ?Sized>(
+        &'a self,
+        tenant: &str,
+        get: impl Fn(&'a Tenant) -> Option<&'a T>,
+    ) -> Option<&'a T> {
+        self.tenant_chain(tenant).into_iter().find_map(get)
+    }
+
+    /// Whether the tenant may use system servers (inherited, default true).
+    pub fn tenant_uses_system_server(&self, tenant: &str) -> bool {
+        self.tenant_chain(tenant)
+            .iter()
+            .find_map(|t| t.use_system_server)
+            .unwrap_or(true)
+    }
+
+    /// Whether the tenant may own servers (inherited, default true).
+    pub fn tenant_owns_servers(&self, tenant: &str) -> bool {
+        self.tenant_chain(tenant)
+            .iter()
+            .find_map(|t| t.own_servers)
+            .unwrap_or(true)
+    }
+
+    /// Whether `tenant` may send through `server`: its own or an ancestor's
+    /// server, or a system server when allowed.
+    pub fn tenant_may_use(&self, tenant: &str, server: &Server) -> bool {
+        match &server.tenant {
+            Some(owner) => self.is_within(tenant, owner),
+            None => self.tenant_uses_system_server(tenant),
+        }
+    }
+
+    /// The application that authenticates as `user`.
+    pub fn application_by_auth_user(&self, user: &str) -> Option<&Application> {
+        self.auth_index
+            .get(user)
+            .and_then(|n| self.applications.get(n))
+    }
+
+    /// The application whose `client_ips` hold `ip`, longest prefix first.
+    pub fn application_by_ip(&self, ip: IpAddr) -> Option<&Application> {
+        self.ip_index
+            .iter()
+            .find(|(c, _)| c.contains(ip))
+            .and_then(|(_, n)| self.applications.get(n))
+    }
+
+    /// Whether any application can authenticate.
+    pub fn has_auth_users(&self) -> bool {
+        !self.auth_index.is_empty()
+    }
+}
+#[cfg(test)]
+mod tests;

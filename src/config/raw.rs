@@ -1,0 +1,379 @@
+//! The config file's shape as serde sees it (PRODUCT §4): one struct per
+//! table, `deny_unknown_fields` everywhere, value types parsed on the way in.
+//!
+//! These structs hold what the file says, with optional fields left unset;
+//! inheritance, defaults, references and cross-checks are applied by
+//! `validate`, which turns them into the snapshot the rest of the code sees.
+
+use super::values::{
+    BlacklistEntry, Cidr, Dur, EmailAddress, HeaderText, Limit, SecretSource, Size,
+};
+use serde::{Deserialize, Serialize};
+
+/// `[system]`: global switches and the system side of every inherited setting.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSystem {
+    /// Name used in the greeting, in EHLO upstream and in `Received:`.
+    /// Default: the machine's host name.
+    pub hostname: Option<HeaderText>,
+    /// `false` refuses all sending with a 4xx, whatever tenants configure.
+    pub enabled: Option<bool>,
+    /// `"direct"` or `"queue"` (see ARCHITECTURE.md: queue mode is accepted
+    /// and delivers directly until the durable queue lands).
+    pub delivery: Option<DeliveryMode>,
+    /// Directory for the queue and persistent state (relative to the config).
+    pub spool: Option<String>,
+    /// The system default server, last in every chain that may use it.
+    pub default_server: Option<String>,
+    /// The system's own fallback, tried after `default_server`. This is the
+    /// fallback PRODUCT §3.6 calls implied: an application whose primary is
+    /// the system default server may not set its own.
+    pub fallback_server: Option<String>,
+    /// Sender used when neither server, application nor tenant sets one.
+    pub default_sender: Option<EmailAddress>,
+    /// Display name used when neither application nor tenant sets one.
+    pub display_name: Option<HeaderText>,
+    /// Reply-To used when neither application nor tenant sets one.
+    pub reply_to: Option<EmailAddress>,
+    /// Where delivery status notifications go when the envelope sender is
+    /// empty or when a tenant routes bounces centrally.
+    pub bounce_address: Option<EmailAddress>,
+    /// System-wide suppression list: addresses or `@domain`.
+    #[serde(default)]
+    pub blacklist: Vec<BlacklistEntry>,
+    /// What happens to a recipient on the system list: `drop` or `reject`.
+    pub blacklist_action: Option<BlacklistAction>,
+}
+
+/// Delivery mode (PRODUCT §3.8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryMode {
+    /// Synchronous relay: the DATA reply reflects the upstream result.
+    Direct,
+    /// Store and forward through the durable spool.
+    Queue,
+}
+
+/// Action of a blacklist.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BlacklistAction {
+    /// Accept the RCPT, deliver nothing to it; logged and counted.
+    #[default]
+    Drop,
+    /// Refuse the RCPT with `550 5.7.1`.
+    Reject,
+}
+
+/// `[[listener]]`: one inbound address.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListener {
+    /// Optional name, used in logs and metric labels (default: the address).
+    pub name: Option<String>,
+    /// `host:port` to bind, e.g. `"127.0.0.1:2525"` or `"[::]:587"`.
+    pub address: String,
+    /// `none`, `starttls` (offered) or `implicit` (TLS from the first byte).
+    pub tls: Option<ListenerTls>,
+    /// `none` (no AUTH offered), `optional` or `required`.
+    pub auth: Option<ListenerAuth>,
+    /// Offer AUTH without TLS (legacy LAN clients). Default `false`.
+    pub allow_plaintext_auth: Option<bool>,
+    /// Every client on this listener is this application (unless it
+    /// authenticates as another one).
+    pub application: Option<String>,
+    /// Accept bare LF line endings in DATA and normalise them to CRLF.
+    /// Default `false` (refused with 500 5.6.0 unless the application allows it).
+    pub allow_bare_lf: Option<bool>,
+}
+
+/// TLS mode of a listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerTls {
+    /// Plaintext only.
+    None,
+    /// Plaintext with STARTTLS offered.
+    Starttls,
+    /// TLS handshake first (port 465 style).
+    Implicit,
+}
+
+/// AUTH requirement of a listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerAuth {
+    /// AUTH is not offered; clients are identified by listener or address.
+    None,
+    /// AUTH offered; unauthenticated clients are identified by listener or address.
+    Optional,
+    /// AUTH required before MAIL.
+    Required,
+}
+
+/// `[tls]`: the listener certificate.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    /// PEM certificate chain, leaf first.
+    pub certificate: String,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub private_key: String,
+}
+
+/// `[limits]`: inbound limits.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    /// Largest message accepted (SIZE and DATA). Default `"25MB"`.
+    pub max_message_size: Option<Size>,
+    /// Most recipients per message. Default 100.
+    pub max_recipients: Option<usize>,
+    /// Most concurrent sessions over all listeners. Default 1000.
+    pub max_connections: Option<usize>,
+    /// Idle time allowed between commands. Default `"5m"`.
+    pub command_timeout: Option<Dur>,
+    /// Time allowed for the whole DATA/BDAT phase. Default `"10m"`.
+    pub data_timeout: Option<Dur>,
+    /// Longest command or text line in bytes. Default 4096 (RFC 5321 asks
+    /// for at least 512 for commands and 1000 for text lines).
+    pub max_line_length: Option<usize>,
+    /// Messages larger than this are spooled to a temporary file instead of
+    /// memory. Default `"1MB"`.
+    pub memory_threshold: Option<Size>,
+    /// Failed AUTH attempts per client address before a lockout. Default 5.
+    pub auth_failures: Option<u32>,
+    /// How long an address stays locked out after too many failures. Default `"15m"`.
+    pub auth_lockout: Option<Dur>,
+}
+
+/// `[admin]`: the admin and metrics port.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    /// `host:port` for `/metrics`, `/healthz`, `/readyz` and the admin API.
+    pub address: String,
+    /// Bearer token for the admin API.
+    pub token: Option<SecretSource>,
+}
+
+/// `[log]`: log output.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    /// `text` (default) or `json`.
+    pub format: Option<LogFormat>,
+    /// A tracing filter such as `"info"` or `"smarthost=debug"`. Default `"info"`.
+    pub level: Option<String>,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable key=value lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[server.NAME]`: an upstream.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    /// `smtp` (default), `capture` or `graph`.
+    pub kind: Option<ServerKindName>,
+    /// Owning tenant; system servers name none.
+    pub tenant: Option<String>,
+    /// SMTP: host name or IP address.
+    pub host: Option<String>,
+    /// SMTP: port. Default 465 for `implicit`, else 587 (25 for `none`).
+    pub port: Option<u16>,
+    /// SMTP: `none`, `auto`, `implicit`, `starttls`, `starttls-when-available`. Default `auto`.
+    pub security: Option<Security>,
+    /// SMTP: AUTH user name; AUTH is used when set.
+    pub username: Option<String>,
+    /// SMTP: AUTH password (string, `{ env }` or `{ file }`).
+    pub password: Option<SecretSource>,
+    /// SMTP: `none`, `plain`, `login`, `xoauth2`. Default: what the server offers.
+    pub auth: Option<UpstreamAuth>,
+    /// Fixed sender: every message through this server uses it; only the
+    /// display name is customised.
+    pub sender: Option<EmailAddress>,
+    /// Send limit such as `"10000/day"`.
+    pub limit: Option<Limit>,
+    /// What the limit counts: `messages` (default) or `recipients`.
+    pub limit_counts: Option<LimitCounts>,
+    /// SMTP: TCP connect timeout. Default `"10s"`.
+    pub connect_timeout: Option<Dur>,
+    /// SMTP: timeout for the greeting and each command. Default `"60s"`.
+    pub command_timeout: Option<Dur>,
+    /// SMTP: timeout for the data phase. Default `"10m"`.
+    pub data_timeout: Option<Dur>,
+    /// SMTP: skip certificate verification (lab servers only). Default `false`.
+    pub accept_invalid_certs: Option<bool>,
+    /// SMTP: extra PEM CA certificates to trust for this server.
+    pub ca_file: Option<String>,
+    /// SMTP: TLS server name to verify, when `host` is an IP address.
+    pub tls_name: Option<String>,
+    /// SMTP: name sent in EHLO. Default: `system.hostname`.
+    pub helo_name: Option<String>,
+    /// SMTP: most pooled connections kept open to this server. Default 4.
+    pub pool_size: Option<usize>,
+    /// SMTP: how long an idle pooled connection is kept. Default `"30s"`.
+    pub pool_idle_timeout: Option<Dur>,
+    /// Capture: the directory messages are written to (relative to the config).
+    pub path: Option<String>,
+    /// Graph: Azure AD tenant id.
+    pub tenant_id: Option<String>,
+    /// Graph / XOAUTH2: OAuth client id.
+    pub client_id: Option<String>,
+    /// Graph / XOAUTH2: OAuth client secret.
+    pub client_secret: Option<SecretSource>,
+    /// Graph / XOAUTH2: token endpoint.
+    pub token_url: Option<String>,
+    /// Graph: the mailbox (user) that sends.
+    pub mailbox: Option<EmailAddress>,
+}
+
+/// Upstream kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServerKindName {
+    /// An SMTP server.
+    Smtp,
+    /// A local capture outbox.
+    Capture,
+    /// Microsoft Graph sendMail.
+    Graph,
+}
+
+/// Upstream TLS mode (PRODUCT §3.5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Security {
+    /// Plaintext only.
+    None,
+    /// Port 465: implicit; otherwise STARTTLS when offered.
+    Auto,
+    /// TLS from the first byte (SMTPS).
+    Implicit,
+    /// STARTTLS required; fail (and fail over) when not offered.
+    Starttls,
+    /// STARTTLS when offered, plaintext otherwise.
+    StarttlsWhenAvailable,
+}
+
+/// Upstream AUTH mechanism.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamAuth {
+    /// No AUTH even when a username is set.
+    None,
+    /// AUTH PLAIN.
+    Plain,
+    /// AUTH LOGIN.
+    Login,
+    /// AUTH XOAUTH2 with tokens fetched by the relay.
+    Xoauth2,
+}
+
+/// What a send limit counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LimitCounts {
+    /// One per message.
+    Messages,
+    /// One per recipient (as most providers count).
+    Recipients,
+}
+
+/// Test mode of a tenant or application (PRODUCT §3.4).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTestMode {
+    /// `false` switches off a test mode inherited from a tenant. Default `true`.
+    pub enabled: Option<bool>,
+    /// Every recipient not on `allow` is replaced by this address.
+    pub redirect_to: Option<EmailAddress>,
+    /// Prepended to the Subject, e.g. `"[TEST] "`.
+    pub subject_prefix: Option<HeaderText>,
+    /// Recipients (address or `@domain`) that still receive mail normally.
+    #[serde(default)]
+    pub allow: Vec<BlacklistEntry>,
+}
+
+/// `[tenant.NAME]`: a customer or one of its locations.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTenant {
+    /// Head office this location inherits from.
+    pub parent: Option<String>,
+    /// `false` refuses this tenant's mail with a 4xx. Inherited. Default `true`.
+    pub enabled: Option<bool>,
+    /// May this tenant's mail go through system servers? Inherited. Default `true`.
+    pub use_system_server: Option<bool>,
+    /// May this tenant define servers? Inherited. Default `true`.
+    pub own_servers: Option<bool>,
+    /// The tenant's default server, after the application's own. Inherited.
+    pub default_server: Option<String>,
+    /// Sender address. Inherited.
+    pub sender: Option<EmailAddress>,
+    /// From display name. Inherited.
+    pub display_name: Option<HeaderText>,
+    /// Reply-To address. Inherited.
+    pub reply_to: Option<EmailAddress>,
+    /// Where this tenant's delivery status notifications go. Inherited.
+    pub bounce_address: Option<EmailAddress>,
+    /// This tenant's suppression list (a location also gets its parent's).
+    #[serde(default)]
+    pub blacklist: Vec<BlacklistEntry>,
+    /// Action for this tenant's list: `drop` (default) or `reject`.
+    pub blacklist_action: Option<BlacklistAction>,
+    /// Test mode. Inherited as a whole.
+    pub test_mode: Option<RawTestMode>,
+}
+
+/// `[application.NAME]`: a sending program of a tenant.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApplication {
+    /// The tenant it belongs to.
+    pub tenant: Option<String>,
+    /// SMTP AUTH user that identifies it.
+    pub auth_user: Option<String>,
+    /// argon2id hash of its password (`smarthost hash-password`).
+    pub password_hash: Option<String>,
+    /// Client networks that identify it without AUTH.
+    #[serde(default)]
+    pub client_ips: Vec<Cidr>,
+    /// Its primary server.
+    pub primary: Option<String>,
+    /// Its fallback server.
+    pub fallback: Option<String>,
+    /// From display name.
+    pub display_name: Option<HeaderText>,
+    /// Sender address.
+    pub sender: Option<EmailAddress>,
+    /// Reply-To address.
+    pub reply_to: Option<EmailAddress>,
+    /// Test mode; overrides the tenant's as a whole.
+    pub test_mode: Option<RawTestMode>,
+    /// Accept bare LF line endings from this application. Default: the listener's setting.
+    pub allow_bare_lf: Option<bool>,
+}
+
+/// `[[route]]`: a sender filter that selects a server.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    /// Full address or `@domain`.
+    pub sender: BlacklistEntry,
+    /// The server it selects.
+    pub server: String,
+    /// Restrict the route to one tenant and its locations. Default: the
+    /// server's owner, or every tenant for a system server.
+    pub tenant: Option<String>,
+}

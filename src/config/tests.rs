@@ -1,0 +1,525 @@
+//! Table-driven tests of loading and validation: every rule, with the key
+//! and line each error must name.
+
+use super::*;
+use std::path::Path;
+
+const HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$JY4AKD9RcTjChNbtThTUMA$rk7JviL/djMbUfBfn9QJ+4YBCzeaGYZdmQYIM2Ei14M";
+
+/// A small valid config the cases extend.
+fn base() -> String {
+    format!(
+        r#"[system]
+hostname = "relay.test"
+default_server = "sys"
+
+[[listener]]
+address = "127.0.0.1:2525"
+auth = "optional"
+
+[server.sys]
+host = "smtp.sys.test"
+
+[server.own]
+tenant = "t"
+host = "smtp.t.test"
+
+[tenant.t]
+sender = "info@t.test"
+
+[application.a]
+tenant = "t"
+auth_user = "a"
+password_hash = "{HASH}"
+primary = "own"
+"#
+    )
+}
+
+fn load(text: &str) -> Result<Config, ConfigErrors> {
+    load_str(text, "test.toml", Path::new("/nonexistent-base"))
+}
+
+fn errors(text: &str) -> Vec<ConfigError> {
+    match load(text) {
+        Ok(_) => panic!("config was accepted:\n{text}"),
+        Err(e) => e.0,
+    }
+}
+
+/// (name, extra TOML appended to base, key the error names, part of the message, line or 0 for "any")
+type Case = (&'static str, &'static str, &'static str, &'static str);
+
+#[test]
+fn base_is_valid() {
+    let c = load(&base()).unwrap();
+    assert_eq!(c.applications["a"].primary.as_deref(), Some("own"));
+    assert_eq!(c.system.hostname, "relay.test");
+}
+
+#[test]
+fn validation_rules() {
+    let cases: &[Case] = &[
+        (
+            "unknown key",
+            "[server.x]\nhost = \"h\"\nhots = 1\n",
+            "server.x.hots",
+            "unknown field `hots`",
+        ),
+        ("unknown top-level key", "[sytem]\n", "sytem", "unknown key"),
+        (
+            "bad type",
+            "[server.x]\nhost = \"h\"\nport = \"twenty-five\"\n",
+            "server.x.port",
+            "invalid type",
+        ),
+        (
+            "bad size",
+            "[limits]\nmax_message_size = \"25XB\"\n",
+            "limits.max_message_size",
+            "invalid size unit",
+        ),
+        (
+            "bad duration",
+            "[limits]\ncommand_timeout = \"5 minutes\"\n",
+            "limits.command_timeout",
+            "invalid duration",
+        ),
+        (
+            "bad limit",
+            "[server.x]\nhost = \"h\"\nlimit = \"5/month\"\n",
+            "server.x.limit",
+            "invalid limit",
+        ),
+        (
+            "bad address",
+            "[tenant.u]\nsender = \"not an address\"\n",
+            "tenant.u.sender",
+            "invalid address",
+        ),
+        (
+            "bad cidr",
+            "[application.b]\ntenant = \"t\"\nclient_ips = [\"10.0.0.1/8\"]\n",
+            "application.b.client_ips[0]",
+            "host bits",
+        ),
+        (
+            "CR LF in display name",
+            "[application.b]\ntenant = \"t\"\ndisplay_name = \"Shop\\r\\nBcc: x@y.test\"\n",
+            "application.b.display_name",
+            "control character",
+        ),
+        (
+            "CR LF in subject prefix",
+            "[tenant.u]\ntest_mode = { redirect_to = \"q@t.test\", subject_prefix = \"[T]\\n\" }\n",
+            "tenant.u.test_mode.subject_prefix",
+            "control character",
+        ),
+        (
+            "missing server",
+            "[application.b]\ntenant = \"t\"\nprimary = \"nope\"\n",
+            "application.b.primary",
+            "application \"b\" refers to server \"nope\", which is not defined",
+        ),
+        (
+            "missing fallback server",
+            "[application.b]\ntenant = \"t\"\nprimary = \"own\"\nfallback = \"gone\"\n",
+            "application.b.fallback",
+            "server \"gone\", which is not defined",
+        ),
+        (
+            "missing tenant",
+            "[application.b]\ntenant = \"nobody\"\n",
+            "application.b.tenant",
+            "tenant \"nobody\", which is not defined",
+        ),
+        (
+            "application without tenant",
+            "[application.b]\nprimary = \"sys\"\n",
+            "application.b",
+            "needs `tenant`",
+        ),
+        (
+            "missing parent",
+            "[tenant.u]\nparent = \"ghost\"\n",
+            "tenant.u.parent",
+            "parent \"ghost\"",
+        ),
+        (
+            "missing tenant default server",
+            "[tenant.u]\ndefault_server = \"nope\"\n",
+            "tenant.u.default_server",
+            "tenant \"u\" refers to server \"nope\"",
+        ),
+        (
+            "missing listener application",
+            "[[listener]]\naddress = \"127.0.0.1:2526\"\napplication = \"ghost\"\n",
+            "listener[1].application",
+            "application \"ghost\"",
+        ),
+        (
+            "primary == fallback",
+            "[application.b]\ntenant = \"t\"\nprimary = \"own\"\nfallback = \"own\"\n",
+            "application.b.fallback",
+            "must differ",
+        ),
+        (
+            "fallback with system primary",
+            "[application.b]\ntenant = \"t\"\nprimary = \"sys\"\nfallback = \"own\"\n",
+            "application.b.fallback",
+            "fallback is implied",
+        ),
+        (
+            "parent cycle",
+            "[tenant.u]\nparent = \"v\"\n[tenant.v]\nparent = \"u\"\n",
+            "tenant.u.parent",
+            "parent cycle: u -> v -> u",
+        ),
+        (
+            "self parent",
+            "[tenant.u]\nparent = \"u\"\n",
+            "tenant.u.parent",
+            "parent cycle: u -> u",
+        ),
+        (
+            "duplicate auth_user",
+            "[application.b]\ntenant = \"t\"\nauth_user = \"a\"\npassword_hash = \"$argon2id$v=19$m=19456,t=2,p=1$JY4AKD9RcTjChNbtThTUMA$rk7JviL/djMbUfBfn9QJ+4YBCzeaGYZdmQYIM2Ei14M\"\n",
+            "application.b.auth_user",
+            "used by application \"a\"",
+        ),
+        (
+            "auth_user without hash",
+            "[application.b]\ntenant = \"t\"\nauth_user = \"b\"\n",
+            "application.b.auth_user",
+            "no password_hash",
+        ),
+        (
+            "hash not argon2id",
+            "[application.b]\ntenant = \"t\"\nauth_user = \"b\"\npassword_hash = \"$argon2i$v=19$m=16,t=2,p=1$c29tZXNhbHQ$eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHg\"\n",
+            "application.b.password_hash",
+            "expected argon2id",
+        ),
+        (
+            "server of a tenant without own_servers",
+            "[tenant.u]\nown_servers = false\n[server.us]\ntenant = \"u\"\nhost = \"h\"\n",
+            "server.us.tenant",
+            "own_servers = false",
+        ),
+        (
+            "location inherits own_servers = false",
+            "[tenant.u]\nown_servers = false\n[tenant.w]\nparent = \"u\"\n[server.ws]\ntenant = \"w\"\nhost = \"h\"\n",
+            "server.ws.tenant",
+            "own_servers = false",
+        ),
+        (
+            "application uses system server without permission",
+            "[tenant.u]\nuse_system_server = false\n[application.b]\ntenant = \"u\"\nprimary = \"sys\"\n",
+            "application.b.primary",
+            "may not use system servers",
+        ),
+        (
+            "route uses system server without permission",
+            "[tenant.u]\nuse_system_server = false\n[server.us]\ntenant = \"u\"\nhost = \"h\"\n[[route]]\nsender = \"@x.test\"\nserver = \"sys\"\ntenant = \"u\"\n",
+            "route[0].server",
+            "may not use system servers",
+        ),
+        (
+            "application uses another tenant's server",
+            "[tenant.u]\n[application.b]\ntenant = \"u\"\nprimary = \"own\"\n",
+            "application.b.primary",
+            "tenant \"u\" may use only its own",
+        ),
+        (
+            "application with no server at all",
+            "[tenant.u]\nuse_system_server = false\n[application.b]\ntenant = \"u\"\n",
+            "application.b",
+            "has no server",
+        ),
+        (
+            "open relay: auth none, no binding, no client_ips",
+            "[[listener]]\naddress = \"127.0.0.1:2526\"\nauth = \"none\"\n",
+            "listener[1].auth",
+            "cannot identify",
+        ),
+        (
+            "open relay: client_ips that cannot reach a loopback listener",
+            "[[listener]]\naddress = \"127.0.0.1:2526\"\nauth = \"none\"\n[application.b]\ntenant = \"t\"\nclient_ips = [\"10.0.0.0/8\"]\n",
+            "listener[1].auth",
+            "cannot identify",
+        ),
+        (
+            "client_ips matching everything",
+            "[application.b]\ntenant = \"t\"\nclient_ips = [\"0.0.0.0/0\"]\n",
+            "application.b.client_ips[0]",
+            "open relay",
+        ),
+        (
+            "the same network for two applications",
+            "[application.b]\ntenant = \"t\"\nclient_ips = [\"10.0.0.0/8\"]\n[application.c]\ntenant = \"t\"\nclient_ips = [\"10.0.0.0/8\"]\n",
+            "application.c.client_ips[0]",
+            "ambiguous",
+        ),
+        (
+            "TLS listener without [tls]",
+            "[[listener]]\naddress = \"127.0.0.1:2526\"\ntls = \"implicit\"\n",
+            "listener[1].tls",
+            "needs a [tls] section",
+        ),
+        (
+            "duplicate listener address",
+            "[[listener]]\naddress = \"127.0.0.1:2525\"\n",
+            "listener[1].address",
+            "already used",
+        ),
+        (
+            "bad listener address",
+            "[[listener]]\naddress = \"somewhere\"\n",
+            "listener[1].address",
+            "invalid address",
+        ),
+        (
+            "capture without path",
+            "[server.c]\nkind = \"capture\"\n",
+            "server.c",
+            "needs `path`",
+        ),
+        (
+            "smtp key on capture",
+            "[server.c]\nkind = \"capture\"\npath = \"o\"\nport = 25\n",
+            "server.c.port",
+            "does not apply",
+        ),
+        (
+            "smtp without host",
+            "[server.c]\nport = 25\n",
+            "server.c",
+            "needs `host`",
+        ),
+        (
+            "password without username",
+            "[server.c]\nhost = \"h\"\npassword = \"x\"\n",
+            "server.c.password",
+            "needs a username",
+        ),
+        (
+            "secret from unset env",
+            "[server.c]\nhost = \"h\"\nusername = \"u\"\npassword = { env = \"SMARTHOST_SURELY_UNSET_12345\" }\n",
+            "server.c.password",
+            "SMARTHOST_SURELY_UNSET_12345 is not set",
+        ),
+        (
+            "secret from missing file",
+            "[server.c]\nhost = \"h\"\nusername = \"u\"\npassword = { file = \"missing.pw\" }\n",
+            "server.c.password",
+            "cannot read secret file",
+        ),
+        (
+            "graph not available",
+            "[server.g]\nkind = \"graph\"\n",
+            "server.g.kind",
+            "not available",
+        ),
+        (
+            "test mode without redirect",
+            "[tenant.u]\ntest_mode = { subject_prefix = \"[T] \" }\n",
+            "tenant.u.test_mode",
+            "needs redirect_to",
+        ),
+        ("system default owned by a tenant", "", "", ""),
+        (
+            "route to missing server",
+            "[[route]]\nsender = \"@x.test\"\nserver = \"nope\"\n",
+            "route[0].server",
+            "not defined",
+        ),
+        (
+            "route with bad filter",
+            "[[route]]\nsender = \"x y\"\nserver = \"sys\"\n",
+            "route[0].sender",
+            "invalid address",
+        ),
+        (
+            "zero limit",
+            "[limits]\nmax_recipients = 0\n",
+            "limits.max_recipients",
+            "greater than zero",
+        ),
+        (
+            "short lines",
+            "[limits]\nmax_line_length = 80\n",
+            "limits.max_line_length",
+            "at least 1000",
+        ),
+        (
+            "bad log filter",
+            "[log]\nlevel = \"info,[[[\"\n",
+            "log.level",
+            "invalid log filter",
+        ),
+    ];
+    for (name, extra, key, msg) in cases {
+        if key.is_empty() {
+            continue;
+        }
+        let text = format!("{}\n{extra}", base());
+        let errs = errors(&text);
+        let found = errs
+            .iter()
+            .find(|e| e.key == *key && e.message.contains(msg));
+        assert!(
+            found.is_some(),
+            "case {name:?}: want key {key:?} / {msg:?}, got:\n{}",
+            errs.iter().map(|e| format!("  {e}\n")).collect::<String>()
+        );
+        let e = found.unwrap();
+        assert_eq!(e.file, "test.toml", "case {name:?}");
+        // The line must point into the appended part, where the key is.
+        let first_extra_line = base().lines().count() + 2;
+        assert!(
+            e.line >= first_extra_line,
+            "case {name:?}: line {} < {first_extra_line}: {e}",
+            e.line
+        );
+        let line_text = text.lines().nth(e.line - 1).unwrap_or_default();
+        assert!(
+            !line_text.trim().is_empty(),
+            "case {name:?}: line {} is blank",
+            e.line
+        );
+    }
+}
+
+#[test]
+fn system_default_must_be_a_system_server() {
+    let text = base().replace("default_server = \"sys\"", "default_server = \"own\"");
+    let errs = errors(&text);
+    assert!(
+        errs.iter().any(|e| e.key == "system.default_server"
+            && e.line == 3
+            && e.message.contains("must be a system server")),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn every_error_is_collected() {
+    let text = format!(
+        "{}\n[server.x]\nhost = \"h\"\nport = \"bad\"\nhots = 1\nsecurity = \"tls\"\n[application.b]\ntenant = \"t\"\nprimary = \"own\"\nfallback = \"own\"\n[application.c]\ntenant = \"t\"\nprimary = \"missing\"\n",
+        base()
+    );
+    let errs = errors(&text);
+    let keys: Vec<&str> = errs.iter().map(|e| e.key.as_str()).collect();
+    for k in [
+        "server.x.port",
+        "server.x.hots",
+        "server.x.security",
+        "application.b.fallback",
+        "application.c.primary",
+    ] {
+        assert!(keys.contains(&k), "missing {k} in {keys:?}");
+    }
+}
+
+#[test]
+fn syntax_errors_name_the_line() {
+    let errs = errors("[system]\nhostname = \"x\"\n\n[server.a\nhost = 1\n");
+    assert!(
+        errs.iter()
+            .any(|e| e.line == 4 && e.message.contains("syntax")),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn defaults_apply() {
+    let c = load(&base()).unwrap();
+    assert_eq!(c.limits.max_message_size, 25 << 20);
+    assert_eq!(c.limits.max_recipients, 100);
+    assert_eq!(c.limits.command_timeout.as_secs(), 300);
+    let ServerKind::Smtp(s) = &c.servers["sys"].kind else {
+        panic!()
+    };
+    assert_eq!((s.port, s.security), (587, Security::Auto));
+    assert_eq!(s.helo_name, "relay.test");
+    assert_eq!(c.system.delivery, DeliveryMode::Direct);
+    assert_eq!(c.listeners[0].name, "127.0.0.1:2525");
+}
+
+#[test]
+fn includes_follow_ownership_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("tenants")).unwrap();
+    let main = format!("include = [\"tenants/*.toml\"]\n{}", base());
+    std::fs::write(dir.path().join("main.toml"), &main).unwrap();
+    std::fs::write(
+        dir.path().join("tenants/good.toml"),
+        "[tenant.g]\nparent = \"t\"\n[server.gs]\ntenant = \"g\"\nhost = \"h\"\n[application.ga]\ntenant = \"g\"\nprimary = \"gs\"\nfallback = \"own\"\n[[route]]\nsender = \"@g.test\"\nserver = \"gs\"\n",
+    )
+    .unwrap();
+    let c = load_file(&dir.path().join("main.toml")).unwrap();
+    assert!(c.applications.contains_key("ga"));
+    assert_eq!(c.files.len(), 2);
+
+    std::fs::write(
+        dir.path().join("tenants/bad.toml"),
+        "[system]\nenabled = false\n[server.stolen]\ntenant = \"t\"\nhost = \"h\"\n[server.sysx]\nhost = \"h\"\n[application.ba]\ntenant = \"t\"\n[server.own]\ntenant = \"t\"\nhost = \"h\"\n",
+    )
+    .unwrap();
+    let errs = load_file(&dir.path().join("main.toml")).unwrap_err().0;
+    let bad = dir.path().join("tenants/bad.toml").display().to_string();
+    let want = [
+        ("system", 1, "only allowed in the main config file"),
+        ("server.stolen.tenant", 4, "which this file does not define"),
+        (
+            "server.sysx",
+            6,
+            "included files may only define their own tenants' servers",
+        ),
+        (
+            "application.ba.tenant",
+            9,
+            "which this file does not define",
+        ),
+        ("server.own", 10, "defined twice"),
+    ];
+    for (key, line, msg) in want {
+        assert!(
+            errs.iter().any(|e| e.file == bad
+                && e.key == key
+                && e.line == line
+                && e.message.contains(msg)),
+            "want {key}:{line} {msg:?} in\n{}",
+            errs.iter().map(|e| format!("  {e}\n")).collect::<String>()
+        );
+    }
+}
+
+#[test]
+fn the_example_config_is_valid() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.example.toml");
+    let c = load_file(&path).unwrap_or_else(|e| panic!("{:#?}", e.0));
+    assert_eq!(c.applications.len(), 3);
+    assert!(c.tls.is_some());
+    assert!(c.tenants["acme-berlin"].parent.as_deref() == Some("acme"));
+}
+
+#[test]
+fn the_embedded_default_is_valid() {
+    let c = load_default().unwrap();
+    assert_eq!(c.listeners[0].address.to_string(), "127.0.0.1:2525");
+    assert!(matches!(c.servers["outbox"].kind, ServerKind::Capture(_)));
+    assert!(c.application_by_ip("127.0.0.1".parse().unwrap()).is_some());
+    assert!(c.application_by_ip("10.0.0.1".parse().unwrap()).is_none());
+}
+
+#[test]
+fn secrets_never_show_in_debug_output() {
+    let text = format!(
+        "{}\n[server.p]\nhost = \"h\"\nusername = \"u\"\npassword = \"SENTINEL-PASSWORD-4711\"\n",
+        base()
+    );
+    let c = load(&text).unwrap();
+    let dump = format!("{c:?}");
+    assert!(!dump.contains("SENTINEL-PASSWORD-4711"));
+    assert!(dump.contains("<redacted>"));
+}

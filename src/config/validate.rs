@@ -1,0 +1,1109 @@
+//! Validation: raw entities → the immutable [`Config`] snapshot.
+//!
+//! Applies defaults, resolves relative paths and secrets, loads the TLS
+//! certificate, and checks every cross-reference and safety rule of PRODUCT
+//! §3.9. Every problem is collected with file, line and key; the config is
+//! refused if there is any.
+
+use super::load::{KeyPath, Located, RawDoc, Sources};
+use super::raw::{
+    BlacklistAction, DeliveryMode, LimitCounts, ListenerAuth, ListenerTls, LogFormat, RawServer,
+    RawTestMode, Security, ServerKindName, UpstreamAuth,
+};
+use super::values::Cidr;
+use super::{
+    Admin, Application, CaptureServer, Config, ConfigError, ConfigErrors, Limits, Listener, Log,
+    Route, Server, ServerKind, SmtpServer, System, Tenant, TestMode, TestModeSetting, TlsSettings,
+};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+struct Ctx<'s, 't> {
+    src: &'s Sources<'t>,
+    errors: Vec<ConfigError>,
+    warnings: Vec<ConfigError>,
+}
+
+impl Ctx<'_, '_> {
+    fn err(&mut self, file: usize, path: &KeyPath, msg: impl Into<String>) {
+        self.errors.push(self.src.error(file, path, msg));
+    }
+    fn warn(&mut self, file: usize, path: &KeyPath, msg: impl Into<String>) {
+        self.warnings.push(self.src.error(file, path, msg));
+    }
+    fn resolve_path(&self, file: usize, p: &str) -> PathBuf {
+        let p = Path::new(p);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.src.base_dir(file).join(p)
+        }
+    }
+}
+
+fn parse_socket_addr(s: &str) -> Result<SocketAddr, String> {
+    if let Some(port) = s.strip_prefix("localhost:") {
+        let port: u16 = port.parse().map_err(|_| format!("invalid port in {s:?}"))?;
+        return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
+    }
+    s.parse().map_err(|_| {
+        format!(
+            "invalid address {s:?}: expected IP:port such as \"127.0.0.1:2525\" or \"[::]:587\""
+        )
+    })
+}
+
+fn system_hostname() -> String {
+    let h = gethostname::gethostname().to_string_lossy().into_owned();
+    if h.is_empty() || h.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        "localhost".to_owned()
+    } else {
+        h
+    }
+}
+
+fn test_mode(
+    cx: &mut Ctx<'_, '_>,
+    file: usize,
+    path: &KeyPath,
+    t: &Option<RawTestMode>,
+) -> Option<TestModeSetting> {
+    let t = t.as_ref()?;
+    if t.enabled == Some(false) {
+        return Some(TestModeSetting::Off);
+    }
+    match &t.redirect_to {
+        Some(r) => Some(TestModeSetting::On(TestMode {
+            redirect_to: r.clone(),
+            subject_prefix: t.subject_prefix.clone(),
+            allow: t.allow.clone(),
+        })),
+        None => {
+            cx.err(
+                file,
+                &path.clone().key("test_mode"),
+                "test mode needs redirect_to (or enabled = false to switch an inherited test mode off)",
+            );
+            None
+        }
+    }
+}
+
+fn check_argon2(hash: &str) -> Result<(), String> {
+    let parsed = argon2::PasswordHash::new(hash).map_err(|e| {
+        format!("not a PHC password hash ({e}); generate one with `smarthost hash-password`")
+    })?;
+    if parsed.algorithm.as_str() != "argon2id" {
+        return Err(format!(
+            "the hash uses {}, expected argon2id; generate one with `smarthost hash-password`",
+            parsed.algorithm
+        ));
+    }
+    Ok(())
+}
+
+/// Builds the TLS server config from PEM files (TLS 1.2 and 1.3 only).
+pub(crate) fn load_tls(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| format!("cannot read certificate {}: {e}", cert.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("invalid certificate PEM in {}: {e}", cert.display()))?;
+    if certs.is_empty() {
+        return Err(format!("no certificate found in {}", cert.display()));
+    }
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| format!("cannot read a private key from {}: {e}", key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| format!("TLS setup failed: {e}"))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("certificate and key do not fit together: {e}"))?;
+    Ok(Arc::new(cfg))
+}
+
+/// Keys that only one server kind understands, for "does not apply" errors.
+fn kind_specific_keys(s: &RawServer) -> Vec<(&'static str, bool, ServerKindName)> {
+    use ServerKindName::{Capture, Graph, Smtp};
+    vec![
+        ("host", s.host.is_some(), Smtp),
+        ("port", s.port.is_some(), Smtp),
+        ("security", s.security.is_some(), Smtp),
+        ("username", s.username.is_some(), Smtp),
+        ("password", s.password.is_some(), Smtp),
+        ("auth", s.auth.is_some(), Smtp),
+        ("connect_timeout", s.connect_timeout.is_some(), Smtp),
+        ("command_timeout", s.command_timeout.is_some(), Smtp),
+        ("data_timeout", s.data_timeout.is_some(), Smtp),
+        (
+            "accept_invalid_certs",
+            s.accept_invalid_certs.is_some(),
+            Smtp,
+        ),
+        ("ca_file", s.ca_file.is_some(), Smtp),
+        ("tls_name", s.tls_name.is_some(), Smtp),
+        ("helo_name", s.helo_name.is_some(), Smtp),
+        ("pool_size", s.pool_size.is_some(), Smtp),
+        ("pool_idle_timeout", s.pool_idle_timeout.is_some(), Smtp),
+        ("path", s.path.is_some(), Capture),
+        ("tenant_id", s.tenant_id.is_some(), Graph),
+        ("mailbox", s.mailbox.is_some(), Graph),
+    ]
+}
+
+fn server(
+    cx: &mut Ctx<'_, '_>,
+    name: &str,
+    l: &Located<RawServer>,
+    hostname: &str,
+) -> Option<Server> {
+    let s = &l.value;
+    let (file, path) = (l.file, &l.path);
+    let kind_name = s.kind.unwrap_or(ServerKindName::Smtp);
+    for (key, set, only) in kind_specific_keys(s) {
+        if set && only != kind_name {
+            cx.err(
+                file,
+                &path.clone().key(key),
+                format!("`{key}` does not apply to a server of kind {kind_name:?}").to_lowercase(),
+            );
+        }
+    }
+    let kind = match kind_name {
+        ServerKindName::Graph => {
+            cx.err(
+                file,
+                &path.clone().key("kind"),
+                "kind = \"graph\" (Microsoft Graph sendMail) is not available in this version; use an SMTP server",
+            );
+            return None;
+        }
+        ServerKindName::Capture => {
+            let Some(p) = &s.path else {
+                cx.err(
+                    file,
+                    path,
+                    "a capture server needs `path` (the outbox directory)",
+                );
+                return None;
+            };
+            ServerKind::Capture(CaptureServer {
+                path: cx.resolve_path(file, p),
+            })
+        }
+        ServerKindName::Smtp => {
+            let Some(host) = s.host.clone() else {
+                cx.err(file, path, "an SMTP server needs `host`");
+                return None;
+            };
+            if host.is_empty() || host.chars().any(|c| c.is_control() || c.is_whitespace()) {
+                cx.err(file, &path.clone().key("host"), "invalid host name");
+            }
+            let security = s.security.unwrap_or(Security::Auto);
+            let port = s.port.unwrap_or(match security {
+                Security::Implicit => 465,
+                Security::None => 25,
+                _ => 587,
+            });
+            if port == 0 {
+                cx.err(
+                    file,
+                    &path.clone().key("port"),
+                    "port 0 is not a valid upstream port",
+                );
+            }
+            if s.auth == Some(UpstreamAuth::Xoauth2) {
+                cx.err(
+                    file,
+                    &path.clone().key("auth"),
+                    "auth = \"xoauth2\" is not available in this version; use plain or login",
+                );
+            }
+            let wants_auth = s.auth != Some(UpstreamAuth::None);
+            if s.username.is_some() && s.password.is_none() && wants_auth {
+                cx.err(
+                    file,
+                    &path.clone().key("username"),
+                    "a username needs a password",
+                );
+            }
+            if s.password.is_some() && s.username.is_none() {
+                cx.err(
+                    file,
+                    &path.clone().key("password"),
+                    "a password needs a username",
+                );
+            }
+            if matches!(s.auth, Some(UpstreamAuth::Plain | UpstreamAuth::Login))
+                && s.username.is_none()
+            {
+                cx.err(
+                    file,
+                    &path.clone().key("auth"),
+                    "auth is set but no username is given",
+                );
+            }
+            if let Some(u) = &s.username
+                && u.chars().any(char::is_control)
+            {
+                cx.err(
+                    file,
+                    &path.clone().key("username"),
+                    "control characters are not allowed",
+                );
+            }
+            let password = match &s.password {
+                Some(p) => match p.resolve(&cx.src.base_dir(file)) {
+                    Ok(sec) => Some(sec),
+                    Err(m) => {
+                        cx.err(file, &path.clone().key("password"), m);
+                        None
+                    }
+                },
+                None => None,
+            };
+            let ca_file = s.ca_file.as_ref().map(|p| cx.resolve_path(file, p));
+            if let Some(ca) = &ca_file {
+                use rustls_pki_types::CertificateDer;
+                use rustls_pki_types::pem::PemObject;
+                match CertificateDer::pem_file_iter(ca).map(|it| it.collect::<Result<Vec<_>, _>>())
+                {
+                    Ok(Ok(v)) if !v.is_empty() => {}
+                    Ok(Ok(_)) => cx.err(
+                        file,
+                        &path.clone().key("ca_file"),
+                        format!("no certificate in {}", ca.display()),
+                    ),
+                    Ok(Err(e)) | Err(e) => cx.err(
+                        file,
+                        &path.clone().key("ca_file"),
+                        format!("cannot read {}: {e}", ca.display()),
+                    ),
+                }
+            }
+            if s.accept_invalid_certs == Some(true) {
+                cx.warn(
+                    file,
+                    &path.clone().key("accept_invalid_certs"),
+                    "certificate verification is off for this server",
+                );
+            }
+            let helo_name = s.helo_name.clone().unwrap_or_else(|| hostname.to_owned());
+            if helo_name.is_empty()
+                || helo_name
+                    .chars()
+                    .any(|c| c.is_control() || c.is_whitespace())
+            {
+                cx.err(file, &path.clone().key("helo_name"), "invalid EHLO name");
+            }
+            if s.pool_size == Some(0) {
+                cx.err(
+                    file,
+                    &path.clone().key("pool_size"),
+                    "pool_size must be at least 1",
+                );
+            }
+            ServerKind::Smtp(SmtpServer {
+                tls_name: s.tls_name.clone().unwrap_or_else(|| host.clone()),
+                host,
+                port,
+                security,
+                username: s.username.clone(),
+                password,
+                auth: s.auth,
+                connect_timeout: s
+                    .connect_timeout
+                    .map_or(Duration::from_secs(10), |d| d.get()),
+                command_timeout: s
+                    .command_timeout
+                    .map_or(Duration::from_secs(60), |d| d.get()),
+                data_timeout: s.data_timeout.map_or(Duration::from_secs(600), |d| d.get()),
+                accept_invalid_certs: s.accept_invalid_certs.unwrap_or(false),
+                ca_file,
+                helo_name,
+                pool_size: s.pool_size.unwrap_or(4),
+                pool_idle_timeout: s
+                    .pool_idle_timeout
+                    .map_or(Duration::from_secs(30), |d| d.get()),
+            })
+        }
+    };
+    if s.client_id.is_some() || s.client_secret.is_some() || s.token_url.is_some() {
+        cx.err(file, path, "OAuth settings (client_id, client_secret, token_url) are not available in this version");
+    }
+    if s.limit_counts.is_some() && s.limit.is_none() {
+        cx.warn(
+            file,
+            &path.clone().key("limit_counts"),
+            "limit_counts has no effect without `limit`",
+        );
+    }
+    Some(Server {
+        name: name.to_owned(),
+        tenant: s.tenant.clone(),
+        sender: s.sender.clone(),
+        limit: s.limit,
+        limit_counts: s.limit_counts.unwrap_or(LimitCounts::Messages),
+        kind,
+    })
+}
+
+/// Duplicate names across files: the first definition wins, later ones are errors.
+fn dedupe<T>(
+    cx: &mut Ctx<'_, '_>,
+    what: &str,
+    items: Vec<(String, Located<T>)>,
+) -> Vec<(String, Located<T>)> {
+    let mut seen: HashMap<String, (usize, KeyPath)> = HashMap::new();
+    let mut out = Vec::new();
+    for (name, l) in items {
+        if let Some((f, p)) = seen.get(&name) {
+            let first = cx.src.error(*f, p, "");
+            cx.err(
+                l.file,
+                &l.path,
+                format!(
+                    "{what} {name:?} is defined twice (first at {}:{})",
+                    first.file, first.line
+                ),
+            );
+            continue;
+        }
+        seen.insert(name.clone(), (l.file, l.path.clone()));
+        out.push((name, l));
+    }
+    out
+}
+
+/// Validates `doc` into a snapshot, or returns every error (those passed in
+/// from loading included).
+pub(super) fn validate(
+    src: &Sources<'_>,
+    doc: RawDoc,
+    errors: Vec<ConfigError>,
+    hash: String,
+    files: Vec<PathBuf>,
+    source: String,
+) -> Result<Config, ConfigErrors> {
+    let mut cx = Ctx {
+        src,
+        errors,
+        warnings: Vec::new(),
+    };
+
+    // [system]
+    let (sys_file, sys_path, rs) = match &doc.system {
+        Some(l) => (l.file, l.path.clone(), l.value.clone()),
+        None => (0, KeyPath::new(["system"]), Default::default()),
+    };
+    let delivery = rs.delivery.unwrap_or(DeliveryMode::Direct);
+    if delivery == DeliveryMode::Queue {
+        cx.warn(
+            sys_file,
+            &sys_path.clone().key("delivery"),
+            "delivery = \"queue\" is not implemented yet; messages are relayed directly (the client's reply waits for the upstream)",
+        );
+    }
+    let system = System {
+        hostname: rs
+            .hostname
+            .as_ref()
+            .map_or_else(system_hostname, |h| h.as_str().to_owned()),
+        enabled: rs.enabled.unwrap_or(true),
+        delivery,
+        spool: cx.resolve_path(sys_file, rs.spool.as_deref().unwrap_or("spool")),
+        default_server: rs.default_server.clone(),
+        fallback_server: rs.fallback_server.clone(),
+        default_sender: rs.default_sender.clone(),
+        display_name: rs.display_name.clone(),
+        reply_to: rs.reply_to.clone(),
+        bounce_address: rs.bounce_address.clone(),
+        blacklist: rs.blacklist.clone(),
+        blacklist_action: rs.blacklist_action.unwrap_or(BlacklistAction::Drop),
+    };
+    if system.hostname.contains(char::is_whitespace) || system.hostname.is_empty() {
+        cx.err(
+            sys_file,
+            &sys_path.clone().key("hostname"),
+            "the host name may not be empty or contain spaces",
+        );
+    }
+
+    // [limits]
+    let rl = doc
+        .limits
+        .as_ref()
+        .map(|l| l.value.clone())
+        .unwrap_or_default();
+    let limits = Limits {
+        max_message_size: rl.max_message_size.map_or(25 << 20, |s| s.bytes()),
+        max_recipients: rl.max_recipients.unwrap_or(100),
+        max_connections: rl.max_connections.unwrap_or(1000),
+        command_timeout: rl
+            .command_timeout
+            .map_or(Duration::from_secs(300), |d| d.get()),
+        data_timeout: rl
+            .data_timeout
+            .map_or(Duration::from_secs(600), |d| d.get()),
+        max_line_length: rl.max_line_length.unwrap_or(4096),
+        memory_threshold: rl.memory_threshold.map_or(1 << 20, |s| s.bytes()),
+        auth_failures: rl.auth_failures.unwrap_or(5),
+        auth_lockout: rl
+            .auth_lockout
+            .map_or(Duration::from_secs(900), |d| d.get()),
+    };
+    if let Some(l) = &doc.limits {
+        let p = &l.path;
+        for (key, bad) in [
+            ("max_message_size", limits.max_message_size == 0),
+            ("max_recipients", limits.max_recipients == 0),
+            ("max_connections", limits.max_connections == 0),
+            ("command_timeout", limits.command_timeout.is_zero()),
+            ("data_timeout", limits.data_timeout.is_zero()),
+            ("auth_failures", limits.auth_failures == 0),
+        ] {
+            if bad {
+                cx.err(l.file, &p.clone().key(key), "must be greater than zero");
+            }
+        }
+        if limits.max_line_length < 1000 {
+            cx.err(
+                l.file,
+                &p.clone().key("max_line_length"),
+                "must be at least 1000 (RFC 5321 §4.5.3.1.6)",
+            );
+        }
+    }
+
+    // [tls]
+    let tls = doc.tls.as_ref().and_then(|l| {
+        let cert = cx.resolve_path(l.file, &l.value.certificate);
+        let key = cx.resolve_path(l.file, &l.value.private_key);
+        match load_tls(&cert, &key) {
+            Ok(server_config) => Some(TlsSettings {
+                certificate: cert,
+                private_key: key,
+                server_config,
+            }),
+            Err(m) => {
+                cx.err(l.file, &l.path.clone().key("certificate"), m);
+                None
+            }
+        }
+    });
+
+    // [admin], [log]
+    let admin = doc.admin.as_ref().and_then(|l| {
+        let address = match parse_socket_addr(&l.value.address) {
+            Ok(a) => a,
+            Err(m) => {
+                cx.err(l.file, &l.path.clone().key("address"), m);
+                return None;
+            }
+        };
+        let token = match &l.value.token {
+            Some(t) => match t.resolve(&cx.src.base_dir(l.file)) {
+                Ok(s) => Some(s),
+                Err(m) => {
+                    cx.err(l.file, &l.path.clone().key("token"), m);
+                    None
+                }
+            },
+            None => None,
+        };
+        Some(Admin { address, token })
+    });
+    let rlog = doc
+        .log
+        .as_ref()
+        .map(|l| l.value.clone())
+        .unwrap_or_default();
+    let log = Log {
+        format: rlog.format.unwrap_or(LogFormat::Text),
+        level: rlog.level.unwrap_or_else(|| "info".to_owned()),
+    };
+    if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log.level) {
+        let (f, p) = doc
+            .log
+            .as_ref()
+            .map_or((0, KeyPath::new(["log"])), |l| (l.file, l.path.clone()));
+        cx.err(f, &p.key("level"), format!("invalid log filter: {e}"));
+    }
+
+    // Tenants first: everything else refers to them.
+    let raw_tenants = dedupe(&mut cx, "tenant", doc.tenants);
+    let mut tenants: BTreeMap<String, Tenant> = BTreeMap::new();
+    let mut tenant_loc: HashMap<String, (usize, KeyPath)> = HashMap::new();
+    for (name, l) in &raw_tenants {
+        let t = &l.value;
+        let tm = test_mode(&mut cx, l.file, &l.path, &t.test_mode);
+        tenant_loc.insert(name.clone(), (l.file, l.path.clone()));
+        tenants.insert(
+            name.clone(),
+            Tenant {
+                name: name.clone(),
+                parent: t.parent.clone(),
+                enabled: t.enabled,
+                use_system_server: t.use_system_server,
+                own_servers: t.own_servers,
+                default_server: t.default_server.clone(),
+                sender: t.sender.clone(),
+                display_name: t.display_name.clone(),
+                reply_to: t.reply_to.clone(),
+                bounce_address: t.bounce_address.clone(),
+                blacklist: t.blacklist.clone(),
+                blacklist_action: t.blacklist_action.unwrap_or(BlacklistAction::Drop),
+                test_mode: tm,
+            },
+        );
+    }
+    // Parents exist and form no cycle.
+    let mut cyclic: BTreeSet<String> = BTreeSet::new();
+    for (name, l) in &raw_tenants {
+        if let Some(p) = &l.value.parent {
+            if !tenants.contains_key(p) {
+                cx.err(
+                    l.file,
+                    &l.path.clone().key("parent"),
+                    format!("tenant {name:?} names parent {p:?}, which is not defined"),
+                );
+                continue;
+            }
+            let mut seen = vec![name.as_str()];
+            let mut cur = p.as_str();
+            loop {
+                if seen.contains(&cur) {
+                    seen.push(cur);
+                    cyclic.insert(name.clone());
+                    cx.err(
+                        l.file,
+                        &l.path.clone().key("parent"),
+                        format!("parent cycle: {}", seen.join(" -> ")),
+                    );
+                    break;
+                }
+                seen.push(cur);
+                match tenants.get(cur).and_then(|t| t.parent.as_deref()) {
+                    Some(n) if tenants.contains_key(n) => cur = n,
+                    _ => break,
+                }
+            }
+        }
+    }
+    // A cyclic parent chain would make inheritance meaningless; cut it so
+    // later checks run on something finite (the config is refused anyway).
+    for n in &cyclic {
+        if let Some(t) = tenants.get_mut(n) {
+            t.parent = None;
+        }
+    }
+
+    // Servers.
+    let raw_servers = dedupe(&mut cx, "server", doc.servers);
+    let mut servers: BTreeMap<String, Server> = BTreeMap::new();
+    let mut server_loc: HashMap<String, (usize, KeyPath)> = HashMap::new();
+    for (name, l) in &raw_servers {
+        server_loc.insert(name.clone(), (l.file, l.path.clone()));
+        if let Some(s) = server(&mut cx, name, l, &system.hostname) {
+            servers.insert(name.clone(), s);
+        }
+    }
+
+    // A partially built snapshot for inheritance lookups during validation.
+    let mut cfg = Config {
+        source,
+        files,
+        hash,
+        system,
+        listeners: Vec::new(),
+        tls,
+        limits,
+        admin,
+        log,
+        servers,
+        tenants,
+        applications: BTreeMap::new(),
+        routes: Vec::new(),
+        warnings: Vec::new(),
+        auth_index: HashMap::new(),
+        ip_index: Vec::new(),
+    };
+
+    // Tenants defined by each included file (ownership rules, §3.9).
+    let mut file_tenants: HashMap<usize, BTreeSet<String>> = HashMap::new();
+    for (name, l) in &raw_tenants {
+        file_tenants.entry(l.file).or_default().insert(name.clone());
+    }
+    let defined_in_file = |file: usize, tenant: &str| -> bool {
+        file_tenants.get(&file).is_some_and(|s| s.contains(tenant))
+    };
+
+    // Server ownership.
+    for (name, l) in &raw_servers {
+        let Some(owner) = &l.value.tenant else {
+            if l.file > 0 {
+                cx.err(l.file, &l.path, format!("server {name:?} has no `tenant`: included files may only define their own tenants' servers"));
+            }
+            continue;
+        };
+        if !cfg.tenants.contains_key(owner) {
+            cx.err(
+                l.file,
+                &l.path.clone().key("tenant"),
+                format!("server {name:?} names tenant {owner:?}, which is not defined"),
+            );
+            continue;
+        }
+        if !cfg.tenant_owns_servers(owner) {
+            cx.err(
+                l.file,
+                &l.path.clone().key("tenant"),
+                format!("server {name:?} belongs to tenant {owner:?}, which may not define its own servers (own_servers = false)"),
+            );
+        }
+        if l.file > 0 && !defined_in_file(l.file, owner) {
+            cx.err(
+                l.file,
+                &l.path.clone().key("tenant"),
+                format!(
+                    "server {name:?} belongs to tenant {owner:?}, which this file does not define"
+                ),
+            );
+        }
+    }
+
+    // Is `server` (referred to by `who` at file/path) usable by `tenant`?
+    let check_use = |cx: &mut Ctx<'_, '_>,
+                     cfg: &Config,
+                     file: usize,
+                     path: &KeyPath,
+                     who: &str,
+                     server: &str,
+                     tenant: Option<&str>| {
+        let Some(s) = cfg.servers.get(server) else {
+            if !server_loc.contains_key(server) {
+                cx.err(
+                    file,
+                    path,
+                    format!("{who} refers to server {server:?}, which is not defined"),
+                );
+            }
+            return;
+        };
+        let Some(tenant) = tenant else { return };
+        match &s.tenant {
+            Some(owner) if !cfg.is_within(tenant, owner) => cx.err(
+                file,
+                path,
+                format!("{who} refers to server {server:?} of tenant {owner:?}; tenant {tenant:?} may use only its own, its head office's and system servers"),
+            ),
+            None if !cfg.tenant_uses_system_server(tenant) => cx.err(
+                file,
+                path,
+                format!("{who} refers to system server {server:?}, but tenant {tenant:?} may not use system servers (use_system_server = false)"),
+            ),
+            _ => {}
+        }
+    };
+
+    // System default and fallback servers.
+    for key in ["default_server", "fallback_server"] {
+        let name = if key == "default_server" {
+            &cfg.system.default_server
+        } else {
+            &cfg.system.fallback_server
+        };
+        let Some(ds) = name.clone() else { continue };
+        let p = sys_path.clone().key(key);
+        check_use(
+            &mut cx,
+            &cfg,
+            sys_file,
+            &p,
+            &format!("system.{key}"),
+            &ds,
+            None,
+        );
+        if let Some(owner) = cfg.servers.get(&ds).and_then(|s| s.tenant.clone()) {
+            cx.err(
+                sys_file,
+                &p,
+                format!(
+                    "system.{key} {ds:?} belongs to tenant {owner:?}; it must be a system server"
+                ),
+            );
+        }
+    }
+    match (&cfg.system.default_server, &cfg.system.fallback_server) {
+        (None, Some(_)) => cx.err(
+            sys_file,
+            &sys_path.clone().key("fallback_server"),
+            "a system fallback_server needs a default_server",
+        ),
+        (Some(d), Some(f)) if d == f => cx.err(
+            sys_file,
+            &sys_path.clone().key("fallback_server"),
+            format!("default_server and fallback_server are both {d:?}; they must differ"),
+        ),
+        _ => {}
+    }
+
+    // Tenant default servers.
+    for (name, l) in &raw_tenants {
+        if let Some(ds) = &l.value.default_server {
+            let who = format!("tenant {name:?}");
+            check_use(
+                &mut cx,
+                &cfg,
+                l.file,
+                &l.path.clone().key("default_server"),
+                &who,
+                ds,
+                Some(name),
+            );
+        }
+    }
+
+    // Applications.
+    let raw_apps = dedupe(&mut cx, "application", doc.applications);
+    let mut auth_users: HashMap<String, (String, usize, KeyPath)> = HashMap::new();
+    let mut ip_owner: HashMap<Cidr, String> = HashMap::new();
+    for (name, l) in &raw_apps {
+        let a = &l.value;
+        let (file, path) = (l.file, &l.path);
+        let who = format!("application {name:?}");
+        let Some(tenant) = a.tenant.clone() else {
+            cx.err(file, path, format!("{who} needs `tenant`"));
+            continue;
+        };
+        if !cfg.tenants.contains_key(&tenant) {
+            cx.err(
+                file,
+                &path.clone().key("tenant"),
+                format!("{who} names tenant {tenant:?}, which is not defined"),
+            );
+            continue;
+        }
+        if file > 0 && !defined_in_file(file, &tenant) {
+            cx.err(
+                file,
+                &path.clone().key("tenant"),
+                format!("{who} belongs to tenant {tenant:?}, which this file does not define"),
+            );
+        }
+        for (key, srv) in [("primary", &a.primary), ("fallback", &a.fallback)] {
+            if let Some(s) = srv {
+                check_use(
+                    &mut cx,
+                    &cfg,
+                    file,
+                    &path.clone().key(key),
+                    &who,
+                    s,
+                    Some(&tenant),
+                );
+            }
+        }
+        if let (Some(p), Some(f)) = (&a.primary, &a.fallback) {
+            if p == f {
+                cx.err(
+                    file,
+                    &path.clone().key("fallback"),
+                    format!("{who}: primary and fallback are both {p:?}; they must differ"),
+                );
+            }
+            if cfg.system.default_server.as_deref() == Some(p.as_str()) {
+                cx.err(
+                    file,
+                    &path.clone().key("fallback"),
+                    format!("{who}: the primary {p:?} is the system default server, whose fallback is implied; remove `fallback`"),
+                );
+            }
+        }
+        if a.fallback.is_some() && a.primary.is_none() {
+            cx.err(
+                file,
+                &path.clone().key("fallback"),
+                format!("{who}: a fallback needs a primary"),
+            );
+        }
+        match (&a.auth_user, &a.password_hash) {
+            (Some(u), Some(h)) => {
+                if u.is_empty() || u.chars().any(char::is_control) {
+                    cx.err(file, &path.clone().key("auth_user"), "invalid user name");
+                }
+                if let Err(m) = check_argon2(h) {
+                    cx.err(file, &path.clone().key("password_hash"), m);
+                }
+                if let Some((other, of, op)) = auth_users.get(u) {
+                    let first = cx.src.error(*of, op, "");
+                    cx.err(
+                        file,
+                        &path.clone().key("auth_user"),
+                        format!(
+                            "auth_user {u:?} is used by application {other:?} ({}:{}) and {name:?}",
+                            first.file, first.line
+                        ),
+                    );
+                } else {
+                    auth_users.insert(
+                        u.clone(),
+                        (name.clone(), file, path.clone().key("auth_user")),
+                    );
+                }
+            }
+            (Some(_), None) => cx.err(
+                file,
+                &path.clone().key("auth_user"),
+                format!("{who} has auth_user but no password_hash"),
+            ),
+            (None, Some(_)) => cx.err(
+                file,
+                &path.clone().key("password_hash"),
+                format!("{who} has password_hash but no auth_user"),
+            ),
+            (None, None) => {}
+        }
+        for (i, c) in a.client_ips.iter().enumerate() {
+            let p = path.clone().key("client_ips").index(i);
+            if c.is_everything() {
+                cx.err(
+                    file,
+                    &p,
+                    format!("{c} matches every address: that would make an open relay"),
+                );
+            }
+            if let Some(other) = ip_owner.get(c) {
+                if other != name {
+                    cx.err(file, &p, format!("network {c} is claimed by application {other:?} and {name:?}; identification would be ambiguous"));
+                }
+            } else {
+                ip_owner.insert(*c, name.clone());
+            }
+        }
+        let tm = test_mode(&mut cx, file, path, &a.test_mode);
+        cfg.applications.insert(
+            name.clone(),
+            Application {
+                name: name.clone(),
+                tenant,
+                auth_user: a.auth_user.clone(),
+                password_hash: a.password_hash.clone(),
+                client_ips: a.client_ips.clone(),
+                primary: a.primary.clone(),
+                fallback: a.fallback.clone(),
+                display_name: a.display_name.clone(),
+                sender: a.sender.clone(),
+                reply_to: a.reply_to.clone(),
+                test_mode: tm,
+                allow_bare_lf: a.allow_bare_lf,
+            },
+        );
+    }
+    cfg.auth_index = auth_users
+        .into_iter()
+        .map(|(u, (a, _, _))| (u, a))
+        .collect();
+    let mut ip_index: Vec<(Cidr, String)> = ip_owner.into_iter().collect();
+    ip_index.sort_by(|a, b| b.0.prefix().cmp(&a.0.prefix()).then(a.1.cmp(&b.1)));
+    cfg.ip_index = ip_index;
+
+    // Routes.
+    for l in &doc.routes {
+        let r = &l.value;
+        let who = format!("route {}", r.sender);
+        if let Some(t) = &r.tenant
+            && !cfg.tenants.contains_key(t)
+        {
+            cx.err(
+                l.file,
+                &l.path.clone().key("tenant"),
+                format!("{who} names tenant {t:?}, which is not defined"),
+            );
+            continue;
+        }
+        let owner = cfg.servers.get(&r.server).and_then(|s| s.tenant.clone());
+        let scope = r.tenant.clone().or(owner.clone());
+        check_use(
+            &mut cx,
+            &cfg,
+            l.file,
+            &l.path.clone().key("server"),
+            &who,
+            &r.server,
+            scope.as_deref(),
+        );
+        if l.file > 0 {
+            match &scope {
+                Some(t) if defined_in_file(l.file, t) => {}
+                _ => cx.err(
+                    l.file,
+                    &l.path.clone().key("tenant"),
+                    format!("{who}: routes in an included file must be scoped to a tenant that file defines"),
+                ),
+            }
+        }
+        cfg.routes.push(Route {
+            sender: r.sender.clone(),
+            server: r.server.clone(),
+            tenant: scope,
+        });
+    }
+
+    // Every application must end up with at least one server.
+    let app_names: Vec<String> = cfg.applications.keys().cloned().collect();
+    for name in app_names {
+        let app = &cfg.applications[&name];
+        let tenant_default = cfg.inherited(&app.tenant, |t| t.default_server.as_ref());
+        let system_default = cfg
+            .system
+            .default_server
+            .as_ref()
+            .filter(|_| cfg.tenant_uses_system_server(&app.tenant));
+        if app.primary.is_none() && tenant_default.is_none() && system_default.is_none() {
+            let (file, path) = raw_apps
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, l)| (l.file, l.path.clone()))
+                .unwrap_or_default();
+            let why = if cfg.system.default_server.is_some() {
+                format!(
+                    " (tenant {:?} may not use the system default server)",
+                    app.tenant
+                )
+            } else {
+                String::new()
+            };
+            cx.err(
+                file,
+                &path,
+                format!("application {name:?} has no server: set primary, a tenant default_server or system.default_server{why}"),
+            );
+        }
+    }
+
+    // Listeners.
+    let mut bound: HashMap<SocketAddr, usize> = HashMap::new();
+    for (i, l) in doc.listeners.iter().enumerate() {
+        let r = &l.value;
+        let p = &l.path;
+        let address = match parse_socket_addr(&r.address) {
+            Ok(a) => a,
+            Err(m) => {
+                cx.err(l.file, &p.clone().key("address"), m);
+                continue;
+            }
+        };
+        if let Some(prev) = bound.insert(address, i) {
+            cx.err(
+                l.file,
+                &p.clone().key("address"),
+                format!("address {address} is already used by listener[{prev}]"),
+            );
+        }
+        let tls = r.tls.unwrap_or(ListenerTls::None);
+        if tls != ListenerTls::None && doc.tls.is_none() {
+            cx.err(
+                l.file,
+                &p.clone().key("tls"),
+                "TLS on a listener needs a [tls] section with certificate and private_key",
+            );
+        }
+        let auth = r.auth.unwrap_or(ListenerAuth::Optional);
+        if let Some(a) = &r.application
+            && !cfg.applications.contains_key(a)
+            && !raw_apps.iter().any(|(n, _)| n == a)
+        {
+            cx.err(
+                l.file,
+                &p.clone().key("application"),
+                format!("listener {address} refers to application {a:?}, which is not defined"),
+            );
+        }
+        if auth == ListenerAuth::Required && !cfg.has_auth_users() {
+            cx.err(
+                l.file,
+                &p.clone().key("auth"),
+                "auth = \"required\" but no application has an auth_user: nobody could send",
+            );
+        }
+        if auth == ListenerAuth::None && r.application.is_none() {
+            let can_match = cfg
+                .ip_index
+                .iter()
+                .any(|(c, _)| listener_can_see(address.ip(), c));
+            if !can_match {
+                cx.err(
+                    l.file,
+                    &p.clone().key("auth"),
+                    format!("listener {address} has auth = \"none\", no application binding and no application client_ips it could match: it would accept mail from clients it cannot identify; bind an application, allow AUTH or add client_ips"),
+                );
+            }
+        }
+        if r.allow_plaintext_auth == Some(true) && auth == ListenerAuth::None {
+            cx.warn(
+                l.file,
+                &p.clone().key("allow_plaintext_auth"),
+                "has no effect with auth = \"none\"",
+            );
+        }
+        if r.application.is_some() && auth != ListenerAuth::Required && !address.ip().is_loopback()
+        {
+            cx.warn(
+                l.file,
+                &p.clone().key("application"),
+                format!("every client that reaches {address} without AUTH sends as this application; restrict access to the port"),
+            );
+        }
+        cfg.listeners.push(Listener {
+            name: r.name.clone().unwrap_or_else(|| address.to_string()),
+            address,
+            tls,
+            auth,
+            allow_plaintext_auth: r.allow_plaintext_auth.unwrap_or(false),
+            application: r.application.clone(),
+            allow_bare_lf: r.allow_bare_lf.unwrap_or(false),
+        });
+    }
+
+    // Test modes are logged when the config goes live; note them here too.
+    for t in cfg.tenants.values() {
+        if let Some(TestModeSetting::On(tm)) = &t.test_mode
+            && let Some((f, p)) = tenant_loc.get(&t.name)
+        {
+            cx.warn(
+                *f,
+                &p.clone().key("test_mode"),
+                format!(
+                    "tenant {:?} is in test mode: mail goes to {}",
+                    t.name, tm.redirect_to
+                ),
+            );
+        }
+    }
+
+    if cx.errors.is_empty() {
+        cfg.warnings = cx.warnings;
+        Ok(cfg)
+    } else {
+        Err(ConfigErrors(cx.errors))
+    }
+}
+
+/// Whether clients from `net` could connect to a listener bound to `bind`.
+fn listener_can_see(bind: IpAddr, net: &Cidr) -> bool {
+    if bind.is_unspecified() {
+        // [::] usually accepts IPv4 too (dual stack); 0.0.0.0 only IPv4.
+        return bind.is_ipv6() || net.addr().is_ipv4();
+    }
+    if bind.is_loopback() {
+        return net.addr().is_loopback() || net.contains(bind);
+    }
+    !net.is_loopback() && net.addr().is_ipv4() == bind.is_ipv4()
+}

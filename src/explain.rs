@@ -1,0 +1,338 @@
+//! `smarthost explain`: a dry run of policy and rewrite for one message,
+//! as text or JSON. Pure apart from its caller printing the report; it runs
+//! the same `policy` and `rewrite` code a real submission does.
+
+use crate::config::Config;
+use crate::config::values::EmailAddress;
+use crate::policy::{self, IdentifiedBy, RcptVerdict, RecipientPlan, Refusal};
+use crate::rewrite;
+use serde::Serialize;
+use std::fmt::Write as _;
+use std::net::IpAddr;
+
+/// Who sends.
+#[derive(Debug, Clone)]
+pub enum Who {
+    /// An application by name.
+    App(String),
+    /// An SMTP AUTH user.
+    AuthUser(String),
+    /// A client address, optionally on a named listener.
+    ClientIp {
+        /// The address.
+        ip: IpAddr,
+        /// Listener name or address.
+        listener: Option<String>,
+    },
+}
+
+/// What to explain.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// Who sends.
+    pub who: Who,
+    /// Envelope sender and From of the sample message.
+    pub from: String,
+    /// Recipients.
+    pub to: Vec<String>,
+    /// Subject of the sample message.
+    pub subject: String,
+}
+
+/// Why explain could not produce a report.
+#[derive(Debug, thiserror::Error)]
+pub enum ExplainError {
+    /// No application by that name.
+    #[error("no application named {0:?}")]
+    NoSuchApp(String),
+    /// No application with that AUTH user.
+    #[error("no application authenticates as {0:?}")]
+    NoSuchUser(String),
+    /// No listener by that name or address.
+    #[error("no listener named {0:?}")]
+    NoSuchListener(String),
+    /// An address argument is not an address.
+    #[error("{0}")]
+    BadAddress(String),
+}
+
+/// One hop of the chain with the rewrite it gets.
+#[derive(Debug, Serialize)]
+pub struct Hop {
+    /// Server name.
+    pub server: String,
+    /// `smtp` or `capture`.
+    pub kind: &'static str,
+    /// Owner tenant (`null`: system server).
+    pub owner: Option<String>,
+    /// Send limit, if any.
+    pub limit: Option<String>,
+    /// MAIL FROM on this hop.
+    pub envelope_from: String,
+    /// The rewritten header section of the sample message on this hop.
+    pub headers: Vec<String>,
+}
+
+/// The report.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    /// Application name (`null` when nobody was identified).
+    pub application: Option<String>,
+    /// How it was identified.
+    pub identified_by: Option<IdentifiedBy>,
+    /// Tenant.
+    pub tenant: Option<String>,
+    /// Tenant and parents, nearest first.
+    pub tenant_chain: Vec<String>,
+    /// Why the message would be refused at MAIL FROM, if it would.
+    pub refused: Option<Refusal>,
+    /// Effective sender on the first hop (a server's fixed sender wins).
+    pub effective_sender: Option<String>,
+    /// Sender from application/tenant/system, before any server's fixed sender.
+    pub policy_sender: Option<String>,
+    /// From display name.
+    pub display_name: Option<String>,
+    /// Reply-To: configured, or the original From when the address is replaced.
+    pub reply_to: Option<String>,
+    /// Test mode, if active.
+    pub test_mode: Option<TestModeReport>,
+    /// Every recipient and what happens to it.
+    pub recipients: Vec<RecipientPlan>,
+    /// The envelope recipients after blacklist and test mode.
+    pub deliver_to: Vec<String>,
+    /// Servers in the order they are tried, each with its rewrite.
+    pub server_chain: Vec<Hop>,
+}
+
+/// Test mode in a report.
+#[derive(Debug, Serialize)]
+pub struct TestModeReport {
+    /// Where mail goes.
+    pub redirect_to: String,
+    /// Subject prefix.
+    pub subject_prefix: Option<String>,
+    /// Allowed recipients.
+    pub allow: Vec<String>,
+}
+
+fn find_listener<'c>(cfg: &'c Config, name: &str) -> Option<&'c crate::config::Listener> {
+    cfg.listeners
+        .iter()
+        .find(|l| l.name == name || l.address.to_string() == name)
+}
+
+/// Runs policy and rewrite for `req` against `cfg`.
+pub fn explain(cfg: &Config, req: &Request) -> Result<Report, ExplainError> {
+    if !req.from.is_empty() {
+        req.from
+            .parse::<EmailAddress>()
+            .map_err(ExplainError::BadAddress)?;
+    }
+    for t in &req.to {
+        t.parse::<EmailAddress>()
+            .map_err(ExplainError::BadAddress)?;
+    }
+    let found = match &req.who {
+        Who::App(n) => Some((
+            cfg.applications
+                .get(n)
+                .ok_or_else(|| ExplainError::NoSuchApp(n.clone()))?,
+            None,
+        )),
+        Who::AuthUser(u) => Some((
+            cfg.application_by_auth_user(u)
+                .ok_or_else(|| ExplainError::NoSuchUser(u.clone()))?,
+            Some(IdentifiedBy::AuthUser),
+        )),
+        Who::ClientIp { ip, listener } => {
+            let l = match listener {
+                Some(n) => Some(
+                    find_listener(cfg, n).ok_or_else(|| ExplainError::NoSuchListener(n.clone()))?,
+                ),
+                None => None,
+            };
+            policy::identify(cfg, l, None, *ip).map(|(a, by)| (a, Some(by)))
+        }
+    };
+    let Some((app, by)) = found else {
+        return Ok(Report {
+            application: None,
+            identified_by: None,
+            tenant: None,
+            tenant_chain: Vec::new(),
+            refused: Some(Refusal::NotIdentified),
+            effective_sender: None,
+            policy_sender: None,
+            display_name: None,
+            reply_to: None,
+            test_mode: None,
+            recipients: Vec::new(),
+            deliver_to: Vec::new(),
+            server_chain: Vec::new(),
+        });
+    };
+    let eff = policy::resolve(cfg, app);
+    let refused = policy::check_mail(cfg, &eff).err();
+    let recipients: Vec<RecipientPlan> = req
+        .to
+        .iter()
+        .map(|t| RecipientPlan {
+            original: t.clone(),
+            verdict: policy::check_rcpt(cfg, &eff, t),
+        })
+        .collect();
+    let accepted: Vec<RecipientPlan> = recipients
+        .iter()
+        .filter(|r| !matches!(r.verdict, RcptVerdict::Reject { .. }))
+        .cloned()
+        .collect();
+    let test_mode = eff.test_mode.map(|t| TestModeReport {
+        redirect_to: t.redirect_to.to_string(),
+        subject_prefix: t.subject_prefix.as_ref().map(|p| p.to_string()),
+        allow: t.allow.iter().map(ToString::to_string).collect(),
+    });
+    let plan = policy::plan(cfg, eff, &req.from, accepted);
+    let sample = format!(
+        "From: {}\r\nTo: {}\r\nSubject: {}\r\n\r\n",
+        if req.from.is_empty() {
+            "<>".to_owned()
+        } else {
+            req.from.clone()
+        },
+        req.to.join(", "),
+        req.subject
+    );
+    let mut server_chain = Vec::new();
+    let mut first: Option<(Option<String>, Option<String>)> = None;
+    for s in &plan.chain {
+        let spec = plan.rewrite_spec(s);
+        let out = rewrite::rewrite(sample.as_bytes(), &spec);
+        if first.is_none() {
+            let reply_to = spec.reply_to.clone().or_else(|| {
+                (out.from_replaced && !out.original_from.is_empty())
+                    .then(|| out.original_from.join(", "))
+            });
+            first = Some((spec.sender.clone(), reply_to));
+        }
+        let headers = String::from_utf8_lossy(&out.header)
+            .split("\r\n")
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect();
+        server_chain.push(Hop {
+            server: s.name.clone(),
+            kind: match s.kind {
+                crate::config::ServerKind::Smtp(_) => "smtp",
+                crate::config::ServerKind::Capture(_) => "capture",
+            },
+            owner: s.tenant.clone(),
+            limit: s.limit.map(|l| l.to_string()),
+            envelope_from: rewrite::envelope_sender(&req.from, &spec),
+            headers,
+        });
+    }
+    let (effective_sender, reply_to) = first.unwrap_or((None, None));
+    Ok(Report {
+        application: Some(app.name.clone()),
+        identified_by: by,
+        tenant: Some(plan.eff.tenant.name.clone()),
+        tenant_chain: plan
+            .eff
+            .tenant_chain
+            .iter()
+            .map(|t| t.name.clone())
+            .collect(),
+        refused,
+        effective_sender,
+        policy_sender: plan.eff.sender.map(ToString::to_string),
+        display_name: plan.eff.display_name.map(str::to_owned),
+        reply_to,
+        test_mode,
+        deliver_to: plan.deliver_to.clone(),
+        recipients,
+        server_chain,
+    })
+}
+
+impl Report {
+    /// The human-readable form.
+    pub fn to_text(&self) -> String {
+        let mut o = String::new();
+        let none = || "-".to_owned();
+        let Some(app) = &self.application else {
+            let _ = writeln!(
+                o,
+                "not identified: the relay refuses this client (550 5.7.1)"
+            );
+            return o;
+        };
+        let by = self
+            .identified_by
+            .map_or("name".to_owned(), |b| format!("{b:?}"));
+        let _ = writeln!(o, "application:    {app} (identified by {by})");
+        let _ = writeln!(o, "tenant:         {}", self.tenant_chain.join(" -> "));
+        if let Some(r) = &self.refused {
+            let _ = writeln!(o, "REFUSED:        {r:?}");
+        }
+        let _ = writeln!(
+            o,
+            "sender:         {}",
+            self.effective_sender.clone().unwrap_or_else(none)
+        );
+        let _ = writeln!(
+            o,
+            "display name:   {}",
+            self.display_name.clone().unwrap_or_else(none)
+        );
+        let _ = writeln!(
+            o,
+            "reply-to:       {}",
+            self.reply_to.clone().unwrap_or_else(none)
+        );
+        if let Some(t) = &self.test_mode {
+            let _ = writeln!(
+                o,
+                "test mode:      on, to {} (prefix {:?}, allow [{}])",
+                t.redirect_to,
+                t.subject_prefix.clone().unwrap_or_default(),
+                t.allow.join(", ")
+            );
+        }
+        let _ = writeln!(o, "recipients:");
+        for r in &self.recipients {
+            let what = match &r.verdict {
+                RcptVerdict::Deliver => "deliver".to_owned(),
+                RcptVerdict::Redirect { to } => format!("redirect to {to} (test mode)"),
+                RcptVerdict::Drop { list, entry } => {
+                    format!("drop ({entry} on the {list} blacklist)")
+                }
+                RcptVerdict::Reject { list, entry } => {
+                    format!("reject 550 5.7.1 ({entry} on the {list} blacklist)")
+                }
+            };
+            let _ = writeln!(o, "  {:<30} {what}", r.original);
+        }
+        let _ = writeln!(o, "deliver to:     {}", self.deliver_to.join(", "));
+        let _ = writeln!(o, "server chain:");
+        for (i, h) in self.server_chain.iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "  {}. {} ({}, {}{}) MAIL FROM:<{}>",
+                i + 1,
+                h.server,
+                h.kind,
+                h.owner
+                    .as_deref()
+                    .map_or("system".to_owned(), |t| format!("tenant {t}")),
+                h.limit
+                    .as_deref()
+                    .map_or(String::new(), |l| format!(", limit {l}")),
+                h.envelope_from
+            );
+            for line in &h.headers {
+                let _ = writeln!(o, "       {line}");
+            }
+        }
+        o
+    }
+}

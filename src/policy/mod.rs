@@ -1,0 +1,342 @@
+//! Policy: who is sending, what their effective settings are, what happens
+//! to each recipient, and which servers may carry the message. Pure: no I/O,
+//! no clock; everything comes from the config snapshot and the arguments.
+//!
+//! Outcomes are typed; each variant's doc comment names the SMTP reply the
+//! session turns it into (the wording lives in `session::reply`).
+
+mod chain;
+#[cfg(test)]
+mod tests;
+
+pub use chain::server_chain;
+
+use crate::config::values::{EmailAddress, normalize_address};
+use crate::config::{
+    Application, BlacklistAction, Config, Listener, Server, Tenant, TestMode, TestModeSetting,
+};
+use crate::rewrite::RewriteSpec;
+use serde::Serialize;
+use std::net::IpAddr;
+
+/// How an application was recognised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IdentifiedBy {
+    /// SMTP AUTH user name.
+    AuthUser,
+    /// The listener binds an application.
+    Listener,
+    /// The client address is in the application's `client_ips`.
+    ClientIp,
+}
+
+/// Identifies the application behind a client: AUTH user first, then the
+/// listener's binding, then the client address (longest prefix wins).
+pub fn identify<'c>(
+    cfg: &'c Config,
+    listener: Option<&Listener>,
+    auth_user: Option<&str>,
+    client_ip: IpAddr,
+) -> Option<(&'c Application, IdentifiedBy)> {
+    if let Some(u) = auth_user {
+        // An authenticated user that no longer maps to an application (a
+        // reload removed it) is not silently re-identified by address.
+        return cfg
+            .application_by_auth_user(u)
+            .map(|a| (a, IdentifiedBy::AuthUser));
+    }
+    if let Some(a) = listener
+        .and_then(|l| l.application.as_deref())
+        .and_then(|n| cfg.applications.get(n))
+    {
+        return Some((a, IdentifiedBy::Listener));
+    }
+    cfg.application_by_ip(client_ip)
+        .map(|a| (a, IdentifiedBy::ClientIp))
+}
+
+/// Where a blacklist comes from. Shown and serialised as `system` or
+/// `tenant NAME`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListOrigin {
+    /// `[system] blacklist`.
+    System,
+    /// A tenant's list (the application's tenant or one of its parents).
+    Tenant(String),
+}
+
+impl std::fmt::Display for ListOrigin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ListOrigin::System => f.write_str("system"),
+            ListOrigin::Tenant(t) => write!(f, "tenant {t}"),
+        }
+    }
+}
+
+impl Serialize for ListOrigin {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// The settings that apply to one application after inheritance
+/// (application → tenant → parent tenants → system).
+#[derive(Debug, Clone)]
+pub struct Effective<'c> {
+    /// The application.
+    pub app: &'c Application,
+    /// Its tenant.
+    pub tenant: &'c Tenant,
+    /// The tenant and its parents, nearest first.
+    pub tenant_chain: Vec<&'c Tenant>,
+    /// Whether the tenant chain allows sending.
+    pub tenant_enabled: bool,
+    /// Sender before any server's fixed sender.
+    pub sender: Option<&'c EmailAddress>,
+    /// From display name.
+    pub display_name: Option<&'c str>,
+    /// Reply-To.
+    pub reply_to: Option<&'c EmailAddress>,
+    /// Where delivery status notifications go when the envelope sender is null.
+    pub bounce_address: Option<&'c EmailAddress>,
+    /// Active test mode, if any.
+    pub test_mode: Option<&'c TestMode>,
+    /// May system servers be used.
+    pub use_system_server: bool,
+}
+
+/// Resolves the effective settings of `app`.
+pub fn resolve<'c>(cfg: &'c Config, app: &'c Application) -> Effective<'c> {
+    let chain = cfg.tenant_chain(&app.tenant);
+    let tenant = chain
+        .first()
+        .copied()
+        .expect("validated: an application's tenant exists");
+    let from_chain =
+        |get: &dyn Fn(&'c Tenant) -> Option<&'c EmailAddress>| chain.iter().find_map(|t| get(t));
+    let test_mode = app
+        .test_mode
+        .as_ref()
+        .or_else(|| chain.iter().find_map(|t| t.test_mode.as_ref()))
+        .and_then(|s| match s {
+            TestModeSetting::On(tm) => Some(tm),
+            TestModeSetting::Off => None,
+        });
+    Effective {
+        app,
+        tenant,
+        tenant_enabled: chain.iter().find_map(|t| t.enabled).unwrap_or(true),
+        sender: app
+            .sender
+            .as_ref()
+            .or_else(|| from_chain(&|t| t.sender.as_ref()))
+            .or(cfg.system.default_sender.as_ref()),
+        display_name: app
+            .display_name
+            .as_ref()
+            .or_else(|| chain.iter().find_map(|t| t.display_name.as_ref()))
+            .or(cfg.system.display_name.as_ref())
+            .map(|h| h.as_str()),
+        reply_to: app
+            .reply_to
+            .as_ref()
+            .or_else(|| from_chain(&|t| t.reply_to.as_ref()))
+            .or(cfg.system.reply_to.as_ref()),
+        bounce_address: from_chain(&|t| t.bounce_address.as_ref())
+            .or(cfg.system.bounce_address.as_ref()),
+        test_mode,
+        use_system_server: cfg.tenant_uses_system_server(&app.tenant),
+        tenant_chain: chain,
+    }
+}
+
+/// Why a transaction is refused before any recipient is looked at.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "reason")]
+pub enum Refusal {
+    /// `530 5.7.0 Authentication required`: the listener requires AUTH, or
+    /// AUTH is offered and the client could not be identified otherwise.
+    AuthRequired,
+    /// `550 5.7.1 Relaying denied`: the client is not any application and
+    /// cannot authenticate here. smarthost is never an open relay.
+    NotIdentified,
+    /// `451 4.3.2 Sending is disabled`: the system switch is off.
+    SystemDisabled,
+    /// `451 4.7.1 Sending is disabled for this tenant`.
+    TenantDisabled,
+}
+
+/// Checks at MAIL FROM: system switch and tenant switch.
+pub fn check_mail(cfg: &Config, eff: &Effective<'_>) -> Result<(), Refusal> {
+    if !cfg.system.enabled {
+        return Err(Refusal::SystemDisabled);
+    }
+    if !eff.tenant_enabled {
+        return Err(Refusal::TenantDisabled);
+    }
+    Ok(())
+}
+
+/// What happens to one recipient.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "action")]
+pub enum RcptVerdict {
+    /// `250 2.1.5`: delivered as addressed.
+    Deliver,
+    /// `250 2.1.5`: accepted; test mode delivers to `to` instead.
+    Redirect {
+        /// The test address.
+        to: String,
+    },
+    /// `250 2.1.5`: accepted and not delivered (blacklist `drop`); logged and counted.
+    Drop {
+        /// The list that matched.
+        list: ListOrigin,
+        /// The entry that matched.
+        entry: String,
+    },
+    /// `550 5.7.1 Recipient address rejected by policy` (blacklist `reject`).
+    Reject {
+        /// The list that matched.
+        list: ListOrigin,
+        /// The entry that matched.
+        entry: String,
+    },
+}
+
+/// Decides one recipient: blacklists first (system list and the tenant
+/// chain's lists; when several match, `reject` wins over `drop`), then test
+/// mode (every recipient not on the allow list is redirected).
+pub fn check_rcpt(cfg: &Config, eff: &Effective<'_>, rcpt: &str) -> RcptVerdict {
+    let n = normalize_address(rcpt);
+    let lists = std::iter::once((
+        ListOrigin::System,
+        &cfg.system.blacklist,
+        cfg.system.blacklist_action,
+    ))
+    .chain(eff.tenant_chain.iter().map(|t| {
+        (
+            ListOrigin::Tenant(t.name.clone()),
+            &t.blacklist,
+            t.blacklist_action,
+        )
+    }));
+    let mut drop: Option<RcptVerdict> = None;
+    for (origin, list, action) in lists {
+        if let Some(entry) = list.iter().find(|e| e.matches(&n)) {
+            let entry = entry.to_string();
+            match action {
+                BlacklistAction::Reject => {
+                    return RcptVerdict::Reject {
+                        list: origin,
+                        entry,
+                    };
+                }
+                BlacklistAction::Drop => {
+                    drop.get_or_insert(RcptVerdict::Drop {
+                        list: origin,
+                        entry,
+                    });
+                }
+            }
+        }
+    }
+    if let Some(d) = drop {
+        return d;
+    }
+    match eff.test_mode {
+        Some(tm) if !tm.allow.iter().any(|e| e.matches(&n)) => RcptVerdict::Redirect {
+            to: tm.redirect_to.to_string(),
+        },
+        _ => RcptVerdict::Deliver,
+    }
+}
+
+/// One accepted recipient and what policy made of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RecipientPlan {
+    /// As the client gave it.
+    pub original: String,
+    /// The verdict.
+    #[serde(flatten)]
+    pub verdict: RcptVerdict,
+}
+
+/// Everything decided for one message before delivery.
+#[derive(Debug, Clone)]
+pub struct Plan<'c> {
+    /// Effective settings.
+    pub eff: Effective<'c>,
+    /// MAIL FROM as the client sent it (empty = null sender).
+    pub envelope_from: String,
+    /// Every accepted recipient with its verdict.
+    pub recipients: Vec<RecipientPlan>,
+    /// The envelope recipients to deliver to (redirects applied, duplicates
+    /// removed, drops left out). Empty: nothing to deliver.
+    pub deliver_to: Vec<String>,
+    /// Original recipients replaced by the test address (for X-Original-To).
+    pub redirected: Vec<String>,
+    /// Servers to try, in order.
+    pub chain: Vec<&'c Server>,
+}
+
+/// Builds the plan for a message whose recipients have each been through
+/// [`check_rcpt`] (rejected ones are not passed in).
+pub fn plan<'c>(
+    cfg: &'c Config,
+    eff: Effective<'c>,
+    envelope_from: &str,
+    recipients: Vec<RecipientPlan>,
+) -> Plan<'c> {
+    let mut deliver_to: Vec<String> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut redirected = Vec::new();
+    for r in &recipients {
+        let target = match &r.verdict {
+            RcptVerdict::Deliver => &r.original,
+            RcptVerdict::Redirect { to } => {
+                redirected.push(r.original.clone());
+                to
+            }
+            RcptVerdict::Drop { .. } | RcptVerdict::Reject { .. } => continue,
+        };
+        if seen.insert(normalize_address(target)) {
+            deliver_to.push(target.clone());
+        }
+    }
+    let chain = server_chain(cfg, &eff, envelope_from);
+    Plan {
+        eff,
+        envelope_from: envelope_from.to_owned(),
+        recipients,
+        deliver_to,
+        redirected,
+        chain,
+    }
+}
+
+impl Plan<'_> {
+    /// The rewrite for a hop through `server`: the server's fixed sender
+    /// wins over the application's, so failing over to another server can
+    /// change the sender (PRODUCT §3.2).
+    pub fn rewrite_spec(&self, server: &Server) -> RewriteSpec {
+        // The prefix marks every message of a tenant in test mode, also the
+        // copies that reach allow-listed recipients.
+        let tm = self.eff.test_mode;
+        RewriteSpec {
+            sender: server
+                .sender
+                .as_ref()
+                .or(self.eff.sender)
+                .map(ToString::to_string),
+            display_name: self.eff.display_name.map(str::to_owned),
+            reply_to: self.eff.reply_to.map(ToString::to_string),
+            subject_prefix: tm
+                .and_then(|t| t.subject_prefix.as_ref())
+                .map(|p| p.as_str().to_owned()),
+            original_recipients: self.redirected.clone(),
+        }
+    }
+}
