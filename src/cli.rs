@@ -196,16 +196,59 @@ fn hash_password() -> ExitCode {
     }
 }
 
+/// Sets up logging per `[log]`; `RUST_LOG`, when set, overrides the level.
+pub fn init_logging(cfg: &Config) {
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|f| tracing_subscriber::EnvFilter::try_new(f).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new(&cfg.log.level));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match cfg.log.format {
+        config::LogFormat::Json => b.json().flatten_event(true).try_init(),
+        config::LogFormat::Text => b.with_ansi(false).try_init(),
+    };
+}
+
+fn run(cli: &Cli) -> ExitCode {
+    let cfg = match load_config(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            print_errors(&e);
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    init_logging(&cfg);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("smarthost: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(crate::server::run_until_signal(cfg)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "smarthost stopped");
+            eprintln!("smarthost: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// Runs the command line; `main` only calls this.
 pub fn main() -> ExitCode {
+    // Exactly one crypto provider, chosen before anything builds a TLS config.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     match &cli.command {
         Command::CheckConfig(a) => check_config(&cli, a),
         Command::Explain(a) => explain_cmd(&cli, a),
         Command::HashPassword => hash_password(),
-        Command::Run => {
-            eprintln!("smarthost run: not available yet");
-            ExitCode::FAILURE
-        }
+        Command::Run => run(&cli),
     }
 }

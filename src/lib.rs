@@ -18,6 +18,13 @@
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod delivery;
 pub mod explain;
+pub mod message;
 pub mod policy;
 pub mod rewrite;
+pub mod server;
+pub mod session;
+pub mod tls;
+pub mod upstream;
+pub mod util;

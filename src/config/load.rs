@@ -21,6 +21,12 @@ use toml::de::{DeTable, DeValue, ValueDeserializer};
 /// loopback clients as a demo application and captures into `./outbox`.
 pub const DEFAULT_CONFIG: &str = include_str!("default.toml");
 
+/// Largest config file read (main or included).
+const MAX_FILE: u64 = 16 << 20;
+
+/// Most files one include pattern may match.
+const MAX_INCLUDES: usize = 10_000;
+
 /// One segment of a key path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Seg {
@@ -347,14 +353,16 @@ fn collect(src: &Sources<'_>, file: usize, doc: &mut RawDoc, errors: &mut Vec<Co
 
 /// Loads and validates a config file and everything it includes.
 pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
+    let fail = |message: String| {
         ConfigErrors(vec![ConfigError {
             file: path.display().to_string(),
             line: 0,
             key: String::new(),
-            message: format!("cannot read the config file: {e}"),
+            message,
         }])
-    })?;
+    };
+    let bytes = super::values::read_limited(path, MAX_FILE).map_err(fail)?;
+    let text = String::from_utf8(bytes).map_err(|_| fail("the config file is not UTF-8".into()))?;
     load_inner(&text, path.display().to_string(), Some(path.to_path_buf()))
 }
 
@@ -429,7 +437,7 @@ fn load_inner(text: &str, name: String, path: Option<PathBuf>) -> Result<Config,
                     let full = base.join(&pat);
                     let found = glob::glob(&full.to_string_lossy());
                     let mut paths: Vec<PathBuf> = match found {
-                        Ok(it) => it.filter_map(Result::ok).collect(),
+                        Ok(it) => it.filter_map(Result::ok).take(MAX_INCLUDES + 1).collect(),
                         Err(e) => {
                             errors.push(ConfigError {
                                 file: name.clone(),
@@ -440,9 +448,20 @@ fn load_inner(text: &str, name: String, path: Option<PathBuf>) -> Result<Config,
                             continue;
                         }
                     };
+                    if paths.len() > MAX_INCLUDES {
+                        errors.push(ConfigError {
+                            file: name.clone(),
+                            line: 0,
+                            key: "include".into(),
+                            message: format!("{pat:?} matches more than {MAX_INCLUDES} files"),
+                        });
+                        continue;
+                    }
                     paths.sort();
                     for p in paths {
-                        match std::fs::read_to_string(&p) {
+                        let read = super::values::read_limited(&p, MAX_FILE)
+                            .and_then(|b| String::from_utf8(b).map_err(|_| "not UTF-8".to_owned()));
+                        match read {
                             Ok(t) => included.push((p.display().to_string(), p, t)),
                             Err(e) => errors.push(ConfigError {
                                 file: p.display().to_string(),

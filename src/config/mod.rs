@@ -178,6 +178,8 @@ pub struct Limits {
     pub auth_failures: u32,
     /// Lockout duration.
     pub auth_lockout: Duration,
+    /// Shutdown grace period.
+    pub shutdown_grace: Duration,
 }
 
 /// `[admin]`.

@@ -147,6 +147,8 @@ pub struct RawLimits {
     pub auth_failures: Option<u32>,
     /// How long an address stays locked out after too many failures. Default `"15m"`.
     pub auth_lockout: Option<Dur>,
+    /// At shutdown, how long transactions in progress may take to finish. Default `"30s"`.
+    pub shutdown_grace: Option<Dur>,
 }
 
 /// `[admin]`: the admin and metrics port.

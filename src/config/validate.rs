@@ -18,7 +18,6 @@ use super::{
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 struct Ctx<'s, 't> {
@@ -103,29 +102,6 @@ fn check_argon2(hash: &str) -> Result<(), String> {
         ));
     }
     Ok(())
-}
-
-/// Builds the TLS server config from PEM files (TLS 1.2 and 1.3 only).
-pub(crate) fn load_tls(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, String> {
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| format!("cannot read certificate {}: {e}", cert.display()))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("invalid certificate PEM in {}: {e}", cert.display()))?;
-    if certs.is_empty() {
-        return Err(format!("no certificate found in {}", cert.display()));
-    }
-    let key = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| format!("cannot read a private key from {}: {e}", key.display()))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let cfg = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| format!("TLS setup failed: {e}"))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| format!("certificate and key do not fit together: {e}"))?;
-    Ok(Arc::new(cfg))
 }
 
 /// Keys that only one server kind understands, for "does not apply" errors.
@@ -269,23 +245,10 @@ fn server(
                 None => None,
             };
             let ca_file = s.ca_file.as_ref().map(|p| cx.resolve_path(file, p));
-            if let Some(ca) = &ca_file {
-                use rustls_pki_types::CertificateDer;
-                use rustls_pki_types::pem::PemObject;
-                match CertificateDer::pem_file_iter(ca).map(|it| it.collect::<Result<Vec<_>, _>>())
-                {
-                    Ok(Ok(v)) if !v.is_empty() => {}
-                    Ok(Ok(_)) => cx.err(
-                        file,
-                        &path.clone().key("ca_file"),
-                        format!("no certificate in {}", ca.display()),
-                    ),
-                    Ok(Err(e)) | Err(e) => cx.err(
-                        file,
-                        &path.clone().key("ca_file"),
-                        format!("cannot read {}: {e}", ca.display()),
-                    ),
-                }
+            if let Some(ca) = &ca_file
+                && let Err(m) = crate::tls::read_certs(ca)
+            {
+                cx.err(file, &path.clone().key("ca_file"), m);
             }
             if s.accept_invalid_certs == Some(true) {
                 cx.warn(
@@ -457,6 +420,9 @@ pub(super) fn validate(
         auth_lockout: rl
             .auth_lockout
             .map_or(Duration::from_secs(900), |d| d.get()),
+        shutdown_grace: rl
+            .shutdown_grace
+            .map_or(Duration::from_secs(30), |d| d.get()),
     };
     if let Some(l) = &doc.limits {
         let p = &l.path;
@@ -485,7 +451,7 @@ pub(super) fn validate(
     let tls = doc.tls.as_ref().and_then(|l| {
         let cert = cx.resolve_path(l.file, &l.value.certificate);
         let key = cx.resolve_path(l.file, &l.value.private_key);
-        match load_tls(&cert, &key) {
+        match crate::tls::server_config(&cert, &key) {
             Ok(server_config) => Some(TlsSettings {
                 certificate: cert,
                 private_key: key,
@@ -1000,7 +966,9 @@ pub(super) fn validate(
                 continue;
             }
         };
-        if let Some(prev) = bound.insert(address, i) {
+        if address.port() == 0 {
+            // Port 0: the OS picks a free port for each (tests do this).
+        } else if let Some(prev) = bound.insert(address, i) {
             cx.err(
                 l.file,
                 &p.clone().key("address"),

@@ -589,6 +589,22 @@ impl Serialize for Cidr {
     }
 }
 
+/// Reads a file referenced by the config, refusing anything over `max`
+/// bytes, so a path such as `/dev/zero` cannot exhaust memory.
+pub fn read_limited(path: &Path, max: u64) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let f =
+        std::fs::File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut buf = Vec::new();
+    f.take(max + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if buf.len() as u64 > max {
+        return Err(format!("{} is larger than {max} bytes", path.display()));
+    }
+    Ok(buf)
+}
+
 /// Where a secret comes from, as written in the config: a string, or
 /// `{ env = "NAME" }`, or `{ file = "path" }` (relative to the config file).
 #[derive(Debug, Clone, Deserialize)]
@@ -621,8 +637,10 @@ impl SecretSource {
                 .map_err(|_| format!("environment variable {env} is not set (or not UTF-8)"))?,
             SecretSource::File { file } => {
                 let p = base.join(file);
-                let mut s = std::fs::read_to_string(&p)
-                    .map_err(|e| format!("cannot read secret file {}: {e}", p.display()))?;
+                let bytes = read_limited(&p, 64 * 1024)
+                    .map_err(|e| format!("cannot read secret file: {e}"))?;
+                let mut s = String::from_utf8(bytes)
+                    .map_err(|_| format!("secret file {} is not UTF-8", p.display()))?;
                 if s.ends_with('\n') {
                     s.pop();
                     if s.ends_with('\r') {

@@ -217,6 +217,15 @@ fn subject_field(raw_value: Option<&[u8]>, prefix: &str, eol: &str) -> Option<Ve
     ))
 }
 
+/// Appends a field we generated, first ending the previous line if the
+/// client's last field had no line ending.
+fn push_field(out: &mut Vec<u8>, field: &[u8], eol: &str) {
+    if !out.is_empty() && !out.ends_with(b"\n") {
+        out.extend_from_slice(eol.as_bytes());
+    }
+    out.extend_from_slice(field);
+}
+
 /// Rewrites the header section of `raw` per `spec` (see module docs).
 pub fn rewrite(raw: &[u8], spec: &RewriteSpec) -> Rewritten {
     let (fields, body_offset) = split_fields(raw);
@@ -285,7 +294,11 @@ pub fn rewrite(raw: &[u8], spec: &RewriteSpec) -> Rewritten {
             .iter()
             .map(|r| vec![format!("<{r}>")])
             .collect();
-        out.extend(encode::fold_field("X-Original-To", &groups, eol));
+        push_field(
+            &mut out,
+            &encode::fold_field("X-Original-To", &groups, eol),
+            eol,
+        );
     }
     let mut from_written = false;
     let mut reply_to_written = false;
@@ -293,27 +306,27 @@ pub fn rewrite(raw: &[u8], spec: &RewriteSpec) -> Rewritten {
     if froms.is_empty()
         && let Some(f) = &new_from
     {
-        out.extend_from_slice(f);
+        push_field(&mut out, f, eol);
         from_written = true;
         if let Some(r) = &new_reply_to {
-            out.extend_from_slice(r);
+            push_field(&mut out, r, eol);
             reply_to_written = true;
         }
     }
     if subjects.is_empty()
         && let Some(s) = &new_subject
     {
-        out.extend_from_slice(s);
+        push_field(&mut out, s, eol);
         subject_written = true;
     }
     for f in &fields {
         let bytes = &raw[f.start..f.end];
         if f.is(raw, "From") && new_from.is_some() {
             if !from_written {
-                out.extend_from_slice(new_from.as_deref().unwrap_or_default());
+                push_field(&mut out, new_from.as_deref().unwrap_or_default(), eol);
                 from_written = true;
                 if let Some(r) = &new_reply_to {
-                    out.extend_from_slice(r);
+                    push_field(&mut out, r, eol);
                     reply_to_written = true;
                 }
             }
@@ -327,7 +340,7 @@ pub fn rewrite(raw: &[u8], spec: &RewriteSpec) -> Rewritten {
         }
         if f.is(raw, "Subject") && new_subject.is_some() {
             if !subject_written {
-                out.extend_from_slice(new_subject.as_deref().unwrap_or_default());
+                push_field(&mut out, new_subject.as_deref().unwrap_or_default(), eol);
                 subject_written = true;
             }
             continue;
@@ -337,12 +350,12 @@ pub fn rewrite(raw: &[u8], spec: &RewriteSpec) -> Rewritten {
             && !reply_to_written
             && let Some(r) = &new_reply_to
         {
-            out.extend_from_slice(r);
+            push_field(&mut out, r, eol);
             reply_to_written = true;
         }
     }
     if let Some(r) = new_reply_to.filter(|_| !reply_to_written) {
-        out.extend_from_slice(&r);
+        push_field(&mut out, &r, eol);
     }
     // A message with no header section at all: what follows must stay body.
     if fields.is_empty()

@@ -354,3 +354,17 @@ fn envelope_sender_keeps_null_sender() {
         "app@legacy.test"
     );
 }
+
+#[test]
+fn a_last_field_without_line_ending_is_not_glued_to_ours() {
+    // Found by the rewrite fuzz target.
+    let s = RewriteSpec {
+        reply_to: Some("r@acme.example".into()),
+        ..Default::default()
+    };
+    let r = rewrite(b"Subject: x", &s);
+    assert_eq!(r.header, b"Subject: x\r\nReply-To: <r@acme.example>\r\n");
+    let s = spec(Some("shop@acme.example"), None, None);
+    let r = rewrite(b"X-A: 1\r\nSender: y@z.test", &s);
+    assert_eq!(r.header, b"From: <shop@acme.example>\r\nX-A: 1\r\n");
+}

@@ -1,0 +1,210 @@
+//! Delivery of one message along its server chain (PRODUCT §2 steps 4–5,
+//! §3.6): the rewrite is computed for each hop's server, then the hop is
+//! tried; temporary and connection failures move on to the next server,
+//! permanent recipient refusals do not.
+//!
+//! The capture outbox lives in `capture`; SMTP upstreams in `upstream`.
+
+pub mod capture;
+
+use crate::config::{Server, ServerKind};
+use crate::message::Message;
+use crate::policy::Plan;
+use crate::rewrite;
+use crate::session::state::Envelope;
+use serde::Serialize;
+use std::time::Instant;
+
+/// Why a hop failed and the next server was tried.
+#[derive(Debug, Clone, Serialize)]
+pub struct Failover {
+    /// The server that failed.
+    pub server: String,
+    /// Failure class: `connection`, `temporary`, `tls`, `auth`, `capability`, `local`.
+    pub class: &'static str,
+    /// What happened (sanitised; no secrets).
+    pub reason: String,
+}
+
+/// A recipient an upstream refused permanently although others were accepted.
+#[derive(Debug, Clone, Serialize)]
+pub struct RefusedRecipient {
+    /// The recipient.
+    pub rcpt: String,
+    /// The upstream's code.
+    pub code: u16,
+    /// The upstream's text.
+    pub reason: String,
+}
+
+/// The result of a delivery attempt over the whole chain.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// Accepted by `server` (for at least one recipient).
+    Delivered {
+        /// The server that accepted it.
+        server: String,
+        /// Servers tried before it.
+        failovers: Vec<Failover>,
+        /// Recipients the accepting server refused permanently.
+        refused: Vec<RefusedRecipient>,
+    },
+    /// Policy dropped every recipient: nothing to send, the client gets 250.
+    NothingToDeliver,
+    /// Every recipient was refused permanently by `server`.
+    Refused {
+        /// The refusing server.
+        server: String,
+        /// Its code.
+        code: u16,
+        /// Its enhanced status code.
+        enhanced: Option<(u8, u16, u16)>,
+        /// Its text.
+        reason: String,
+        /// Servers tried before it.
+        failovers: Vec<Failover>,
+    },
+    /// Every server failed temporarily.
+    Deferred {
+        /// Each server's failure, in order.
+        failovers: Vec<Failover>,
+    },
+    /// The chain was empty (no server may take the message now).
+    NoServer,
+}
+
+/// The result of one hop.
+#[derive(Debug)]
+pub enum HopResult {
+    /// Accepted for some recipients; `refused` were refused permanently.
+    Accepted {
+        /// Permanently refused recipients.
+        refused: Vec<RefusedRecipient>,
+    },
+    /// Refused permanently for every recipient (or the message as a whole).
+    Permanent {
+        /// Code.
+        code: u16,
+        /// Enhanced status code.
+        enhanced: Option<(u8, u16, u16)>,
+        /// Text.
+        reason: String,
+    },
+    /// Try the next server.
+    Failover(Failover),
+}
+
+/// What the delivery code needs to know of the message besides its bytes.
+pub struct Context<'a> {
+    /// Message id.
+    pub id: &'a str,
+    /// The session's envelope.
+    pub envelope: &'a Envelope,
+    /// The trace header (`Received:`) to put on top.
+    pub received: &'a [u8],
+    /// When the message was accepted (seconds since the epoch).
+    pub received_at: i64,
+    /// SMTP connection pools.
+    pub upstreams: &'a crate::upstream::Upstreams,
+}
+
+/// Whether the envelope or the (rewritten) header section holds non-ASCII
+/// text that only an SMTPUTF8 server may receive.
+fn needs_smtputf8(header: &[u8], mail_from: &str, rcpts: &[String]) -> bool {
+    !mail_from.is_ascii() || rcpts.iter().any(|r| !r.is_ascii()) || !header.is_ascii()
+}
+
+/// Delivers `msg` along `plan.chain`.
+pub async fn deliver(plan: &Plan<'_>, msg: &Message, cx: &Context<'_>) -> Outcome {
+    if plan.deliver_to.is_empty() {
+        return Outcome::NothingToDeliver;
+    }
+    if plan.chain.is_empty() {
+        return Outcome::NoServer;
+    }
+    let mut failovers = Vec::new();
+    for server in &plan.chain {
+        let started = Instant::now();
+        let result = hop(plan, server, msg, cx).await;
+        tracing::debug!(id = cx.id, server = %server.name, elapsed_ms = started.elapsed().as_millis() as u64, ?result, "hop");
+        match result {
+            HopResult::Accepted { refused } => {
+                return Outcome::Delivered {
+                    server: server.name.clone(),
+                    failovers,
+                    refused,
+                };
+            }
+            HopResult::Permanent {
+                code,
+                enhanced,
+                reason,
+            } => {
+                return Outcome::Refused {
+                    server: server.name.clone(),
+                    code,
+                    enhanced,
+                    reason,
+                    failovers,
+                };
+            }
+            HopResult::Failover(f) => {
+                tracing::warn!(id = cx.id, server = %f.server, class = f.class, reason = %f.reason, "hop failed, trying the next server");
+                failovers.push(f);
+            }
+        }
+    }
+    Outcome::Deferred { failovers }
+}
+
+async fn hop(plan: &Plan<'_>, server: &Server, msg: &Message, cx: &Context<'_>) -> HopResult {
+    let spec = plan.rewrite_spec(server);
+    let rw = rewrite::rewrite(&msg.head, &spec);
+    let mail_from = rewrite::envelope_sender(&plan.envelope_from, &spec);
+    let mut header = Vec::with_capacity(cx.received.len() + rw.header.len());
+    header.extend_from_slice(cx.received);
+    header.extend_from_slice(&rw.header);
+    match &server.kind {
+        ServerKind::Capture(c) => {
+            let env = capture::CaptureEnvelope {
+                id: cx.id,
+                received_at: cx.received_at,
+                mail_from: &mail_from,
+                rcpt_to: &plan.deliver_to,
+                original_mail_from: &plan.envelope_from,
+                recipients: &plan.recipients,
+                application: &plan.eff.app.name,
+                tenant: &plan.eff.tenant.name,
+                server: &server.name,
+                client_ip: cx.envelope.peer.ip(),
+                helo: &cx.envelope.helo,
+                auth_user: cx.envelope.auth_user.as_deref(),
+                tls: cx.envelope.tls.as_ref().map(|t| t.version.as_str()),
+                size: 0,
+            };
+            match capture::store(&c.path, cx.id, &header, msg, rw.body_offset, &env).await {
+                Ok(_) => HopResult::Accepted {
+                    refused: Vec::new(),
+                },
+                Err(e) => HopResult::Failover(Failover {
+                    server: server.name.clone(),
+                    class: "local",
+                    reason: format!("cannot write to {}: {e}", c.path.display()),
+                }),
+            }
+        }
+        ServerKind::Smtp(s) => {
+            let out = crate::upstream::Outgoing {
+                mail_from: &mail_from,
+                rcpt_to: &plan.deliver_to,
+                header: &header,
+                message: msg,
+                body_offset: rw.body_offset,
+                smtputf8: cx.envelope.smtputf8
+                    || needs_smtputf8(&header, &mail_from, &plan.deliver_to),
+                body_8bit: cx.envelope.body_8bit,
+            };
+            cx.upstreams.send(&server.name, s, &out).await
+        }
+    }
+}

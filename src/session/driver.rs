@@ -1,0 +1,400 @@
+//! The session driver: the only code that touches a client's socket. It
+//! feeds what it reads to the state machine, writes its replies (once per
+//! read, so pipelined replies leave together), enforces timeouts, performs
+//! the events the state machine asks for, and honours shutdown.
+
+use super::reply;
+use super::state::{AuthResult, Envelope, Event, Session, TlsInfo};
+use super::throttle::FailureVerdict;
+use crate::config::Config;
+use crate::delivery::{self, Outcome};
+use crate::message::{Message, Spooler};
+use crate::policy;
+use crate::server::Relay;
+use crate::util;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio_rustls::server::TlsStream;
+
+/// A client connection, plaintext or upgraded to TLS.
+pub enum Conn<S> {
+    /// Plaintext.
+    Plain(S),
+    /// TLS (implicit, or after STARTTLS).
+    Tls(Box<TlsStream<S>>),
+    /// Transient state during the STARTTLS upgrade.
+    Upgrading,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Conn<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Conn::Upgrading => Poll::Ready(Err(io::Error::other("connection is being upgraded"))),
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Conn<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Conn::Upgrading => Poll::Ready(Err(io::Error::other("connection is being upgraded"))),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_flush(cx),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Conn::Upgrading => Poll::Ready(Ok(())),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Conn::Upgrading => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+/// What we know of a negotiated TLS session, for `Received:` and logs.
+pub fn tls_info<S>(s: &TlsStream<S>) -> TlsInfo {
+    let c = s.get_ref().1;
+    TlsInfo {
+        version: c
+            .protocol_version()
+            .map_or_else(|| "TLS".to_owned(), |v| format!("{v:?}")),
+        cipher: c
+            .negotiated_cipher_suite()
+            .map_or_else(String::new, |cs| format!("{:?}", cs.suite())),
+    }
+}
+
+/// Runs the TLS handshake on `s` within `timeout`.
+pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    cfg: Arc<rustls::ServerConfig>,
+    s: S,
+    timeout: Duration,
+) -> io::Result<TlsStream<S>> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
+    tokio::time::timeout(timeout, acceptor.accept(s))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))?
+}
+
+fn sanitize(s: &str) -> String {
+    s.chars()
+        .filter(|c| !c.is_control() && !matches!(c, '(' | ')' | ';'))
+        .take(255)
+        .collect()
+}
+
+/// The `Received:` header for a message (RFC 5321 §4.4, RFC 3848 protocol names).
+pub fn received_header(
+    cfg: &Config,
+    env: &Envelope,
+    id: &str,
+    rcpts: &[String],
+    now: i64,
+) -> Vec<u8> {
+    let proto = match (env.tls.is_some(), env.auth_user.is_some()) {
+        (false, false) => "ESMTP",
+        (false, true) => "ESMTPA",
+        (true, false) => "ESMTPS",
+        (true, true) => "ESMTPSA",
+    };
+    let mut h = format!(
+        "Received: from {} ([{}])\r\n\tby {} (smarthost) with {proto} id {id}",
+        sanitize(&env.helo),
+        env.peer.ip(),
+        cfg.system.hostname
+    );
+    if let Some(t) = &env.tls {
+        h.push_str(&format!(
+            "\r\n\t(using {} with cipher {})",
+            sanitize(&t.version),
+            sanitize(&t.cipher)
+        ));
+    }
+    if let [one] = rcpts {
+        h.push_str(&format!("\r\n\tfor <{one}>"));
+    }
+    h.push_str(&format!(";\r\n\t{}\r\n", util::rfc5322_date(now)));
+    h.into_bytes()
+}
+
+async fn write_out<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut Conn<S>,
+    session: &mut Session,
+    timeout: Duration,
+) -> io::Result<()> {
+    if !session.has_output() {
+        return Ok(());
+    }
+    let out = session.take_output();
+    tokio::time::timeout(timeout, async {
+        conn.write_all(&out).await?;
+        conn.flush().await
+    })
+    .await
+    .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "write timed out"))?
+}
+
+/// Serves one client until it quits, times out, or the relay shuts down.
+pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(
+    relay: &Relay,
+    mut conn: Conn<S>,
+    mut session: Session,
+) -> io::Result<()> {
+    let cfg = session.config().clone();
+    let limits = cfg.limits.clone();
+    let mut shutdown = relay.shutdown_signal();
+    let mut buf: Vec<u8> = Vec::with_capacity(64 << 10);
+    let mut read_buf = vec![0u8; 64 << 10];
+    let mut spooler: Option<Spooler> = None;
+    let mut data_deadline: Option<tokio::time::Instant> = None;
+    let spool_dir = cfg.system.spool.join("tmp");
+
+    session.greet();
+    write_out(&mut conn, &mut session, limits.command_timeout).await?;
+    loop {
+        // Feed everything buffered, handling events as they come.
+        let mut pos = 0;
+        while pos < buf.len() && !session.closed() {
+            let (n, ev) = session.feed(&buf[pos..]);
+            pos += n;
+            // Large messages move to disk while they arrive.
+            if session.in_data() && Spooler::wants_at(limits.memory_threshold, session.body_len()) {
+                let sp = spooler
+                    .get_or_insert_with(|| Spooler::new(&spool_dir, limits.memory_threshold));
+                if let Err(e) = sp.push(session.take_body()).await {
+                    tracing::error!(error = %e, dir = %spool_dir.display(), "cannot spool a message to disk");
+                    session.close_with(reply::local_error());
+                }
+            }
+            match ev {
+                None => {}
+                Some(Event::Close) => break,
+                Some(Event::StartTls) => {
+                    write_out(&mut conn, &mut session, limits.command_timeout).await?;
+                    // Anything pipelined after STARTTLS was sent in the clear
+                    // and must not be executed inside TLS (CVE-2011-0411).
+                    if pos < buf.len() {
+                        tracing::warn!(peer = %session.peer(), bytes = buf.len() - pos, "discarding plaintext pipelined after STARTTLS");
+                    }
+                    pos = buf.len();
+                    let Some(tls) = cfg.tls.as_ref() else {
+                        return Ok(());
+                    };
+                    let Conn::Plain(plain) = std::mem::replace(&mut conn, Conn::Upgrading) else {
+                        return Ok(());
+                    };
+                    let stream =
+                        handshake(tls.server_config.clone(), plain, limits.command_timeout).await?;
+                    let info = tls_info(&stream);
+                    conn = Conn::Tls(Box::new(stream));
+                    session.tls_started(info);
+                }
+                Some(Event::Authenticate { user, password }) => {
+                    let r = authenticate(relay, &cfg, &session, &user, password).await;
+                    session.auth_result(&user, r);
+                }
+                Some(Event::Message(env)) => {
+                    data_deadline = None;
+                    let rest = session.take_body();
+                    let msg = match spooler.take() {
+                        Some(sp) => sp.finish(rest).await,
+                        None => Ok(Message::in_memory(rest)),
+                    };
+                    let r = match msg {
+                        Ok(msg) => deliver(relay, &cfg, &env, &msg).await,
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot spool a message to disk");
+                            reply::local_error()
+                        }
+                    };
+                    session.message_result(r);
+                }
+            }
+        }
+        buf.drain(..pos.min(buf.len()));
+        if !session.in_data() {
+            spooler = None;
+        }
+        write_out(&mut conn, &mut session, limits.command_timeout).await?;
+        if session.closed() {
+            let _ = tokio::time::timeout(Duration::from_secs(1), conn.shutdown()).await;
+            return Ok(());
+        }
+
+        // Wait for more input.
+        let timeout = if session.in_data() {
+            let d = *data_deadline
+                .get_or_insert_with(|| tokio::time::Instant::now() + limits.data_timeout);
+            d.saturating_duration_since(tokio::time::Instant::now())
+        } else {
+            data_deadline = None;
+            limits.command_timeout
+        };
+        let stopping = *shutdown.borrow();
+        tokio::select! {
+            r = tokio::time::timeout(timeout, conn.read(&mut read_buf)) => match r {
+                Err(_) => {
+                    session.close_with(reply::timeout());
+                }
+                Ok(Ok(0)) => return Ok(()),
+                Ok(Ok(n)) => buf.extend_from_slice(&read_buf[..n]),
+                Ok(Err(e)) => return Err(e),
+            },
+            _ = shutdown.changed(), if !stopping => {}
+        }
+        // Between commands a shutdown ends the session; a transfer in
+        // progress is allowed to finish first.
+        if *shutdown.borrow() && !session.in_data() && !session.closed() && buf.is_empty() {
+            session.close_with(reply::shutting_down());
+        }
+        if session.closed() {
+            write_out(&mut conn, &mut session, limits.command_timeout).await?;
+            let _ = tokio::time::timeout(Duration::from_secs(1), conn.shutdown()).await;
+            return Ok(());
+        }
+    }
+}
+
+async fn authenticate(
+    relay: &Relay,
+    cfg: &Config,
+    session: &Session,
+    user: &str,
+    password: String,
+) -> AuthResult {
+    let ip = session.peer().ip();
+    if relay.throttle.is_locked(ip, Instant::now()) {
+        tracing::warn!(%ip, "AUTH refused: address locked out");
+        return AuthResult::LockedOut;
+    }
+    // Unknown users are checked against a dummy hash so the answer takes
+    // as long as for a known user.
+    let hash = cfg
+        .application_by_auth_user(user)
+        .and_then(|a| a.password_hash.clone())
+        .unwrap_or_else(|| DUMMY_HASH.to_owned());
+    let known = cfg.application_by_auth_user(user).is_some();
+    let ok = tokio::task::spawn_blocking(move || crate::auth::verify_password(&hash, &password))
+        .await
+        .unwrap_or(false);
+    if ok && known {
+        relay.throttle.success(ip);
+        tracing::info!(%ip, user, "AUTH succeeded");
+        return AuthResult::Ok;
+    }
+    match relay.throttle.failure(
+        ip,
+        Instant::now(),
+        cfg.limits.auth_failures,
+        cfg.limits.auth_lockout,
+    ) {
+        FailureVerdict::Delay(d) => {
+            tracing::warn!(%ip, user, delay_ms = d.as_millis() as u64, "AUTH failed");
+            tokio::time::sleep(d).await;
+            AuthResult::Failed
+        }
+        FailureVerdict::LockedOut => {
+            tracing::warn!(%ip, user, lockout_s = cfg.limits.auth_lockout.as_secs(), "AUTH failed; address locked out");
+            AuthResult::LockedOut
+        }
+    }
+}
+
+/// An argon2id hash of a random password nobody knows.
+const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$lNk2UO7CQcwBk9zQ8hlNXA$T9HyHENESuJe5oqz5Cobuqf9NzVKn+2ghNMzqAflZBI";
+
+async fn deliver(relay: &Relay, cfg: &Config, env: &Envelope, msg: &Message) -> reply::Reply {
+    let started = Instant::now();
+    let id = relay.next_id();
+    let Some(app) = cfg.applications.get(&env.application) else {
+        return reply::local_error();
+    };
+    let eff = policy::resolve(cfg, app);
+    let plan = policy::plan(cfg, eff, &env.mail_from, env.recipients.clone());
+    let now = util::unix_now();
+    let received = received_header(cfg, env, &id, &plan.deliver_to, now);
+    let cx = delivery::Context {
+        id: &id,
+        envelope: env,
+        received: &received,
+        received_at: now,
+        upstreams: &relay.upstreams,
+    };
+    let outcome = delivery::deliver(&plan, msg, &cx).await;
+    let dropped = plan
+        .recipients
+        .iter()
+        .filter(|r| matches!(r.verdict, policy::RcptVerdict::Drop { .. }))
+        .count();
+    let (result, server, failovers, reply) = match &outcome {
+        Outcome::Delivered {
+            server,
+            failovers,
+            refused,
+        } => {
+            let _ = refused;
+            (
+                "delivered",
+                server.as_str(),
+                failovers.len(),
+                reply::delivered(&id),
+            )
+        }
+        Outcome::NothingToDeliver => ("dropped", "", 0, reply::accepted_nothing_to_deliver(&id)),
+        Outcome::Refused {
+            server,
+            code,
+            enhanced,
+            reason,
+            failovers,
+        } => (
+            "refused",
+            server.as_str(),
+            failovers.len(),
+            reply::upstream_permanent(*code, *enhanced, reason),
+        ),
+        Outcome::Deferred { failovers } => (
+            "deferred",
+            "",
+            failovers.len(),
+            reply::all_servers_failed(failovers.len()),
+        ),
+        Outcome::NoServer => ("no_server", "", 0, reply::no_server_available()),
+    };
+    tracing::info!(
+        id = %id,
+        application = %plan.eff.app.name,
+        tenant = %plan.eff.tenant.name,
+        server,
+        failovers,
+        outcome = result,
+        size = msg.len(),
+        rcpts = plan.deliver_to.len(),
+        dropped,
+        redirected = plan.redirected.len(),
+        duration_ms = started.elapsed().as_millis() as u64,
+        "delivery"
+    );
+    reply
+}

@@ -1,0 +1,9 @@
+//! The inbound SMTP session: protocol state machine (`state`), DATA
+//! decoding (`data`), the reply catalogue (`reply`), and the driver that
+//! connects them to a socket.
+
+pub mod data;
+pub mod driver;
+pub mod reply;
+pub mod state;
+pub mod throttle;

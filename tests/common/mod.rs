@@ -1,0 +1,2 @@
+pub mod postfix;
+pub mod relay;

@@ -1,0 +1,345 @@
+//! The relay under test, started in-process on port 0, plus client helpers:
+//! swaks, Python's smtplib, and a raw socket for malformed input.
+//!
+//! [`TestRelay::start`] takes the config as inline TOML. `{dir}` is
+//! replaced by the relay's temp directory (the config file lives there, so
+//! relative paths such as `path = "outbox"` land in it) and `{certs}` by
+//! the repository's `certs/` directory. Listener addresses should use port
+//! 0; [`TestRelay::port`] tells the port each listener got.
+#![allow(dead_code)]
+
+use serde_json::Value;
+use smarthost::server::{self, Relay};
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tempfile::TempDir;
+
+/// The repository's test certificates.
+pub fn certs() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("certs")
+}
+
+/// A minimal config: one plaintext listener `main` on port 0 where loopback
+/// clients are the application `app` of tenant `t`, delivering to a
+/// capture outbox in `{dir}/outbox`. `extra` is appended.
+pub fn simple_config(extra: &str) -> String {
+    format!(
+        r#"
+[system]
+hostname = "relay.test"
+default_server = "outbox"
+
+[[listener]]
+name = "main"
+address = "127.0.0.1:0"
+auth = "none"
+
+[server.outbox]
+kind = "capture"
+path = "outbox"
+
+[tenant.t]
+sender = "sender@relay.test"
+
+[application.app]
+tenant = "t"
+client_ips = ["127.0.0.0/8"]
+{extra}
+"#
+    )
+}
+
+/// The relay under test.
+pub struct TestRelay {
+    /// The relay's shared state.
+    pub relay: Arc<Relay>,
+    ports: HashMap<String, u16>,
+    /// Its temp directory (config file, outbox, spool).
+    pub dir: TempDir,
+    rt: Option<tokio::runtime::Runtime>,
+    serving: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// A message found in a capture outbox.
+#[derive(Debug, Clone)]
+pub struct Captured {
+    /// The `.eml` bytes.
+    pub eml: Vec<u8>,
+    /// The `.json` envelope.
+    pub json: Value,
+}
+
+impl Captured {
+    /// The message without the relay's own `Received:` header (the first field).
+    pub fn without_received(&self) -> &[u8] {
+        assert!(
+            self.eml.starts_with(b"Received: "),
+            "no Received header on top"
+        );
+        let mut i = 0;
+        loop {
+            let nl = self.eml[i..].iter().position(|&b| b == b'\n').unwrap() + i;
+            i = nl + 1;
+            if !matches!(self.eml.get(i), Some(b' ' | b'\t')) {
+                return &self.eml[i..];
+            }
+        }
+    }
+
+    /// The value of the first header field `name` (unfolded).
+    pub fn header(&self, name: &str) -> Option<String> {
+        let text = String::from_utf8_lossy(&self.eml);
+        let head = text.split("\r\n\r\n").next().unwrap_or_default();
+        let unfolded = head.replace("\r\n ", " ").replace("\r\n\t", " ");
+        unfolded.lines().find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+        })
+    }
+}
+
+impl TestRelay {
+    /// Loads `toml` (see module docs) and starts serving.
+    pub fn start(toml: &str) -> TestRelay {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let dir = tempfile::tempdir().unwrap();
+        let text = toml
+            .replace("{dir}", dir.path().to_str().unwrap())
+            .replace("{certs}", certs().to_str().unwrap());
+        let path = dir.path().join("smarthost.toml");
+        std::fs::write(&path, &text).unwrap();
+        let cfg = smarthost::config::load_file(&path).unwrap_or_else(|e| {
+            panic!(
+                "test config refused:\n{}",
+                e.0.iter().map(|e| format!("  {e}\n")).collect::<String>()
+            )
+        });
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let grace = cfg.limits.shutdown_grace;
+        let bound = rt.block_on(server::bind(&cfg)).unwrap();
+        let ports = bound
+            .iter()
+            .map(|b| (b.name.clone(), b.local_addr().unwrap().port()))
+            .collect();
+        let relay = Relay::new(cfg);
+        let r = relay.clone();
+        let serving = rt.spawn(async move { r.serve(bound, grace).await });
+        TestRelay {
+            relay,
+            ports,
+            dir,
+            rt: Some(rt),
+            serving: Some(serving),
+        }
+    }
+
+    /// The port of listener `name`.
+    pub fn port(&self, name: &str) -> u16 {
+        *self
+            .ports
+            .get(name)
+            .unwrap_or_else(|| panic!("no listener {name}"))
+    }
+
+    /// `127.0.0.1:port` of listener `name`.
+    pub fn addr(&self, name: &str) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port(name)))
+    }
+
+    /// The outbox directory `{dir}/outbox`.
+    pub fn outbox(&self) -> PathBuf {
+        self.dir.path().join("outbox")
+    }
+
+    /// Messages in the capture outbox `dir` now, oldest first.
+    pub fn captured_in(dir: &Path) -> Vec<Captured> {
+        let mut ids: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default();
+        ids.retain(|p| {
+            p.extension().is_some_and(|e| e == "json")
+                && !p.file_name().unwrap().to_string_lossy().starts_with('.')
+        });
+        ids.sort();
+        ids.iter()
+            .map(|j| Captured {
+                json: serde_json::from_slice(&std::fs::read(j).unwrap()).unwrap(),
+                eml: std::fs::read(j.with_extension("eml")).unwrap(),
+            })
+            .collect()
+    }
+
+    /// Messages in `{dir}/outbox` now.
+    pub fn captured(&self) -> Vec<Captured> {
+        Self::captured_in(&self.outbox())
+    }
+
+    /// Waits (bounded) until the outbox holds `n` messages; returns them.
+    pub fn wait_captured(&self, n: usize, timeout: Duration) -> Vec<Captured> {
+        let end = Instant::now() + timeout;
+        loop {
+            let c = self.captured();
+            if c.len() >= n || Instant::now() > end {
+                assert_eq!(
+                    c.len(),
+                    n,
+                    "outbox holds {} message(s), expected {n}",
+                    c.len()
+                );
+                return c;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Begins shutdown and waits (bounded by the grace period) for it to end.
+    pub fn stop(mut self) {
+        self.relay.shutdown();
+        if let (Some(rt), Some(h)) = (self.rt.as_ref(), self.serving.take()) {
+            let _ = rt.block_on(async { tokio::time::timeout(Duration::from_secs(60), h).await });
+        }
+    }
+}
+
+impl Drop for TestRelay {
+    fn drop(&mut self) {
+        self.relay.shutdown();
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_timeout(Duration::from_secs(5));
+        }
+    }
+}
+
+/// Runs swaks with `args`, failing clearly when it is not installed.
+pub fn swaks(args: &[&str]) -> Output {
+    Command::new("swaks")
+        .args(args)
+        .args(["--timeout", "20"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("swaks is not installed: run tests/run.sh, which installs it")
+}
+
+/// Runs a Python script (Python's smtplib as the client). The script gets
+/// `HOST`, `PORT`, `CA` (test CA file) and `ARGS` (the extra args) as
+/// globals; whatever it prints is returned. Fails when the script fails.
+pub fn python(port: u16, script: &str, args: &[&str]) -> String {
+    let prelude = format!(
+        "import smtplib, ssl, sys, json\nHOST='127.0.0.1'\nPORT={port}\nCA={:?}\nARGS={:?}\n",
+        certs().join("ca.crt").to_str().unwrap(),
+        args
+    );
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(format!("{prelude}{script}"))
+        .output()
+        .expect("python3 is not installed");
+    assert!(
+        out.status.success(),
+        "python failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A raw SMTP client for malformed input and exact byte sequences.
+pub struct Raw {
+    reader: BufReader<TcpStream>,
+    /// The socket.
+    pub stream: TcpStream,
+}
+
+impl Raw {
+    /// Connects and reads the greeting.
+    pub fn connect(addr: SocketAddr) -> Raw {
+        let mut r = Self::connect_no_greeting(addr);
+        let g = r.reply();
+        assert!(g.starts_with("220 "), "greeting: {g}");
+        r
+    }
+
+    /// Connects without reading anything.
+    pub fn connect_no_greeting(addr: SocketAddr) -> Raw {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        Raw {
+            reader: BufReader::new(stream.try_clone().unwrap()),
+            stream,
+        }
+    }
+
+    /// Writes bytes as they are.
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    /// Reads one complete (possibly multi-line) reply.
+    pub fn reply(&mut self) -> String {
+        let mut all = String::new();
+        loop {
+            let mut line = String::new();
+            let n = self.reader.read_line(&mut line).unwrap_or(0);
+            if n == 0 {
+                return all;
+            }
+            all.push_str(&line);
+            if line.len() >= 4 && line.as_bytes()[3] == b' ' {
+                return all;
+            }
+        }
+    }
+
+    /// Sends a command line and returns the reply.
+    pub fn cmd(&mut self, line: &str) -> String {
+        self.send(format!("{line}\r\n").as_bytes());
+        self.reply()
+    }
+
+    /// Sends a command and asserts the reply code.
+    pub fn expect(&mut self, line: &str, code: u16) -> String {
+        let r = self.cmd(line);
+        assert!(
+            r.starts_with(&code.to_string()),
+            "{line:?} → {r:?}, expected {code}"
+        );
+        r
+    }
+
+    /// EHLO, MAIL, RCPT for each recipient, DATA; each expected to succeed.
+    pub fn begin(&mut self, from: &str, to: &[&str]) {
+        self.expect("EHLO client.test", 250);
+        self.expect(&format!("MAIL FROM:<{from}>"), 250);
+        for t in to {
+            self.expect(&format!("RCPT TO:<{t}>"), 250);
+        }
+        self.expect("DATA", 354);
+    }
+
+    /// Whether the server closed the connection (reads until EOF, bounded).
+    pub fn closed(&mut self) -> bool {
+        let mut buf = [0u8; 256];
+        matches!(self.reader.read(&mut buf), Ok(0))
+    }
+}
+
+/// The whole-message data a client sent, for byte comparisons.
+pub fn sample_message(subject: &str, body: &[u8]) -> Vec<u8> {
+    let mut m = format!(
+        "From: App <app@legacy.test>\r\nTo: <rcpt@example.com>\r\nSubject: {subject}\r\n\r\n"
+    )
+    .into_bytes();
+    m.extend_from_slice(body);
+    m
+}
