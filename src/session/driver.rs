@@ -112,12 +112,13 @@ pub fn received_header(
     rcpts: &[String],
     now: i64,
 ) -> Vec<u8> {
-    let proto = match (env.tls.is_some(), env.auth_user.is_some()) {
-        (false, false) => "ESMTP",
-        (false, true) => "ESMTPA",
-        (true, false) => "ESMTPS",
-        (true, true) => "ESMTPSA",
-    };
+    // RFC 3848 (ESMTP[S][A]) and RFC 6531 §4.3 (UTF8SMTP[S][A]).
+    let proto = format!(
+        "{}{}{}",
+        if env.smtputf8 { "UTF8SMTP" } else { "ESMTP" },
+        if env.tls.is_some() { "S" } else { "" },
+        if env.auth_user.is_some() { "A" } else { "" }
+    );
     let mut h = format!(
         "Received: from {} ([{}])\r\n\tby {} (smarthost) with {proto} id {id}",
         sanitize(&env.helo),
@@ -242,6 +243,15 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(
             return Ok(());
         }
 
+        // Between commands a shutdown ends the session; a transfer in
+        // progress is allowed to finish first.
+        if *shutdown.borrow() && !session.in_data() && buf.is_empty() {
+            session.close_with(reply::shutting_down());
+            write_out(&mut conn, &mut session, limits.command_timeout).await?;
+            let _ = tokio::time::timeout(Duration::from_secs(1), conn.shutdown()).await;
+            return Ok(());
+        }
+
         // Wait for more input.
         let timeout = if session.in_data() {
             let d = *data_deadline
@@ -263,8 +273,6 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(
             },
             _ = shutdown.changed(), if !stopping => {}
         }
-        // Between commands a shutdown ends the session; a transfer in
-        // progress is allowed to finish first.
         if *shutdown.borrow() && !session.in_data() && !session.closed() && buf.is_empty() {
             session.close_with(reply::shutting_down());
         }

@@ -1,2 +1,3 @@
 pub mod postfix;
+pub mod process;
 pub mod relay;

@@ -280,6 +280,17 @@ impl Raw {
         }
     }
 
+    /// Wraps an already connected socket (nothing is read).
+    pub fn from_stream(stream: TcpStream) -> Raw {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        Raw {
+            reader: BufReader::new(stream.try_clone().unwrap()),
+            stream,
+        }
+    }
+
     /// Writes bytes as they are.
     pub fn send(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).unwrap();
@@ -342,4 +353,61 @@ pub fn sample_message(subject: &str, body: &[u8]) -> Vec<u8> {
     .into_bytes();
     m.extend_from_slice(body);
     m
+}
+
+/// Password of the user `user` in [`tls_config`].
+pub const PASSWORD: &str = "webshop-secret";
+
+/// A config with TLS: `submission` (STARTTLS, AUTH optional), `smtps`
+/// (implicit TLS, AUTH required) and `plain` (no TLS, AUTH optional),
+/// applications `authed` (AUTH user `user`, password [`PASSWORD`]) and
+/// `local` (loopback by address). `extra` is appended.
+pub fn tls_config(extra: &str) -> String {
+    format!(
+        r#"
+[system]
+hostname = "relay.test"
+default_server = "outbox"
+
+[[listener]]
+name = "submission"
+address = "127.0.0.1:0"
+tls = "starttls"
+auth = "optional"
+
+[[listener]]
+name = "smtps"
+address = "127.0.0.1:0"
+tls = "implicit"
+auth = "required"
+
+[[listener]]
+name = "plain"
+address = "127.0.0.1:0"
+tls = "none"
+auth = "optional"
+
+[tls]
+certificate = "{{certs}}/localhost.crt"
+private_key = "{{certs}}/localhost.key"
+
+[server.outbox]
+kind = "capture"
+path = "outbox"
+
+[tenant.t]
+sender = "sender@relay.test"
+
+[application.authed]
+tenant = "t"
+auth_user = "user"
+password_hash = "$argon2id$v=19$m=19456,t=2,p=1$JY4AKD9RcTjChNbtThTUMA$rk7JviL/djMbUfBfn9QJ+4YBCzeaGYZdmQYIM2Ei14M"
+display_name = "Authed App"
+
+[application.local]
+tenant = "t"
+client_ips = ["127.0.0.1"]
+{extra}
+"#
+    )
 }

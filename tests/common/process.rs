@@ -1,0 +1,136 @@
+//! The `smarthost` binary as a child process, for what needs a process of
+//! its own: signals, exit codes and memory (RSS) measurements. The listener
+//! ports (port 0 in the config) are read from the relay's own log lines.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tempfile::TempDir;
+
+/// A running `smarthost run`.
+pub struct Proc {
+    /// The child.
+    pub child: Child,
+    /// Its temp directory (config, outbox).
+    pub dir: TempDir,
+    ports: HashMap<String, u16>,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Proc {
+    /// Writes `toml` (with `{dir}` and `{certs}` replaced) and starts the
+    /// binary on it; waits (bounded) until every listener is up.
+    pub fn start(toml: &str) -> Proc {
+        let dir = tempfile::tempdir().unwrap();
+        let text = toml
+            .replace("{dir}", dir.path().to_str().unwrap())
+            .replace("{certs}", super::relay::certs().to_str().unwrap());
+        let path = dir.path().join("smarthost.toml");
+        std::fs::write(&path, &text).unwrap();
+        let listeners = smarthost::config::load_file(&path).unwrap().listeners.len();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_smarthost"))
+            .args(["run", "--config", path.to_str().unwrap()])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().unwrap();
+        let l = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                l.lock().unwrap().push(line);
+            }
+        });
+        let end = Instant::now() + Duration::from_secs(20);
+        let ports = loop {
+            let ports: HashMap<String, u16> = log
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|l| l.contains(" listening "))
+                .filter_map(|l| {
+                    let name = l
+                        .split("listener=")
+                        .nth(1)?
+                        .split_whitespace()
+                        .next()?
+                        .to_owned();
+                    let addr = l.split("address=Some(").nth(1)?.split(')').next()?;
+                    Some((name, addr.parse::<SocketAddr>().ok()?.port()))
+                })
+                .collect();
+            if ports.len() == listeners {
+                break ports;
+            }
+            assert!(
+                Instant::now() < end,
+                "relay did not start:\n{}",
+                log.lock().unwrap().join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        Proc {
+            child,
+            dir,
+            ports,
+            log,
+        }
+    }
+
+    /// `127.0.0.1:port` of listener `name`.
+    pub fn addr(&self, name: &str) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.ports[name]))
+    }
+
+    /// The log lines so far.
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Peak resident memory (VmHWM) in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
+
+    /// Sends a signal (`TERM`, `INT`, `HUP`) with kill(1).
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+
+    /// Waits (bounded) for the process to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let end = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return Some(s);
+            }
+            if Instant::now() > end {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,129 @@
+//! Reply codes over a real socket: identification (never an open relay),
+//! the system switch, limits, sequence and syntax errors, VRFY/EXPN/HELP.
+
+mod common;
+
+use common::relay::{Raw, TestRelay, simple_config};
+use std::net::{SocketAddr, TcpStream};
+
+fn from_127_0_0_2(addr: SocketAddr) -> Raw {
+    // Connect from another loopback address to look like another client.
+    let sock = connect_from(addr, "127.0.0.2:0".parse().unwrap());
+    let mut raw = Raw::from_stream(sock);
+    assert!(raw.reply().starts_with("220 "));
+    raw
+}
+
+fn connect_from(addr: SocketAddr, local: SocketAddr) -> TcpStream {
+    let s = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let sock = tokio::net::TcpSocket::new_v4().unwrap();
+            sock.bind(local).unwrap();
+            sock.connect(addr).await.unwrap().into_std().unwrap()
+        });
+    s.set_nonblocking(false).unwrap();
+    s
+}
+
+#[test]
+fn unidentified_client_cannot_relay() {
+    let relay = TestRelay::start(&simple_config("").replace(
+        "client_ips = [\"127.0.0.0/8\"]",
+        "client_ips = [\"127.0.0.2\"]",
+    ));
+    let mut c = Raw::connect(relay.addr("main"));
+    c.expect("EHLO c", 250);
+    assert_eq!(
+        c.cmd("MAIL FROM:<a@legacy.test>"),
+        "550 5.7.1 Relaying denied: client not recognised\r\n"
+    );
+    // From the application's address it works.
+    let mut ok = from_127_0_0_2(relay.addr("main"));
+    ok.expect("EHLO c", 250);
+    ok.expect("MAIL FROM:<a@legacy.test>", 250);
+}
+
+#[test]
+fn system_switch_off_refuses_with_4xx() {
+    let relay = TestRelay::start(&simple_config("").replace(
+        "hostname = \"relay.test\"",
+        "hostname = \"relay.test\"\nenabled = false",
+    ));
+    let mut c = Raw::connect(relay.addr("main"));
+    c.expect("EHLO c", 250);
+    assert_eq!(
+        c.cmd("MAIL FROM:<a@legacy.test>"),
+        "451 4.3.2 Sending is disabled, try again later\r\n"
+    );
+}
+
+#[test]
+fn limits_and_errors() {
+    let relay = TestRelay::start(&simple_config(
+        "[limits]\nmax_recipients = 2\nmax_message_size = \"64KB\"\nmax_line_length = 1000\n",
+    ));
+    let mut c = Raw::connect(relay.addr("main"));
+    c.expect("MAIL FROM:<a@legacy.test>", 503);
+    let ehlo = c.expect("EHLO client.test", 250);
+    assert!(ehlo.contains("250-SIZE 65536\r\n"), "{ehlo}");
+    c.expect("FOO", 500);
+    c.expect("VRFY someone", 252);
+    c.expect("EXPN list", 502);
+    c.expect("HELP", 214);
+    c.expect("RCPT TO:<x@example.com>", 503);
+    assert!(
+        c.cmd("MAIL FROM:<a@legacy.test> SIZE=100000")
+            .starts_with("552 5.3.4")
+    );
+    c.expect("MAIL FROM:<a@legacy.test> SIZE=1000", 250);
+    c.expect("MAIL FROM:<a@legacy.test>", 503);
+    c.expect("RCPT TO:<x@example.com>", 250);
+    c.expect("RCPT TO:<y@example.com>", 250);
+    assert_eq!(
+        c.cmd("RCPT TO:<z@example.com>"),
+        "452 4.5.3 Too many recipients\r\n"
+    );
+    assert!(
+        c.cmd(&format!("NOOP {}", "x".repeat(1200)))
+            .starts_with("500 5.5.2 Line too long")
+    );
+    c.expect("DATA", 354);
+    c.send(format!("Subject: big\r\n\r\n{}\r\n.\r\n", "y".repeat(70_000)).as_bytes());
+    assert!(c.reply().starts_with("552 5.3.4"));
+    c.expect("RSET", 250);
+    c.expect("QUIT", 221);
+    assert!(relay.captured().is_empty());
+}
+
+#[test]
+fn pipelined_session_in_one_write() {
+    let relay = TestRelay::start(&simple_config(""));
+    let mut c = Raw::connect(relay.addr("main"));
+    c.send(b"EHLO c\r\nMAIL FROM:<a@legacy.test>\r\nRCPT TO:<x@example.com>\r\nRCPT TO:<y@example.com>\r\nDATA\r\nSubject: p\r\n\r\nbody\r\n.\r\nMAIL FROM:<b@legacy.test>\r\nRCPT TO:<z@example.com>\r\nDATA\r\nSubject: q\r\n\r\nbody2\r\n.\r\nQUIT\r\n");
+    let mut codes = Vec::new();
+    loop {
+        let r = c.reply();
+        if r.is_empty() {
+            break;
+        }
+        codes.push(r[..3].to_owned());
+        if r.starts_with("221") {
+            break;
+        }
+    }
+    assert_eq!(
+        codes,
+        [
+            "250", "250", "250", "250", "354", "250", "250", "250", "354", "250", "221"
+        ]
+    );
+    assert_eq!(
+        relay
+            .wait_captured(2, std::time::Duration::from_secs(5))
+            .len(),
+        2
+    );
+}
