@@ -63,7 +63,7 @@ pub struct Relay {
     ids: IdGen,
     shutdown: watch::Sender<bool>,
     /// SMTP upstream connection pools.
-    pub upstreams: crate::upstream::Upstreams,
+    pub upstreams: Arc<crate::upstream::Upstreams>,
 }
 
 impl Relay {
@@ -77,7 +77,7 @@ impl Relay {
             max_conns: max,
             ids: IdGen::default(),
             shutdown: watch::channel(false).0,
-            upstreams: crate::upstream::Upstreams::default(),
+            upstreams: Arc::new(crate::upstream::Upstreams::default()),
         })
     }
 

@@ -6,6 +6,7 @@
 //! The capture outbox lives in `capture`; SMTP upstreams in `upstream`.
 
 pub mod capture;
+pub mod dsn;
 
 use crate::config::{Server, ServerKind};
 use crate::message::Message;

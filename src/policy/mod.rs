@@ -280,6 +280,8 @@ pub struct Plan<'c> {
     pub redirected: Vec<String>,
     /// Servers to try, in order.
     pub chain: Vec<&'c Server>,
+    /// This plan carries a delivery status notification we generated.
+    pub dsn: bool,
 }
 
 /// Builds the plan for a message whose recipients have each been through
@@ -314,14 +316,49 @@ pub fn plan<'c>(
         deliver_to,
         redirected,
         chain,
+        dsn: false,
     }
 }
 
-impl Plan<'_> {
+impl<'c> Plan<'c> {
+    /// The plan for a DSN to `to` about this message: null sender, the
+    /// same servers starting with `first` (the one that accepted the
+    /// message), no test mode.
+    pub fn dsn_plan(&self, to: String, first: &str) -> Plan<'c> {
+        let mut chain = self.chain.clone();
+        if let Some(i) = chain.iter().position(|s| s.name == first) {
+            chain.rotate_left(i);
+        }
+        Plan {
+            eff: self.eff.clone(),
+            envelope_from: String::new(),
+            recipients: vec![RecipientPlan {
+                original: to.clone(),
+                verdict: RcptVerdict::Deliver,
+            }],
+            deliver_to: vec![to],
+            redirected: Vec::new(),
+            chain,
+            dsn: true,
+        }
+    }
+
     /// The rewrite for a hop through `server`: the server's fixed sender
     /// wins over the application's, so failing over to another server can
     /// change the sender (PRODUCT §3.2).
     pub fn rewrite_spec(&self, server: &Server) -> RewriteSpec {
+        if self.dsn {
+            // Our own report: only a server's fixed sender is applied, since
+            // such a server refuses any other From.
+            return RewriteSpec {
+                sender: server.sender.as_ref().map(ToString::to_string),
+                display_name: server
+                    .sender
+                    .as_ref()
+                    .map(|_| "Mail Delivery System".to_owned()),
+                ..RewriteSpec::default()
+            };
+        }
         // The prefix marks every message of a tenant in test mode, also the
         // copies that reach allow-listed recipients.
         let tm = self.eff.test_mode;

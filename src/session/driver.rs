@@ -223,7 +223,7 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(
                         None => Ok(Message::in_memory(rest)),
                     };
                     let r = match msg {
-                        Ok(msg) => deliver(relay, &cfg, &env, &msg).await,
+                        Ok(msg) => deliver(relay, &cfg, env, &msg).await,
                         Err(e) => {
                             tracing::error!(error = %e, "cannot spool a message to disk");
                             reply::local_error()
@@ -332,7 +332,13 @@ async fn authenticate(
 /// An argon2id hash of a random password nobody knows.
 const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$lNk2UO7CQcwBk9zQ8hlNXA$T9HyHENESuJe5oqz5Cobuqf9NzVKn+2ghNMzqAflZBI";
 
-async fn deliver(relay: &Relay, cfg: &Config, env: &Envelope, msg: &Message) -> reply::Reply {
+async fn deliver(
+    relay: &Relay,
+    cfg: &Arc<Config>,
+    env: Box<Envelope>,
+    msg: &Message,
+) -> reply::Reply {
+    let env: &Envelope = &env;
     let started = Instant::now();
     let id = relay.next_id();
     let Some(app) = cfg.applications.get(&env.application) else {
@@ -350,6 +356,22 @@ async fn deliver(relay: &Relay, cfg: &Config, env: &Envelope, msg: &Message) -> 
         upstreams: &relay.upstreams,
     };
     let outcome = delivery::deliver(&plan, msg, &cx).await;
+    if let Outcome::Delivered {
+        server, refused, ..
+    } = &outcome
+        && !refused.is_empty()
+    {
+        send_dsn(
+            relay,
+            cfg,
+            env,
+            &plan,
+            (&id, now),
+            server,
+            refused.clone(),
+            msg,
+        );
+    }
     let dropped = plan
         .recipients
         .iter()
@@ -405,4 +427,78 @@ async fn deliver(relay: &Relay, cfg: &Config, env: &Envelope, msg: &Message) -> 
         "delivery"
     );
     reply
+}
+
+/// Sends a DSN about `refused` in the background (the client already has
+/// its answer); a DSN that cannot be delivered is logged.
+#[allow(clippy::too_many_arguments)]
+fn send_dsn(
+    relay: &Relay,
+    cfg: &Arc<Config>,
+    env: &Envelope,
+    plan: &policy::Plan<'_>,
+    (original_id, arrival): (&str, i64),
+    server: &str,
+    refused: Vec<delivery::RefusedRecipient>,
+    msg: &Message,
+) {
+    let Some(to) = delivery::dsn::recipient(cfg, plan) else {
+        tracing::info!(
+            server,
+            refused = refused.len(),
+            "no DSN for a message with a null sender"
+        );
+        return;
+    };
+    let header_end = crate::rewrite::rewrite(&msg.head, &Default::default()).body_offset;
+    let original_header = msg.head[..header_end].to_vec();
+    let remote_host = match cfg.servers.get(server).map(|s| &s.kind) {
+        Some(crate::config::ServerKind::Smtp(s)) => Some(s.host.clone()),
+        _ => None,
+    };
+    let (cfg, env, app, server) = (
+        cfg.clone(),
+        env.clone(),
+        plan.eff.app.name.clone(),
+        server.to_owned(),
+    );
+    let original_id = original_id.to_owned();
+    let id = relay.next_id();
+    let upstreams = relay.upstreams.clone();
+    tokio::spawn(async move {
+        let Some(a) = cfg.applications.get(&app) else {
+            return;
+        };
+        let eff = policy::resolve(&cfg, a);
+        let orig = policy::plan(&cfg, eff, &env.mail_from, env.recipients.clone());
+        let dsn_plan = orig.dsn_plan(to.clone(), &server);
+        let now = util::unix_now();
+        let bytes = delivery::dsn::build(&delivery::dsn::Report {
+            hostname: &cfg.system.hostname,
+            id: &original_id,
+            arrival,
+            now,
+            server: &server,
+            remote_host: remote_host.as_deref(),
+            refused: &refused,
+            to: &to,
+            original_header: &original_header,
+        });
+        let dsn = Message::in_memory(bytes);
+        let cx = delivery::Context {
+            id: &id,
+            envelope: &env,
+            received: b"",
+            received_at: now,
+            upstreams: &upstreams,
+        };
+        match delivery::deliver(&dsn_plan, &dsn, &cx).await {
+            Outcome::Delivered { server, .. } => {
+                tracing::info!(id = %id, to = %to, server = %server, "DSN delivered")
+            }
+            other => {
+                tracing::error!(id = %id, to = %to, outcome = ?other, "DSN could not be delivered")
+            }
+        }
+    });
 }

@@ -1,3 +1,4 @@
+pub mod faults;
 pub mod postfix;
 pub mod process;
 pub mod relay;
