@@ -87,7 +87,7 @@ pub enum UpstreamError {
         source: io::Error,
     },
     /// The SMTP client failed or got an unwanted reply at `stage`.
-    #[error("{stage}: {source}")]
+    #[error("{stage}: {}", describe(.source))]
     Smtp {
         /// Where.
         stage: Stage,
@@ -188,6 +188,24 @@ impl UpstreamError {
     }
 }
 
+/// mail-send's error in words fit for a failover reason: replies as
+/// `code x.y.z text`, an EOF as what it usually is.
+fn describe(e: &SmtpError) -> String {
+    let reply = |r: &smtp_proto::Response<String>| match enhanced(r) {
+        Some((a, b, c)) => format!("{} {a}.{b}.{c} {}", r.code, r.message),
+        None => format!("{} {}", r.code, r.message),
+    };
+    match e {
+        SmtpError::UnexpectedReply(r) => reply(r),
+        SmtpError::AuthenticationFailed(r) => format!("authentication failed: {}", reply(r)),
+        SmtpError::UnparseableReply => {
+            "connection closed by the server (or an unparseable reply)".into()
+        }
+        SmtpError::Timeout => "timed out".into(),
+        other => other.to_string(),
+    }
+}
+
 /// How a failure counts for failover (PRODUCT §3.6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Class {
@@ -241,6 +259,13 @@ pub fn classify(stage: Stage, e: &SmtpError) -> Class {
         | E::AuthenticationFailed(_)
         | E::MissingCredentials
         | E::UnsupportedAuthMechanism => Class::Auth,
+        // "530 Must issue a STARTTLS command first" is about TLS, other
+        // 530s ("authentication required") about AUTH.
+        E::UnexpectedReply(r)
+            if r.code == 530 && r.message.to_ascii_uppercase().contains("STARTTLS") =>
+        {
+            Class::Tls
+        }
         E::UnexpectedReply(r) => reply_class(stage, r.code),
         // Only mail-send's own `send()` raises these; we never call it.
         E::MissingMailFrom | E::MissingRcptTo => Class::Local,
@@ -253,14 +278,15 @@ pub fn classify(stage: Stage, e: &SmtpError) -> Class {
 /// wherever it comes. Before a transaction every refusal is about the
 /// server (connection, TLS or AUTH). `530` at MAIL ("authentication / TLS
 /// required") is a configuration mismatch with this server, not a verdict
-/// on the message, so it counts as `auth`. Inside a transaction 4xx is
+/// on the message, so it counts as `auth` (or `tls` when its text asks for
+/// STARTTLS, see [`classify`]). Inside a transaction 4xx is
 /// temporary and 5xx permanent.
 pub fn reply_class(stage: Stage, code: u16) -> Class {
     match (stage, code) {
         (_, 421) => Class::Connection,
         (Stage::Auth, _) => Class::Auth,
         (Stage::StartTls | Stage::Tls, _) => Class::Tls,
-        (Stage::Mail, 530) => Class::Auth,
+        (Stage::Mail | Stage::Rcpt | Stage::Data, 530) => Class::Auth,
         (Stage::Connect | Stage::Greeting | Stage::Ehlo | Stage::Rset, _) => Class::Connection,
         (Stage::Mail | Stage::Rcpt | Stage::Data | Stage::EndOfData, 400..=499) => Class::Temporary,
         (Stage::Mail | Stage::Rcpt | Stage::Data | Stage::EndOfData, 500..=599) => Class::Permanent,
@@ -327,6 +353,7 @@ mod tests {
             (Stage::Rcpt, 450, Class::Temporary),
             (Stage::Rcpt, 550, Class::Permanent),
             (Stage::Mail, 530, Class::Auth),
+            (Stage::Rcpt, 530, Class::Auth),
             (Stage::Mail, 553, Class::Permanent),
             (Stage::EndOfData, 451, Class::Temporary),
             (Stage::EndOfData, 554, Class::Permanent),
@@ -339,6 +366,16 @@ mod tests {
         for (stage, code, class) in cases {
             assert_eq!(classify(stage, &reply(code)), class, "{stage} {code}");
         }
+    }
+
+    #[test]
+    fn starttls_required_is_tls() {
+        let r = SmtpError::UnexpectedReply(smtp_proto::Response {
+            code: 530,
+            esc: [5, 7, 0],
+            message: "Must issue a STARTTLS command first".into(),
+        });
+        assert_eq!(classify(Stage::Mail, &r), Class::Tls);
     }
 
     #[test]

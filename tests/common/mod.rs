@@ -1,2 +1,3 @@
 pub mod postfix;
 pub mod relay;
+pub mod upstream;
