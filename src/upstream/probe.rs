@@ -4,13 +4,16 @@
 //! [`test_message`] (one real message, for `smarthost test-server`).
 //!
 //! Probes always use a fresh connection, never the pool, and are not
-//! counted in the pool's statistics.
+//! counted in the pool's statistics. [`compose_test_message`] builds what
+//! `test-server` sends, with the same sender policy a delivery through
+//! that server would get.
 
 use super::classify::{enhanced, sanitize};
 use super::client::TxOutcome;
 use super::pool::Key;
 use super::{Outgoing, Upstreams};
-use crate::config::SmtpServer;
+use crate::config::values::EmailAddress;
+use crate::config::{Config, SmtpServer};
 use crate::delivery::{Failover, RefusedRecipient};
 use crate::message::Message;
 use std::fmt;
@@ -194,4 +197,72 @@ pub async fn test_message(
 /// The header section of a message (up to the first empty line).
 fn header_of(content: &[u8]) -> &[u8] {
     memchr::memmem::find(content, b"\r\n\r\n").map_or(content, |p| &content[..p])
+}
+
+/// What `test-server` sends: envelope sender and the complete message.
+#[derive(Debug, Clone)]
+pub struct TestMessage {
+    /// MAIL FROM.
+    pub mail_from: String,
+    /// The message, CRLF line endings.
+    pub content: Vec<u8>,
+}
+
+/// Builds the test message for server `name` of `cfg`, to `to`. The sender
+/// follows policy as far as it applies without an application: the
+/// server's fixed sender wins (providers refuse anything else), then
+/// `from`, then the owning tenant's sender (inherited), then the system
+/// default sender; the display name is the tenant's or the system's. The
+/// header section goes through the same rewrite a real delivery gets.
+pub fn compose_test_message(
+    cfg: &Config,
+    name: &str,
+    to: &str,
+    from: Option<&str>,
+    now: i64,
+    id: &str,
+) -> Result<TestMessage, String> {
+    let server = cfg
+        .servers
+        .get(name)
+        .ok_or_else(|| format!("no server named {name:?}"))?;
+    to.parse::<EmailAddress>()?;
+    if let Some(f) = from {
+        f.parse::<EmailAddress>()?;
+    }
+    let tenant = server.tenant.as_deref();
+    let tenant_sender = tenant.and_then(|t| cfg.inherited(t, |x| x.sender.as_ref()));
+    let sender = server
+        .sender
+        .as_ref()
+        .map(ToString::to_string)
+        .or_else(|| from.map(str::to_owned))
+        .or_else(|| tenant_sender.map(ToString::to_string))
+        .or_else(|| cfg.system.default_sender.as_ref().map(ToString::to_string))
+        .ok_or("no sender address: give --from (no server, tenant or system sender is set)")?;
+    let display_name = tenant
+        .and_then(|t| cfg.inherited(t, |x| x.display_name.as_ref()))
+        .or(cfg.system.display_name.as_ref())
+        .map(|d| d.as_str().to_owned());
+    let sample = format!(
+        "From: {}\r\nTo: {to}\r\nSubject: smarthost test message via {name}\r\n\
+         Date: {}\r\nMessage-ID: <{id}@{}>\r\nMIME-Version: 1.0\r\n\
+         Content-Type: text/plain; charset=utf-8\r\n\r\n\
+         This is a test message sent by `smarthost test-server {name}`.\r\n",
+        from.unwrap_or(&sender),
+        crate::util::rfc5322_date(now),
+        cfg.system.hostname,
+    );
+    let spec = crate::rewrite::RewriteSpec {
+        sender: Some(sender.clone()),
+        display_name,
+        ..Default::default()
+    };
+    let rw = crate::rewrite::rewrite(sample.as_bytes(), &spec);
+    let mut content = rw.header;
+    content.extend_from_slice(&sample.as_bytes()[rw.body_offset..]);
+    Ok(TestMessage {
+        mail_from: sender,
+        content,
+    })
 }
