@@ -245,3 +245,21 @@ async fn unsafe_addresses_are_refused_locally() {
     let (code, _, _) = permanent(mail.send(&Upstreams::default(), "up", &s).await);
     assert_eq!(code, 553);
 }
+
+/// IPv6 literals work as `host` (with or without brackets). Skipped where
+/// the machine has no IPv6 loopback.
+#[tokio::test]
+async fn ipv6_literal_host() {
+    let Ok(scripted) = Scripted::start("[::1]:0", false).await else {
+        eprintln!("no IPv6 loopback here; skipping");
+        return;
+    };
+    for host in ["::1", "[::1]"] {
+        let s = smarthost::config::SmtpServer {
+            host: host.into(),
+            ..server(scripted.port)
+        };
+        accepted(send_once(&s, &simple_message("v6"), &["b@y.test"]).await);
+    }
+    assert_eq!(scripted.delivered(), 2);
+}

@@ -11,11 +11,7 @@ use common::upstream::*;
 use smarthost::config::SmtpServer;
 use smarthost::message::Message;
 use smarthost::upstream::Upstreams;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpListener;
 
 async fn send(up: &Upstreams, s: &SmtpServer, subject: &str) -> smarthost::delivery::HopResult {
     let msg = Message::in_memory(simple_message(subject));
@@ -150,67 +146,11 @@ async fn postfix_idle_timeout_is_survived() {
 /// to a second connection, which accepts.
 #[tokio::test]
 async fn connection_dying_at_mail_is_replaced() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let delivered = Arc::new(AtomicUsize::new(0));
-    let counter = delivered.clone();
-    tokio::spawn(async move {
-        for conn in 0.. {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            tokio::spawn(scripted_session(stream, conn == 0, counter.clone()));
-        }
-    });
+    let scripted = Scripted::start("127.0.0.1:0", true).await.unwrap();
     let up = Upstreams::default();
-    let s = server(port);
+    let s = server(scripted.port);
     accepted(send(&up, &s, "one").await);
     accepted(send(&up, &s, "two").await);
     assert_eq!(up.stats("up"), (2, 1));
-    assert_eq!(delivered.load(Ordering::SeqCst), 2);
-}
-
-/// Minimal SMTP: accepts everything; with `die_at_second_mail` it closes
-/// the connection instead of answering the second MAIL.
-async fn scripted_session(
-    stream: tokio::net::TcpStream,
-    die_at_second_mail: bool,
-    delivered: Arc<AtomicUsize>,
-) {
-    let (r, mut w) = stream.into_split();
-    let mut lines = BufReader::new(r).lines();
-    let _ = w.write_all(b"220 scripted ESMTP\r\n").await;
-    let (mut mails, mut in_data) = (0, false);
-    while let Ok(Some(line)) = lines.next_line().await {
-        let reply: &[u8] = if in_data {
-            if line != "." {
-                continue;
-            }
-            in_data = false;
-            delivered.fetch_add(1, Ordering::SeqCst);
-            b"250 2.0.0 queued\r\n"
-        } else {
-            let cmd = line.to_ascii_uppercase();
-            if cmd.starts_with("EHLO") {
-                b"250-scripted\r\n250 8BITMIME\r\n"
-            } else if cmd.starts_with("MAIL") {
-                mails += 1;
-                if die_at_second_mail && mails == 2 {
-                    return;
-                }
-                b"250 2.1.0 ok\r\n"
-            } else if cmd == "DATA" {
-                in_data = true;
-                b"354 go ahead\r\n"
-            } else if cmd == "QUIT" {
-                let _ = w.write_all(b"221 bye\r\n").await;
-                return;
-            } else {
-                b"250 ok\r\n"
-            }
-        };
-        if w.write_all(reply).await.is_err() {
-            return;
-        }
-    }
+    assert_eq!(scripted.delivered(), 2);
 }

@@ -19,6 +19,7 @@
 //! Every command is bounded by `command_timeout` (the greeting and the TLS
 //! handshake too), the whole data phase by `data_timeout`.
 
+use super::caps::{capability_names, check_capabilities, mail_params};
 use super::classify::{Class, Stage, UpstreamError, reply_class};
 use super::probe::ProbeReport;
 use super::stuffing::DotStuffer;
@@ -26,11 +27,7 @@ use super::{Outgoing, tls};
 use crate::config::{Security, SmtpServer, UpstreamAuth};
 use crate::delivery::RefusedRecipient;
 use mail_send::{Credentials, SmtpClient};
-use smtp_proto::response::generate::BitToString;
-use smtp_proto::{
-    AUTH_LOGIN, AUTH_PLAIN, EXT_8BIT_MIME, EXT_AUTH, EXT_SIZE, EXT_SMTP_UTF8, EXT_START_TLS,
-    EhloResponse, Response,
-};
+use smtp_proto::{AUTH_LOGIN, AUTH_PLAIN, EXT_AUTH, EXT_START_TLS, EhloResponse, Response};
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -148,6 +145,14 @@ impl Tx {
             reusable,
         }
     }
+}
+
+/// What the RCPT phase left: how many were accepted, who was refused.
+#[derive(Default)]
+struct Recipients {
+    accepted: usize,
+    refused: Vec<RefusedRecipient>,
+    first_refusal: Option<Reply>,
 }
 
 /// Opens a session to `server`: TCP, TLS per `security`, greeting, EHLO,
@@ -426,102 +431,6 @@ fn tls_info(stream: &Stream) -> Option<(String, String)> {
     Some((version, cipher))
 }
 
-/// The EHLO capabilities as keywords, e.g. `SIZE 10240000`, `AUTH PLAIN LOGIN`.
-fn capability_names(caps: &EhloResponse<String>) -> Vec<String> {
-    use smtp_proto::*;
-    const NAMES: &[(u32, &str)] = &[
-        (EXT_PIPELINING, "PIPELINING"),
-        (EXT_SIZE, "SIZE"),
-        (EXT_VRFY, "VRFY"),
-        (EXT_ETRN, "ETRN"),
-        (EXT_EXPN, "EXPN"),
-        (EXT_HELP, "HELP"),
-        (EXT_START_TLS, "STARTTLS"),
-        (EXT_AUTH, "AUTH"),
-        (EXT_ENHANCED_STATUS_CODES, "ENHANCEDSTATUSCODES"),
-        (EXT_8BIT_MIME, "8BITMIME"),
-        (EXT_BINARY_MIME, "BINARYMIME"),
-        (EXT_CHUNKING, "CHUNKING"),
-        (EXT_DSN, "DSN"),
-        (EXT_SMTP_UTF8, "SMTPUTF8"),
-        (EXT_REQUIRE_TLS, "REQUIRETLS"),
-        (EXT_DELIVER_BY, "DELIVERBY"),
-        (EXT_MT_PRIORITY, "MT-PRIORITY"),
-        (EXT_FUTURE_RELEASE, "FUTURERELEASE"),
-        (EXT_NO_SOLICITING, "NO-SOLICITING"),
-        (EXT_MTRK, "MTRK"),
-        (EXT_RRVS, "RRVS"),
-        (EXT_ATRN, "ATRN"),
-        (EXT_BURL, "BURL"),
-        (EXT_CHECKPOINT, "CHECKPOINT"),
-        (EXT_CONNEG, "CONNEG"),
-        (EXT_CONPERM, "CONPERM"),
-        (EXT_ONEX, "ONEX"),
-        (EXT_VERB, "VERB"),
-    ];
-    let mut out = Vec::new();
-    for &(bit, name) in NAMES {
-        if !caps.has_capability(bit) {
-            continue;
-        }
-        out.push(match bit {
-            EXT_SIZE if caps.size > 0 => format!("SIZE {}", caps.size),
-            EXT_AUTH => {
-                let mechs: Vec<&str> = (0..64)
-                    .map(|i| 1u64 << i)
-                    .filter(|m| caps.auth_mechanisms & m != 0)
-                    .map(|m| m.to_mechanism())
-                    .rev()
-                    .collect();
-                format!("AUTH {}", mechs.join(" ")).trim_end().to_owned()
-            }
-            _ => name.to_owned(),
-        });
-    }
-    out
-}
-
-/// Checks what the message needs against what the server offers (RFC 6531
-/// SMTPUTF8, RFC 6152 8BITMIME, RFC 1870 SIZE).
-fn check_capabilities(
-    caps: &EhloResponse<String>,
-    msg: &Outgoing<'_>,
-) -> Result<(), UpstreamError> {
-    if msg.smtputf8 && !caps.has_capability(EXT_SMTP_UTF8) {
-        return Err(UpstreamError::Capability(
-            "the message needs SMTPUTF8, which the server does not offer".into(),
-        ));
-    }
-    if msg.body_8bit && !caps.has_capability(EXT_8BIT_MIME) {
-        return Err(UpstreamError::Capability(
-            "the message has 8-bit content and the server does not offer 8BITMIME".into(),
-        ));
-    }
-    let size = msg.size();
-    if caps.has_capability(EXT_SIZE) && caps.size > 0 && size > caps.size as u64 {
-        return Err(UpstreamError::Capability(format!(
-            "the message ({size} bytes) exceeds the server's SIZE limit ({} bytes)",
-            caps.size
-        )));
-    }
-    Ok(())
-}
-
-/// The MAIL FROM parameters for this message on this server.
-fn mail_params(caps: &EhloResponse<String>, msg: &Outgoing<'_>) -> String {
-    let mut p = String::new();
-    if caps.has_capability(EXT_SIZE) {
-        p.push_str(&format!(" SIZE={}", msg.size()));
-    }
-    if msg.body_8bit && caps.has_capability(EXT_8BIT_MIME) {
-        p.push_str(" BODY=8BITMIME");
-    }
-    if msg.smtputf8 {
-        p.push_str(" SMTPUTF8");
-    }
-    p
-}
-
 /// Whether an address may go into `MAIL FROM:<..>` / `RCPT TO:<..>` as it
 /// is: no control characters (no command injection, pitfall 6) and no angle
 /// brackets.
@@ -595,38 +504,15 @@ impl Session {
             Ok(r) if is_positive(&r) => {}
             Ok(r) => return self.abort(Stage::Mail, r).await,
         }
-        let mut refused = Vec::new();
-        let mut first_refusal = None;
-        let mut accepted = 0usize;
-        for rcpt in msg.rcpt_to {
-            let reply = if safe_address(rcpt) {
-                match self
-                    .command(Stage::Rcpt, format!("RCPT TO:<{rcpt}>\r\n").as_bytes())
-                    .await
-                {
-                    Err(e) => return Tx::failed(e, false),
-                    Ok(r) => r,
-                }
-            } else {
-                local_reply(553, [5, 1, 3], "invalid recipient address (not sent)")
-            };
-            if is_positive(&reply) {
-                accepted += 1;
-            } else if reply_class(Stage::Rcpt, reply.code) == Class::Permanent {
-                refused.push(RefusedRecipient {
-                    rcpt: rcpt.clone(),
-                    code: reply.code,
-                    reason: super::classify::sanitize(&reply.message, None),
-                });
-                first_refusal.get_or_insert(reply);
-            } else {
-                return self.abort(Stage::Rcpt, reply).await;
-            }
-        }
-        if accepted == 0 {
+        let rcpts = match self.recipients(msg.rcpt_to).await {
+            Ok(r) => r,
+            Err(tx) => return tx,
+        };
+        if rcpts.accepted == 0 {
             let reusable = self.reset().await.is_ok();
-            let reply =
-                first_refusal.unwrap_or_else(|| local_reply(554, [5, 5, 1], "no valid recipients"));
+            let reply = rcpts
+                .first_refusal
+                .unwrap_or_else(|| local_reply(554, [5, 5, 1], "no valid recipients"));
             return Tx {
                 outcome: TxOutcome::Refused(reply),
                 reusable,
@@ -637,7 +523,36 @@ impl Session {
             Ok(r) if r.code == 354 => {}
             Ok(r) => return self.abort(Stage::Data, r).await,
         }
-        self.finish_data(server, msg, refused).await
+        self.finish_data(server, msg, rcpts.refused).await
+    }
+
+    /// RCPT TO for each recipient on its own. 5xx refusals are collected;
+    /// any other failure ends the transaction (the `Err` is its outcome).
+    async fn recipients(&mut self, rcpt_to: &[String]) -> Result<Recipients, Tx> {
+        let mut out = Recipients::default();
+        for rcpt in rcpt_to {
+            let reply = if safe_address(rcpt) {
+                let line = format!("RCPT TO:<{rcpt}>\r\n");
+                self.command(Stage::Rcpt, line.as_bytes())
+                    .await
+                    .map_err(|e| Tx::failed(e, false))?
+            } else {
+                local_reply(553, [5, 1, 3], "invalid recipient address (not sent)")
+            };
+            if is_positive(&reply) {
+                out.accepted += 1;
+            } else if reply_class(Stage::Rcpt, reply.code) == Class::Permanent {
+                out.refused.push(RefusedRecipient {
+                    rcpt: rcpt.clone(),
+                    code: reply.code,
+                    reason: super::classify::sanitize(&reply.message, None),
+                });
+                out.first_refusal.get_or_insert(reply);
+            } else {
+                return Err(self.abort(Stage::Rcpt, reply).await);
+            }
+        }
+        Ok(out)
     }
 
     /// Sends the content and reads the final reply.
@@ -760,17 +675,6 @@ mod tests {
             wants_starttls(Security::Starttls, &without),
             Err(UpstreamError::NoStartTls)
         ));
-    }
-
-    #[test]
-    fn capability_keywords() {
-        let mut c = caps(EXT_SIZE | EXT_AUTH | EXT_8BIT_MIME);
-        c.size = 1000;
-        c.auth_mechanisms = AUTH_PLAIN | AUTH_LOGIN;
-        assert_eq!(
-            capability_names(&c),
-            ["SIZE 1000", "AUTH PLAIN LOGIN", "8BITMIME"]
-        );
     }
 
     #[test]

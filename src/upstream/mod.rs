@@ -6,6 +6,7 @@
 //!   module that imports mail-send.
 //! * `classify` — errors and replies sorted into failover classes.
 //! * `pool` — idle sessions per server and settings, counters.
+//! * `caps` — EHLO capabilities against what a message needs.
 //! * `tls` — the client TLS settings; `stuffing` — DATA transparency.
 //! * `probe` — connect without sending, and a real test message.
 //!
@@ -15,6 +16,7 @@
 //! turns out dead before the server accepted anything (at RSET or MAIL) is
 //! not a reason to fail over: the hop is retried once on a fresh connection.
 
+mod caps;
 pub mod classify;
 mod client;
 pub mod pool;
@@ -120,7 +122,16 @@ impl Upstreams {
 
     /// Opens a new session (not pooled, not counted).
     async fn open(&self, key: &Key, server: &SmtpServer) -> Result<Session, UpstreamError> {
-        client::connect(server, || self.connector(key, server)).await
+        let session = client::connect(server, || self.connector(key, server)).await?;
+        let r = session.report();
+        tracing::debug!(
+            server = key.name(),
+            peer = %r.connected_to,
+            tls = r.tls.as_ref().map(|t| t.0.as_str()),
+            auth = r.auth,
+            "upstream connection opened"
+        );
+        Ok(session)
     }
 
     /// The TLS connector of `key`, built once per server and settings.

@@ -9,7 +9,11 @@ use smarthost::delivery::{Failover, HopResult, RefusedRecipient};
 use smarthost::message::Message;
 use smarthost::upstream::{Outgoing, Upstreams};
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
 
 use super::postfix::certs_dir;
 
@@ -176,5 +180,85 @@ pub fn permanent(r: HopResult) -> (u16, Option<(u8, u16, u16)>, String) {
             reason,
         } => (code, enhanced, reason),
         other => panic!("expected Permanent, got {other:?}"),
+    }
+}
+
+/// A minimal in-process SMTP server (on the test's runtime) for cases the
+/// fixtures cannot script: any bind address (IPv6), and a first connection
+/// that dies at its second MAIL.
+pub struct Scripted {
+    /// The port it listens on.
+    pub port: u16,
+    delivered: Arc<AtomicUsize>,
+}
+
+impl Scripted {
+    /// Listens on `addr` (port 0). With `die_at_second_mail`, the first
+    /// connection closes instead of answering its second MAIL.
+    pub async fn start(addr: &str, die_at_second_mail: bool) -> std::io::Result<Scripted> {
+        let listener = TcpListener::bind(addr).await?;
+        let port = listener.local_addr()?.port();
+        let delivered = Arc::new(AtomicUsize::new(0));
+        let counter = delivered.clone();
+        tokio::spawn(async move {
+            for conn in 0.. {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let die = die_at_second_mail && conn == 0;
+                tokio::spawn(scripted_session(stream, die, counter.clone()));
+            }
+        });
+        Ok(Scripted { port, delivered })
+    }
+
+    /// Messages accepted so far.
+    pub fn delivered(&self) -> usize {
+        self.delivered.load(Ordering::SeqCst)
+    }
+}
+
+/// Minimal SMTP: accepts everything; with `die_at_second_mail` it closes
+/// the connection instead of answering the second MAIL.
+async fn scripted_session(
+    stream: tokio::net::TcpStream,
+    die_at_second_mail: bool,
+    delivered: Arc<AtomicUsize>,
+) {
+    let (r, mut w) = stream.into_split();
+    let mut lines = BufReader::new(r).lines();
+    let _ = w.write_all(b"220 scripted ESMTP\r\n").await;
+    let (mut mails, mut in_data) = (0, false);
+    while let Ok(Some(line)) = lines.next_line().await {
+        let reply: &[u8] = if in_data {
+            if line != "." {
+                continue;
+            }
+            in_data = false;
+            delivered.fetch_add(1, Ordering::SeqCst);
+            b"250 2.0.0 queued\r\n"
+        } else {
+            let cmd = line.to_ascii_uppercase();
+            if cmd.starts_with("EHLO") {
+                b"250-scripted\r\n250 8BITMIME\r\n"
+            } else if cmd.starts_with("MAIL") {
+                mails += 1;
+                if die_at_second_mail && mails == 2 {
+                    return;
+                }
+                b"250 2.1.0 ok\r\n"
+            } else if cmd == "DATA" {
+                in_data = true;
+                b"354 go ahead\r\n"
+            } else if cmd == "QUIT" {
+                let _ = w.write_all(b"221 bye\r\n").await;
+                return;
+            } else {
+                b"250 ok\r\n"
+            }
+        };
+        if w.write_all(reply).await.is_err() {
+            return;
+        }
     }
 }
