@@ -121,3 +121,22 @@ async fn auth_over_implicit_tls() {
     accepted(send_once(&s, &simple_message("x"), &["b@y.test"]).await);
     pf.wait_for_messages_async(1, WAIT).await;
 }
+
+/// Opportunistic modes never send the password in the clear: a server
+/// without STARTTLS (or an attacker stripping it) gets no credentials.
+#[tokio::test]
+async fn no_plaintext_auth_unless_security_is_none() {
+    let pf = sasl_postfix();
+    for security in [Security::Auto, Security::StarttlsWhenAvailable] {
+        let s = with_auth(tls_server(pf.port(), security), USER, PASSWORD, None);
+        let f = failover_of(
+            "auth",
+            send_once(&s, &simple_message("x"), &["b@y.test"]).await,
+        );
+        assert!(f.reason.contains("without TLS"), "{f:?}");
+    }
+    assert!(
+        !pf.maillog().contains("sasl_method"),
+        "credentials were sent"
+    );
+}

@@ -103,6 +103,12 @@ pub enum UpstreamError {
     /// Credentials are configured but the server does not offer AUTH.
     #[error("the server does not offer AUTH")]
     NoAuth,
+    /// Credentials are configured, the connection is not encrypted, and
+    /// `security` is not `none`: the password is not sent.
+    #[error(
+        "refusing to send AUTH credentials without TLS (the server did not offer STARTTLS; set security = \"none\" to allow plaintext AUTH)"
+    )]
+    AuthWithoutTls,
     /// The wanted AUTH mechanism is not offered (or not available here).
     #[error("AUTH {0} is not available with this server")]
     NoAuthMechanism(&'static str),
@@ -131,7 +137,9 @@ impl UpstreamError {
             | UpstreamError::Connect { .. } => Stage::Connect,
             UpstreamError::Smtp { stage, .. } => *stage,
             UpstreamError::NoStartTls | UpstreamError::TlsSetup(_) => Stage::StartTls,
-            UpstreamError::NoAuth | UpstreamError::NoAuthMechanism(_) => Stage::Auth,
+            UpstreamError::NoAuth
+            | UpstreamError::NoAuthMechanism(_)
+            | UpstreamError::AuthWithoutTls => Stage::Auth,
             UpstreamError::Capability(_) => Stage::Mail,
             UpstreamError::Local(_) => Stage::Data,
         }
@@ -145,7 +153,9 @@ impl UpstreamError {
             | UpstreamError::Connect { .. } => Class::Connection,
             UpstreamError::Smtp { stage, source } => classify(*stage, source),
             UpstreamError::NoStartTls | UpstreamError::TlsSetup(_) => Class::Tls,
-            UpstreamError::NoAuth | UpstreamError::NoAuthMechanism(_) => Class::Auth,
+            UpstreamError::NoAuth
+            | UpstreamError::NoAuthMechanism(_)
+            | UpstreamError::AuthWithoutTls => Class::Auth,
             UpstreamError::Capability(_) => Class::Capability,
             UpstreamError::Local(_) => Class::Local,
         }
@@ -173,6 +183,7 @@ impl UpstreamError {
                 UpstreamError::Capability(_)
                     | UpstreamError::NoAuth
                     | UpstreamError::NoAuthMechanism(_)
+                    | UpstreamError::AuthWithoutTls
             ),
         }
     }

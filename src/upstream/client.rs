@@ -373,7 +373,8 @@ async fn starttls(client: &mut SmtpClient<TcpStream>) -> Result<(), UpstreamErro
     }
 }
 
-/// AUTH when a username is set and `auth` is not `none`. Exactly one
+/// AUTH when a username is set and `auth` is not `none`; over plaintext
+/// only with `security = "none"`. Exactly one
 /// mechanism is tried: the configured one, or PLAIN when offered, else
 /// LOGIN. (mail-send would try PLAIN before LOGIN on its own; handing it
 /// capabilities with a single mechanism forces the choice, pitfall 8.)
@@ -399,8 +400,11 @@ async fn authenticate(
     if offered & bit == 0 {
         return Err(UpstreamError::NoAuthMechanism(name));
     }
-    if !matches!(client.stream, Stream::Tls(_)) {
-        tracing::warn!(host = %server.host, "sending AUTH credentials without TLS");
+    // A STARTTLS-stripping attacker must not be able to harvest the
+    // password: without TLS, credentials go out only when the admin chose
+    // plaintext explicitly.
+    if !matches!(client.stream, Stream::Tls(_)) && server.security != Security::None {
+        return Err(UpstreamError::AuthWithoutTls);
     }
     let mut only = EhloResponse::new(String::new());
     only.capabilities = EXT_AUTH;
