@@ -682,6 +682,31 @@ mod tests {
     }
 
     #[test]
+    fn auto_is_implicit_only_on_465() {
+        let server = |security, port| SmtpServer {
+            host: "h".into(),
+            port,
+            security,
+            username: None,
+            password: None,
+            auth: None,
+            connect_timeout: Duration::from_secs(1),
+            command_timeout: Duration::from_secs(1),
+            data_timeout: Duration::from_secs(1),
+            accept_invalid_certs: false,
+            ca_file: None,
+            tls_name: "h".into(),
+            helo_name: "me".into(),
+            pool_size: 1,
+            pool_idle_timeout: Duration::from_secs(1),
+        };
+        assert!(implicit_tls(&server(Security::Auto, 465)));
+        assert!(!implicit_tls(&server(Security::Auto, 587)));
+        assert!(implicit_tls(&server(Security::Implicit, 2465)));
+        assert!(!implicit_tls(&server(Security::Starttls, 465)));
+    }
+
+    #[test]
     fn addresses_cannot_inject() {
         assert!(safe_address("a@b.example"));
         assert!(safe_address("jörg@bücher.example"));
