@@ -1,11 +1,13 @@
 //! The command line (PRODUCT §4): argument parsing and the commands that
 //! do not serve mail — `check-config`, `explain`, `hash-password`. `run`
-//! and `test-server` hand over to the server modules.
+//! hands over to the server modules; `test-server` and `check-config
+//! --probe` to `upstream::probe`.
 //!
 //! Exit codes: 0 success, 64 bad config or usage, 1 any other failure.
 
 use crate::config::{self, Config, ConfigErrors};
 use crate::explain;
+use crate::upstream::probe;
 use clap::{Args, Parser, Subcommand};
 use std::io::{BufRead, Write};
 use std::net::IpAddr;
@@ -39,6 +41,23 @@ pub enum Command {
     Explain(ExplainArgs),
     /// Read a password on stdin and print an argon2id hash for `password_hash`.
     HashPassword,
+    /// Send a real test message through one SMTP server; print the dialogue
+    /// summary; exit 0 only if it was accepted.
+    TestServer(TestServerArgs),
+}
+
+/// `test-server` options.
+#[derive(Debug, Args)]
+pub struct TestServerArgs {
+    /// The server (`[server.NAME]`, kind smtp).
+    pub name: String,
+    /// The recipient.
+    #[arg(long)]
+    pub to: String,
+    /// The sender (default: the server's fixed sender, else the owning
+    /// tenant's, else the system default sender).
+    #[arg(long)]
+    pub from: Option<String>,
 }
 
 /// `check-config` options.
@@ -103,7 +122,7 @@ pub fn print_errors(errs: &ConfigErrors) {
     );
 }
 
-fn check_config(cli: &Cli, _args: &CheckConfigArgs) -> ExitCode {
+fn check_config(cli: &Cli, args: &CheckConfigArgs) -> ExitCode {
     match load_config(cli.config.as_deref()) {
         Ok(cfg) => {
             for w in &cfg.warnings {
@@ -118,11 +137,149 @@ fn check_config(cli: &Cli, _args: &CheckConfigArgs) -> ExitCode {
                 cfg.applications.len(),
                 cfg.routes.len()
             );
-            ExitCode::SUCCESS
+            if args.probe {
+                probe_servers(&cfg)
+            } else {
+                ExitCode::SUCCESS
+            }
         }
         Err(e) => {
             print_errors(&e);
             ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            eprintln!("smarthost: cannot start the runtime: {e}");
+            None
+        }
+    }
+}
+
+/// How many servers `check-config --probe` talks to at once.
+const PROBE_CONCURRENCY: usize = 8;
+
+/// Probes every SMTP server; exit 1 when any probe failed.
+fn probe_servers(cfg: &Config) -> ExitCode {
+    let servers: Vec<(String, config::SmtpServer)> = cfg
+        .servers
+        .iter()
+        .filter_map(|(n, s)| match &s.kind {
+            config::ServerKind::Smtp(smtp) => Some((n.clone(), smtp.clone())),
+            config::ServerKind::Capture(_) => None,
+        })
+        .collect();
+    let Some(rt) = runtime() else {
+        return ExitCode::FAILURE;
+    };
+    let upstreams = std::sync::Arc::new(crate::upstream::Upstreams::default());
+    let results = rt.block_on(probe::probe_all(upstreams, servers, PROBE_CONCURRENCY));
+    let mut failed = 0;
+    for (name, r) in &results {
+        match r {
+            Ok(p) => println!(
+                "probe {name}: ok ({}, {}, AUTH {})",
+                p.connected_to,
+                p.tls
+                    .as_ref()
+                    .map_or("no TLS".to_owned(), |(v, c)| format!("{v} {c}")),
+                p.auth.unwrap_or("none")
+            ),
+            Err(f) => {
+                failed += 1;
+                println!("probe {name}: FAILED ({}): {}", f.class, f.reason);
+            }
+        }
+    }
+    if failed > 0 {
+        eprintln!(
+            "smarthost: {failed} of {} server probe(s) failed",
+            results.len()
+        );
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn test_server(cli: &Cli, args: &TestServerArgs) -> ExitCode {
+    let cfg = match load_config(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            print_errors(&e);
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let smtp = match cfg.servers.get(&args.name).map(|s| &s.kind) {
+        Some(config::ServerKind::Smtp(s)) => s.clone(),
+        Some(config::ServerKind::Capture(_)) => {
+            eprintln!(
+                "smarthost test-server: {:?} is not an SMTP server",
+                args.name
+            );
+            return ExitCode::from(EXIT_CONFIG);
+        }
+        None => {
+            eprintln!("smarthost test-server: no server named {:?}", args.name);
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let id = crate::util::IdGen::default().next();
+    let msg = match probe::compose_test_message(
+        &cfg,
+        &args.name,
+        &args.to,
+        args.from.as_deref(),
+        crate::util::unix_now(),
+        &id,
+    ) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("smarthost test-server: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let Some(rt) = runtime() else {
+        return ExitCode::FAILURE;
+    };
+    let upstreams = crate::upstream::Upstreams::default();
+    let report = rt.block_on(probe::test_message(
+        &upstreams,
+        &args.name,
+        &smtp,
+        &msg.mail_from,
+        &args.to,
+        msg.content,
+    ));
+    println!(
+        "server:       {} ({}:{}, security {:?})",
+        args.name, smtp.host, smtp.port, smtp.security
+    );
+    if let Some(s) = &report.session {
+        print!("{s}");
+    }
+    println!(
+        "envelope:     MAIL FROM:<{}> RCPT TO:<{}>",
+        msg.mail_from, args.to
+    );
+    for r in &report.refused {
+        println!("refused:      {} {} {}", r.rcpt, r.code, r.reason);
+    }
+    match &report.result {
+        Ok(reply) => {
+            println!("result:       accepted: {reply}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            println!("result:       NOT accepted: {e}");
+            ExitCode::FAILURE
         }
     }
 }
@@ -250,5 +407,6 @@ pub fn main() -> ExitCode {
         Command::Explain(a) => explain_cmd(&cli, a),
         Command::HashPassword => hash_password(),
         Command::Run => run(&cli),
+        Command::TestServer(a) => test_server(&cli, a),
     }
 }

@@ -2,11 +2,38 @@
 //! connection pool, failure classification, and probes (`test-server`,
 //! `check-config --probe`, reload).
 //!
-//! `client` is the only module that imports mail-send.
+//! * `client` — one connection: TLS, EHLO, AUTH, a transaction; the only
+//!   module that imports mail-send.
+//! * `classify` — errors and replies sorted into failover classes.
+//! * `pool` — idle sessions per server and settings, counters.
+//! * `caps` — EHLO capabilities against what a message needs.
+//! * `tls` — the client TLS settings; `stuffing` — DATA transparency.
+//! * `probe` — connect without sending, and a real test message.
+//!
+//! [`Upstreams::send`] ties them together: take a pooled session (RSET
+//! first, which also proves it is alive) or open one, run the transaction,
+//! and put the session back when it ended cleanly. A pooled session that
+//! turns out dead before the server accepted anything (at RSET or MAIL) is
+//! not a reason to fail over: the hop is retried once on a fresh connection.
+
+mod caps;
+pub mod classify;
+mod client;
+pub mod pool;
+pub mod probe;
+mod stuffing;
+mod tls;
 
 use crate::config::SmtpServer;
-use crate::delivery::{Failover, HopResult};
+use crate::delivery::HopResult;
 use crate::message::Message;
+use classify::{Class, Stage, UpstreamError, enhanced, sanitize};
+use client::{Session, TxOutcome};
+use pool::{Key, Pools};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Instant;
+use tokio_rustls::TlsConnector;
 
 /// A message to send on one hop, already rewritten for that hop's server.
 pub struct Outgoing<'a> {
@@ -36,16 +63,139 @@ impl Outgoing<'_> {
 
 /// Every SMTP upstream's connection pool; shared by all sessions.
 #[derive(Default)]
-pub struct Upstreams {}
+pub struct Upstreams {
+    roots: tls::SystemRoots,
+    /// TLS connectors by server and settings, built on first TLS use.
+    connectors: Mutex<HashMap<Key, TlsConnector>>,
+    pools: Pools<Session>,
+}
 
 impl Upstreams {
     /// Sends `msg` through `server` (named `name`).
     pub async fn send(&self, name: &str, server: &SmtpServer, msg: &Outgoing<'_>) -> HopResult {
-        let _ = (server, msg);
-        HopResult::Failover(Failover {
-            server: name.to_owned(),
-            class: "temporary",
-            reason: "SMTP upstream delivery is not available in this build yet".into(),
-        })
+        let key = Key::new(name, server);
+        let secret = server.password.as_ref().map(|p| p.expose());
+        let mut may_reuse = true;
+        loop {
+            let pooled = if may_reuse {
+                self.checkout(&key, server)
+            } else {
+                None
+            };
+            let reused = pooled.is_some();
+            let mut session = match pooled {
+                Some(s) => s,
+                None => match self.open(&key, server).await {
+                    Ok(s) => {
+                        self.pools.count_opened(name);
+                        s
+                    }
+                    Err(e) => return HopResult::Failover(e.to_failover(name, secret)),
+                },
+            };
+            if reused {
+                self.pools.count_reused(name);
+                if let Err(e) = session.reset().await {
+                    tracing::debug!(server = name, error = %e, "pooled connection is gone; opening a new one");
+                    may_reuse = false;
+                    continue;
+                }
+            }
+            let tx = session.deliver(server, msg).await;
+            if reused && !tx.reusable && died_before_mail(&tx.outcome) {
+                tracing::debug!(server = name, outcome = ?tx.outcome, "pooled connection died at MAIL; opening a new one");
+                may_reuse = false;
+                continue;
+            }
+            if tx.reusable {
+                self.checkin(&key, server, session);
+            }
+            return hop_result(name, secret, tx.outcome);
+        }
+    }
+
+    /// Connection counters of server `name`: (opened, reused).
+    pub fn stats(&self, name: &str) -> (u64, u64) {
+        let s = self.pools.stats(name);
+        (s.opened, s.reused)
+    }
+
+    /// Opens a new session (not pooled, not counted).
+    async fn open(&self, key: &Key, server: &SmtpServer) -> Result<Session, UpstreamError> {
+        let session = client::connect(server, || self.connector(key, server)).await?;
+        let r = session.report();
+        tracing::debug!(
+            server = key.name(),
+            peer = %r.connected_to,
+            tls = r.tls.as_ref().map(|t| t.0.as_str()),
+            auth = r.auth,
+            "upstream connection opened"
+        );
+        Ok(session)
+    }
+
+    /// The TLS connector of `key`, built once per server and settings.
+    fn connector(&self, key: &Key, server: &SmtpServer) -> Result<TlsConnector, String> {
+        let cached = self.lock_connectors().get(key).cloned();
+        if let Some(c) = cached {
+            return Ok(c);
+        }
+        let c = tls::connector(&self.roots, server)?;
+        let mut map = self.lock_connectors();
+        // Settings changed by a reload: the old connector is of no use.
+        map.retain(|k, _| k.name() != key.name());
+        map.insert(key.clone(), c.clone());
+        Ok(c)
+    }
+
+    fn lock_connectors(&self) -> std::sync::MutexGuard<'_, HashMap<Key, TlsConnector>> {
+        // Only whole-value inserts and removals happen under this lock.
+        self.connectors.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn checkout(&self, key: &Key, server: &SmtpServer) -> Option<Session> {
+        let c = self
+            .pools
+            .checkout(key, server.pool_idle_timeout, Instant::now());
+        close_all(c.close);
+        c.session
+    }
+
+    fn checkin(&self, key: &Key, server: &SmtpServer, session: Session) {
+        if let Some(extra) = self
+            .pools
+            .checkin(key, session, server.pool_size, Instant::now())
+        {
+            close_all(vec![extra]);
+        }
+    }
+}
+
+/// QUITs sessions in the background: nobody waits for it.
+fn close_all(sessions: Vec<Session>) {
+    for s in sessions {
+        tokio::spawn(s.quit());
+    }
+}
+
+/// A pooled session that failed at MAIL with a connection-class error
+/// (EOF, reset, timeout, 421) was dead before anything was accepted.
+fn died_before_mail(outcome: &TxOutcome) -> bool {
+    matches!(outcome, TxOutcome::Failed(e) if e.stage() == Stage::Mail && e.class() == Class::Connection)
+}
+
+/// A transaction's outcome as the delivery code sees it.
+fn hop_result(name: &str, secret: Option<&str>, outcome: TxOutcome) -> HopResult {
+    match outcome {
+        TxOutcome::Accepted { refused, reply } => {
+            tracing::debug!(server = name, reply = %sanitize(&reply.message, secret), "upstream accepted");
+            HopResult::Accepted { refused }
+        }
+        TxOutcome::Refused(r) => HopResult::Permanent {
+            code: r.code,
+            enhanced: enhanced(&r),
+            reason: sanitize(&r.message, secret),
+        },
+        TxOutcome::Failed(e) => HopResult::Failover(e.to_failover(name, secret)),
     }
 }

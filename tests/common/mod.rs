@@ -2,3 +2,4 @@ pub mod faults;
 pub mod postfix;
 pub mod process;
 pub mod relay;
+pub mod upstream;

@@ -1,0 +1,717 @@
+//! One SMTP client connection to an upstream: connect, TLS, EHLO, AUTH,
+//! and one transaction at a time. The only module that imports mail-send.
+//!
+//! mail-send supplies the wire pieces (reply parsing, EHLO parsing, the SASL
+//! exchange); the flow is ours, because its convenience calls do not fit a
+//! relay (CRATES.md §2b and pitfalls 1–8): `connect()` forgets the EHLO
+//! capabilities and never times the plaintext greeting, `send()` stops at
+//! the first refused recipient, and `data()` needs the whole message in
+//! memory and adds an extra CRLF. So this module:
+//!
+//! * connects the TCP stream itself (every resolved address, each within
+//!   `connect_timeout`) and wraps it in `mail_send::SmtpClient`;
+//! * negotiates TLS per `security` (see [`wants_starttls`]), keeps the EHLO
+//!   capabilities (EHLO again after STARTTLS, HELO when EHLO is refused);
+//! * authenticates with exactly one mechanism;
+//! * sends MAIL, each RCPT on its own, and streams DATA from the message's
+//!   chunks with our own dot-stuffing.
+//!
+//! Every command is bounded by `command_timeout` (the greeting and the TLS
+//! handshake too), the whole data phase by `data_timeout`.
+
+use super::caps::{capability_names, check_capabilities, mail_params};
+use super::classify::{Class, Stage, UpstreamError, reply_class};
+use super::probe::ProbeReport;
+use super::stuffing::DotStuffer;
+use super::{Outgoing, tls};
+use crate::config::{Security, SmtpServer, UpstreamAuth};
+use crate::delivery::RefusedRecipient;
+use mail_send::{Credentials, SmtpClient};
+use smtp_proto::{AUTH_LOGIN, AUTH_PLAIN, EXT_AUTH, EXT_START_TLS, EhloResponse, Response};
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+/// mail-send's error type, for `classify` (which must not import mail-send).
+pub use mail_send::Error as SmtpError;
+
+/// An SMTP reply.
+pub type Reply = Response<String>;
+
+/// At most this many resolved addresses are tried per connection attempt,
+/// so a host with many dead addresses cannot multiply `connect_timeout`
+/// without bound.
+const MAX_ADDRESSES: usize = 4;
+
+/// Size of the DATA write buffer.
+const WRITE_BUFFER: usize = 64 << 10;
+
+/// How long a best-effort QUIT may take.
+const QUIT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The connection under the SMTP client: plaintext or TLS, one type so a
+/// pooled session does not care how it was opened.
+pub enum Stream {
+    /// Plain TCP.
+    Plain(TcpStream),
+    /// TLS over TCP (implicit or after STARTTLS).
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// An open, greeted, EHLO'd (and, when configured, authenticated) connection.
+pub struct Session {
+    client: SmtpClient<Stream>,
+    caps: EhloResponse<String>,
+    report: ProbeReport,
+}
+
+/// How a transaction ended.
+#[derive(Debug)]
+pub enum TxOutcome {
+    /// The message was accepted for at least one recipient.
+    Accepted {
+        /// Recipients refused with 5xx.
+        refused: Vec<RefusedRecipient>,
+        /// The reply to the final `.`.
+        reply: Reply,
+    },
+    /// Refused permanently: 5xx at MAIL, DATA or end of data, or every
+    /// recipient refused (the first refusal).
+    Refused(Reply),
+    /// Anything else: fail over.
+    Failed(UpstreamError),
+}
+
+/// A transaction's outcome and whether the connection may be used again.
+#[derive(Debug)]
+pub struct Tx {
+    /// The outcome.
+    pub outcome: TxOutcome,
+    /// The session is idle and in a clean state (no transaction open).
+    pub reusable: bool,
+}
+
+impl Tx {
+    fn failed(e: UpstreamError, reusable: bool) -> Tx {
+        Tx {
+            outcome: TxOutcome::Failed(e),
+            reusable,
+        }
+    }
+}
+
+/// What the RCPT phase left: how many were accepted, who was refused.
+#[derive(Default)]
+struct Recipients {
+    accepted: usize,
+    refused: Vec<RefusedRecipient>,
+    first_refusal: Option<Reply>,
+}
+
+/// Opens a session to `server`: TCP, TLS per `security`, greeting, EHLO,
+/// AUTH. `connector` is asked for the TLS settings only when TLS is used.
+pub async fn connect(
+    server: &SmtpServer,
+    connector: impl FnOnce() -> Result<TlsConnector, String>,
+) -> Result<Session, UpstreamError> {
+    let (tcp, connected_to) = tcp_connect(server).await?;
+    let mut connector = Some(connector);
+    let mut tls = || {
+        connector.take().map_or_else(
+            || Err(UpstreamError::TlsSetup("TLS negotiated twice".into())),
+            |f| f().map_err(UpstreamError::TlsSetup),
+        )
+    };
+    let (mut client, greeting, caps) = if implicit_tls(server) {
+        let stream = handshake(tcp, &tls()?, server).await?;
+        greet(smtp_client(Stream::Tls(Box::new(stream)), server), server).await?
+    } else {
+        let (mut plain, greeting, caps) = greet(smtp_client(tcp, server), server).await?;
+        if wants_starttls(server.security, &caps)? {
+            starttls(&mut plain).await?;
+            let stream = handshake(plain.stream, &tls()?, server).await?;
+            let mut c = smtp_client(Stream::Tls(Box::new(stream)), server);
+            let caps = ehlo(&mut c, &server.helo_name).await?;
+            (c, greeting, caps)
+        } else {
+            (
+                smtp_client(Stream::Plain(plain.stream), server),
+                greeting,
+                caps,
+            )
+        }
+    };
+    let auth = authenticate(&mut client, server, &caps).await?;
+    let report = ProbeReport {
+        connected_to,
+        tls: tls_info(&client.stream),
+        auth,
+        capabilities: capability_names(&caps),
+        greeting,
+    };
+    Ok(Session {
+        client,
+        caps,
+        report,
+    })
+}
+
+fn smtp_client<T: AsyncRead + AsyncWrite>(stream: T, server: &SmtpServer) -> SmtpClient<T> {
+    SmtpClient {
+        stream,
+        timeout: server.command_timeout,
+    }
+}
+
+/// `auto` means implicit TLS on port 465 (the SMTPS port) and opportunistic
+/// STARTTLS anywhere else.
+fn implicit_tls(server: &SmtpServer) -> bool {
+    match server.security {
+        Security::Implicit => true,
+        Security::Auto => server.port == 465,
+        Security::None | Security::Starttls | Security::StarttlsWhenAvailable => false,
+    }
+}
+
+/// Whether to issue STARTTLS on a plaintext connection with these
+/// capabilities: required for `starttls` (an error when not offered), when
+/// offered for `auto` and `starttls-when-available`, never for `none`.
+/// Opportunistic TLS still verifies the certificate: a failed verification
+/// fails the hop (class `tls`) rather than silently sending in plaintext.
+pub fn wants_starttls(
+    security: Security,
+    caps: &EhloResponse<String>,
+) -> Result<bool, UpstreamError> {
+    let offered = caps.has_capability(EXT_START_TLS);
+    match security {
+        Security::None | Security::Implicit => Ok(false),
+        Security::Starttls if !offered => Err(UpstreamError::NoStartTls),
+        Security::Starttls => Ok(true),
+        Security::Auto | Security::StarttlsWhenAvailable => Ok(offered),
+    }
+}
+
+/// Resolves `host` and connects to the first address that answers, each
+/// attempt bounded by `connect_timeout`.
+async fn tcp_connect(server: &SmtpServer) -> Result<(TcpStream, SocketAddr), UpstreamError> {
+    // IPv6 literals may be written with brackets; lookup_host wants them bare.
+    let host = server.host.trim_start_matches('[').trim_end_matches(']');
+    let resolve_error = |reason: String| UpstreamError::Resolve {
+        host: server.host.clone(),
+        reason,
+    };
+    let addrs: Vec<SocketAddr> = timeout(
+        server.connect_timeout,
+        tokio::net::lookup_host((host, server.port)),
+    )
+    .await
+    .map_err(|_| resolve_error("timed out".into()))?
+    .map_err(|e| resolve_error(e.to_string()))?
+    .take(MAX_ADDRESSES)
+    .collect();
+    let mut last = resolve_error("no addresses".into());
+    for addr in addrs {
+        match timeout(server.connect_timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => {
+                // Commands are small and lock-step: do not let Nagle hold them.
+                let _ = s.set_nodelay(true);
+                return Ok((s, addr));
+            }
+            Ok(Err(source)) => {
+                last = UpstreamError::Connect {
+                    addr: addr.to_string(),
+                    source,
+                }
+            }
+            Err(_) => {
+                last = UpstreamError::ConnectTimeout {
+                    addr: addr.to_string(),
+                }
+            }
+        }
+    }
+    Err(last)
+}
+
+/// The TLS handshake, bounded by `command_timeout`.
+async fn handshake(
+    tcp: TcpStream,
+    connector: &TlsConnector,
+    server: &SmtpServer,
+) -> Result<TlsStream<TcpStream>, UpstreamError> {
+    let name = tls::server_name(server).map_err(UpstreamError::TlsSetup)?;
+    let err = |source| UpstreamError::Smtp {
+        stage: Stage::Tls,
+        source,
+    };
+    match timeout(server.command_timeout, connector.connect(name, tcp)).await {
+        Err(_) => Err(err(SmtpError::Timeout)),
+        Ok(Err(e)) => Err(err(tls_io_error(e))),
+        Ok(Ok(s)) => Ok(s),
+    }
+}
+
+/// tokio-rustls reports rustls errors (bad certificate...) inside an
+/// `io::Error`; take them out so they classify and print as TLS errors.
+fn tls_io_error(e: io::Error) -> SmtpError {
+    let kind = e.kind();
+    match e.into_inner() {
+        Some(inner) => match inner.downcast::<rustls::Error>() {
+            Ok(tls) => SmtpError::Tls(tls),
+            Err(other) => SmtpError::Io(io::Error::new(kind, other)),
+        },
+        None => SmtpError::Io(io::Error::from(kind)),
+    }
+}
+
+/// Reads the greeting (bounded: mail-send does not time it, pitfall 2) and
+/// says EHLO. Returns the greeting text and the capabilities.
+async fn greet<T: AsyncRead + AsyncWrite + Unpin>(
+    mut client: SmtpClient<T>,
+    server: &SmtpServer,
+) -> Result<(SmtpClient<T>, String, EhloResponse<String>), UpstreamError> {
+    let err = |source| UpstreamError::Smtp {
+        stage: Stage::Greeting,
+        source,
+    };
+    let greeting = match timeout(client.timeout, client.read()).await {
+        Err(_) => return Err(err(SmtpError::Timeout)),
+        Ok(Err(e)) => return Err(err(e)),
+        Ok(Ok(r)) if r.code == 220 => r.message,
+        Ok(Ok(r)) => return Err(UpstreamError::reply(Stage::Greeting, r)),
+    };
+    let caps = ehlo(&mut client, &server.helo_name).await?;
+    Ok((client, greeting, caps))
+}
+
+/// EHLO; falls back to HELO (no capabilities) when the server refuses EHLO
+/// as a command it does not know.
+async fn ehlo<T: AsyncRead + AsyncWrite + Unpin>(
+    client: &mut SmtpClient<T>,
+    name: &str,
+) -> Result<EhloResponse<String>, UpstreamError> {
+    let err = |source| UpstreamError::Smtp {
+        stage: Stage::Ehlo,
+        source,
+    };
+    match client.ehlo(name).await {
+        Ok(caps) => Ok(caps),
+        Err(SmtpError::UnexpectedReply(r)) if (500..=504).contains(&r.code) => {
+            let r = client
+                .cmd(format!("HELO {name}\r\n").as_bytes())
+                .await
+                .map_err(err)?;
+            if (200..300).contains(&r.code) {
+                Ok(EhloResponse::new(String::new()))
+            } else {
+                Err(UpstreamError::reply(Stage::Ehlo, r))
+            }
+        }
+        Err(e) => Err(err(e)),
+    }
+}
+
+async fn starttls(client: &mut SmtpClient<TcpStream>) -> Result<(), UpstreamError> {
+    let r = client
+        .cmd(b"STARTTLS\r\n")
+        .await
+        .map_err(|source| UpstreamError::Smtp {
+            stage: Stage::StartTls,
+            source,
+        })?;
+    if r.code == 220 {
+        Ok(())
+    } else {
+        Err(UpstreamError::reply(Stage::StartTls, r))
+    }
+}
+
+/// AUTH when a username is set and `auth` is not `none`; over plaintext
+/// only with `security = "none"`. Exactly one
+/// mechanism is tried: the configured one, or PLAIN when offered, else
+/// LOGIN. (mail-send would try PLAIN before LOGIN on its own; handing it
+/// capabilities with a single mechanism forces the choice, pitfall 8.)
+async fn authenticate(
+    client: &mut SmtpClient<Stream>,
+    server: &SmtpServer,
+    caps: &EhloResponse<String>,
+) -> Result<Option<&'static str>, UpstreamError> {
+    let Some(user) = &server.username else {
+        return Ok(None);
+    };
+    let offered = caps.auth_mechanisms;
+    let (bit, name) = match server.auth {
+        Some(UpstreamAuth::None) => return Ok(None),
+        Some(UpstreamAuth::Xoauth2) => return Err(UpstreamError::NoAuthMechanism("XOAUTH2")),
+        _ if !caps.has_capability(EXT_AUTH) && offered == 0 => return Err(UpstreamError::NoAuth),
+        Some(UpstreamAuth::Plain) => (AUTH_PLAIN, "PLAIN"),
+        Some(UpstreamAuth::Login) => (AUTH_LOGIN, "LOGIN"),
+        None if offered & AUTH_PLAIN != 0 => (AUTH_PLAIN, "PLAIN"),
+        None if offered & AUTH_LOGIN != 0 => (AUTH_LOGIN, "LOGIN"),
+        None => return Err(UpstreamError::NoAuthMechanism("PLAIN or LOGIN")),
+    };
+    if offered & bit == 0 {
+        return Err(UpstreamError::NoAuthMechanism(name));
+    }
+    // A STARTTLS-stripping attacker must not be able to harvest the
+    // password: without TLS, credentials go out only when the admin chose
+    // plaintext explicitly.
+    if !matches!(client.stream, Stream::Tls(_)) && server.security != Security::None {
+        return Err(UpstreamError::AuthWithoutTls);
+    }
+    let mut only = EhloResponse::new(String::new());
+    only.capabilities = EXT_AUTH;
+    only.auth_mechanisms = bit;
+    let password = server.password.as_ref().map_or("", |p| p.expose());
+    let credentials = Credentials::new(user.as_str(), password);
+    client
+        .authenticate(&credentials, &only)
+        .await
+        .map_err(|source| UpstreamError::Smtp {
+            stage: Stage::Auth,
+            source,
+        })?;
+    Ok(Some(name))
+}
+
+fn tls_info(stream: &Stream) -> Option<(String, String)> {
+    let Stream::Tls(s) = stream else { return None };
+    let conn = s.get_ref().1;
+    let version = match conn.protocol_version()? {
+        rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3".to_owned(),
+        rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2".to_owned(),
+        other => format!("{other:?}"),
+    };
+    let cipher = conn
+        .negotiated_cipher_suite()
+        .map_or_else(String::new, |c| format!("{:?}", c.suite()));
+    Some((version, cipher))
+}
+
+/// Whether an address may go into `MAIL FROM:<..>` / `RCPT TO:<..>` as it
+/// is: no control characters (no command injection, pitfall 6) and no angle
+/// brackets.
+fn safe_address(a: &str) -> bool {
+    !a.chars().any(|c| c.is_control() || c == '<' || c == '>')
+}
+
+fn local_reply(code: u16, esc: [u8; 3], text: &str) -> Reply {
+    Response {
+        code,
+        esc,
+        message: text.to_owned(),
+    }
+}
+
+fn is_positive(r: &Reply) -> bool {
+    (200..300).contains(&r.code)
+}
+
+impl Session {
+    /// What was negotiated when the session was opened.
+    pub fn report(&self) -> &ProbeReport {
+        &self.report
+    }
+
+    async fn command(&mut self, stage: Stage, line: &[u8]) -> Result<Reply, UpstreamError> {
+        self.client
+            .cmd(line)
+            .await
+            .map_err(|source| UpstreamError::Smtp { stage, source })
+    }
+
+    /// RSET: clears any transaction; before reuse it also proves the pooled
+    /// connection is still alive.
+    pub async fn reset(&mut self) -> Result<(), UpstreamError> {
+        let r = self.command(Stage::Rset, b"RSET\r\n").await?;
+        if is_positive(&r) {
+            Ok(())
+        } else {
+            Err(UpstreamError::reply(Stage::Rset, r))
+        }
+    }
+
+    /// QUIT, best effort and briefly bounded; the connection is closed either way.
+    pub async fn quit(mut self) {
+        let _ = timeout(QUIT_TIMEOUT, self.client.cmd(b"QUIT\r\n")).await;
+        let _ = timeout(QUIT_TIMEOUT, self.client.stream.shutdown()).await;
+    }
+
+    /// One mail transaction (the session must be idle). Recipients are sent
+    /// one by one: 5xx refusals are collected, anything else aborts the
+    /// whole transaction so no recipient can be delivered twice after a
+    /// failover.
+    pub async fn deliver(&mut self, server: &SmtpServer, msg: &Outgoing<'_>) -> Tx {
+        if let Err(e) = check_capabilities(&self.caps, msg) {
+            return Tx::failed(e, true);
+        }
+        if !safe_address(msg.mail_from) {
+            return Tx {
+                outcome: TxOutcome::Refused(local_reply(553, [5, 1, 7], "invalid sender address")),
+                reusable: true,
+            };
+        }
+        let mail = format!(
+            "MAIL FROM:<{}>{}\r\n",
+            msg.mail_from,
+            mail_params(&self.caps, msg)
+        );
+        match self.command(Stage::Mail, mail.as_bytes()).await {
+            Err(e) => return Tx::failed(e, false),
+            Ok(r) if is_positive(&r) => {}
+            Ok(r) => return self.abort(Stage::Mail, r).await,
+        }
+        let rcpts = match self.recipients(msg.rcpt_to).await {
+            Ok(r) => r,
+            Err(tx) => return tx,
+        };
+        if rcpts.accepted == 0 {
+            let reusable = self.reset().await.is_ok();
+            let reply = rcpts
+                .first_refusal
+                .unwrap_or_else(|| local_reply(554, [5, 5, 1], "no valid recipients"));
+            return Tx {
+                outcome: TxOutcome::Refused(reply),
+                reusable,
+            };
+        }
+        match self.command(Stage::Data, b"DATA\r\n").await {
+            Err(e) => return Tx::failed(e, false),
+            Ok(r) if r.code == 354 => {}
+            Ok(r) => return self.abort(Stage::Data, r).await,
+        }
+        self.finish_data(server, msg, rcpts.refused).await
+    }
+
+    /// RCPT TO for each recipient on its own. 5xx refusals are collected;
+    /// any other failure ends the transaction (the `Err` is its outcome).
+    async fn recipients(&mut self, rcpt_to: &[String]) -> Result<Recipients, Tx> {
+        let mut out = Recipients::default();
+        for rcpt in rcpt_to {
+            let reply = if safe_address(rcpt) {
+                let line = format!("RCPT TO:<{rcpt}>\r\n");
+                self.command(Stage::Rcpt, line.as_bytes())
+                    .await
+                    .map_err(|e| Tx::failed(e, false))?
+            } else {
+                local_reply(553, [5, 1, 3], "invalid recipient address (not sent)")
+            };
+            if is_positive(&reply) {
+                out.accepted += 1;
+            } else if reply_class(Stage::Rcpt, reply.code) == Class::Permanent {
+                out.refused.push(RefusedRecipient {
+                    rcpt: rcpt.clone(),
+                    code: reply.code,
+                    reason: super::classify::sanitize(&reply.message, None),
+                });
+                out.first_refusal.get_or_insert(reply);
+            } else {
+                return Err(self.abort(Stage::Rcpt, reply).await);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Sends the content and reads the final reply.
+    async fn finish_data(
+        &mut self,
+        server: &SmtpServer,
+        msg: &Outgoing<'_>,
+        refused: Vec<RefusedRecipient>,
+    ) -> Tx {
+        let reply = match self.transfer(server, msg).await {
+            Err(e) => return Tx::failed(e, false),
+            Ok(r) => r,
+        };
+        if is_positive(&reply) {
+            return Tx {
+                outcome: TxOutcome::Accepted { refused, reply },
+                reusable: true,
+            };
+        }
+        // The transaction is over either way; no RSET needed.
+        match reply_class(Stage::EndOfData, reply.code) {
+            Class::Permanent => Tx {
+                outcome: TxOutcome::Refused(reply),
+                reusable: true,
+            },
+            Class::Temporary => Tx::failed(UpstreamError::reply(Stage::EndOfData, reply), true),
+            _ => Tx::failed(UpstreamError::reply(Stage::EndOfData, reply), false),
+        }
+    }
+
+    /// Ends a transaction after an unwanted reply at `stage`: RSET when the
+    /// connection is still usable, then a refusal (5xx) or a failure.
+    async fn abort(&mut self, stage: Stage, reply: Reply) -> Tx {
+        let class = reply_class(stage, reply.code);
+        if class == Class::Connection {
+            return Tx::failed(UpstreamError::reply(stage, reply), false);
+        }
+        let reusable = self.reset().await.is_ok();
+        let outcome = match class {
+            Class::Permanent => TxOutcome::Refused(reply),
+            _ => TxOutcome::Failed(UpstreamError::reply(stage, reply)),
+        };
+        Tx { outcome, reusable }
+    }
+
+    /// Writes header and content, dot-stuffed and terminated, and reads the
+    /// final reply; all within `data_timeout`, the reply also within
+    /// `command_timeout`.
+    async fn transfer(
+        &mut self,
+        server: &SmtpServer,
+        msg: &Outgoing<'_>,
+    ) -> Result<Reply, UpstreamError> {
+        let reply_timeout = self.client.timeout;
+        let phase = async {
+            self.write_content(msg).await?;
+            match timeout(reply_timeout, self.client.read()).await {
+                Err(_) => Err(SmtpError::Timeout),
+                Ok(r) => r,
+            }
+            .map_err(|source| UpstreamError::Smtp {
+                stage: Stage::EndOfData,
+                source,
+            })
+        };
+        match timeout(server.data_timeout, phase).await {
+            Err(_) => Err(UpstreamError::Smtp {
+                stage: Stage::Data,
+                source: SmtpError::Timeout,
+            }),
+            Ok(r) => r,
+        }
+    }
+
+    async fn write_content(&mut self, msg: &Outgoing<'_>) -> Result<(), UpstreamError> {
+        let io_err = |e| UpstreamError::Smtp {
+            stage: Stage::Data,
+            source: SmtpError::Io(e),
+        };
+        let mut stuffer = DotStuffer::default();
+        let mut buf = Vec::with_capacity(WRITE_BUFFER + WRITE_BUFFER / 8);
+        stuffer.push(msg.header, &mut buf);
+        let mut chunks = msg.message.chunks(msg.body_offset);
+        while let Some(chunk) = chunks.next().await.map_err(UpstreamError::Local)? {
+            for piece in chunk.chunks(WRITE_BUFFER) {
+                stuffer.push(piece, &mut buf);
+                if buf.len() >= WRITE_BUFFER {
+                    self.client.stream.write_all(&buf).await.map_err(io_err)?;
+                    buf.clear();
+                }
+            }
+        }
+        stuffer.finish(&mut buf);
+        self.client.stream.write_all(&buf).await.map_err(io_err)?;
+        self.client.stream.flush().await.map_err(io_err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn caps(bits: u32) -> EhloResponse<String> {
+        let mut c = EhloResponse::new("x".to_owned());
+        c.capabilities = bits;
+        c
+    }
+
+    #[test]
+    fn starttls_decision() {
+        let with = caps(EXT_START_TLS);
+        let without = caps(0);
+        assert!(!wants_starttls(Security::None, &with).unwrap());
+        assert!(wants_starttls(Security::Auto, &with).unwrap());
+        assert!(!wants_starttls(Security::Auto, &without).unwrap());
+        assert!(wants_starttls(Security::StarttlsWhenAvailable, &with).unwrap());
+        assert!(!wants_starttls(Security::StarttlsWhenAvailable, &without).unwrap());
+        assert!(wants_starttls(Security::Starttls, &with).unwrap());
+        assert!(matches!(
+            wants_starttls(Security::Starttls, &without),
+            Err(UpstreamError::NoStartTls)
+        ));
+    }
+
+    #[test]
+    fn auto_is_implicit_only_on_465() {
+        let server = |security, port| SmtpServer {
+            host: "h".into(),
+            port,
+            security,
+            username: None,
+            password: None,
+            auth: None,
+            connect_timeout: Duration::from_secs(1),
+            command_timeout: Duration::from_secs(1),
+            data_timeout: Duration::from_secs(1),
+            accept_invalid_certs: false,
+            ca_file: None,
+            tls_name: "h".into(),
+            helo_name: "me".into(),
+            pool_size: 1,
+            pool_idle_timeout: Duration::from_secs(1),
+        };
+        assert!(implicit_tls(&server(Security::Auto, 465)));
+        assert!(!implicit_tls(&server(Security::Auto, 587)));
+        assert!(implicit_tls(&server(Security::Implicit, 2465)));
+        assert!(!implicit_tls(&server(Security::Starttls, 465)));
+    }
+
+    #[test]
+    fn addresses_cannot_inject() {
+        assert!(safe_address("a@b.example"));
+        assert!(safe_address("jörg@bücher.example"));
+        assert!(safe_address(""));
+        assert!(!safe_address("a@b\r\nRCPT TO:<x@y>"));
+        assert!(!safe_address("a@b>"));
+    }
+}
