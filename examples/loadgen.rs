@@ -43,7 +43,9 @@ fn parse() -> Args {
             "--messages" => a.messages = val.parse().expect("--messages N"),
             "--size" => a.size = val.parse().expect("--size BYTES"),
             "--per-conn" => a.per_conn = val.parse::<usize>().expect("--per-conn N").max(1),
-            "--max-time" => a.max_time = Duration::from_secs(val.parse().expect("--max-time SECONDS")),
+            "--max-time" => {
+                a.max_time = Duration::from_secs(val.parse().expect("--max-time SECONDS"))
+            }
             other => panic!("unknown argument {other}"),
         }
         i += 2;
@@ -62,22 +64,34 @@ fn message(size: usize) -> Vec<u8> {
     m
 }
 
-async fn reply(r: &mut BufReader<tokio::net::tcp::OwnedReadHalf>, line: &mut String) -> std::io::Result<u16> {
+async fn reply(
+    r: &mut BufReader<tokio::net::tcp::OwnedReadHalf>,
+    line: &mut String,
+) -> std::io::Result<u16> {
     loop {
         line.clear();
         if r.read_line(line).await? == 0 {
             return Err(std::io::Error::other("connection closed"));
         }
         if line.len() >= 4 && line.as_bytes()[3] != b'-' {
-            return line[..3].parse().map_err(|_| std::io::Error::other(format!("bad reply {line:?}")));
+            return line[..3]
+                .parse()
+                .map_err(|_| std::io::Error::other(format!("bad reply {line:?}")));
         }
     }
 }
 
-async fn expect(r: &mut BufReader<tokio::net::tcp::OwnedReadHalf>, line: &mut String, class: u16) -> std::io::Result<()> {
+async fn expect(
+    r: &mut BufReader<tokio::net::tcp::OwnedReadHalf>,
+    line: &mut String,
+    class: u16,
+) -> std::io::Result<()> {
     let code = reply(r, line).await?;
     if code / 100 != class {
-        return Err(std::io::Error::other(format!("unexpected reply {}", line.trim_end())));
+        return Err(std::io::Error::other(format!(
+            "unexpected reply {}",
+            line.trim_end()
+        )));
     }
     Ok(())
 }
@@ -150,7 +164,10 @@ async fn main() {
     }
     let elapsed = started.elapsed().as_secs_f64();
     lat.sort();
-    let pct = |p: f64| lat.get(((lat.len() as f64 * p).ceil() as usize).saturating_sub(1)).map_or(0.0, |d| d.as_secs_f64() * 1000.0);
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p).ceil() as usize).saturating_sub(1))
+            .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+    };
     println!(
         "{{\"messages\":{},\"errors\":{},\"elapsed_s\":{:.3},\"rate\":{:.1},\"p50_ms\":{:.3},\"p99_ms\":{:.3}}}",
         lat.len(),

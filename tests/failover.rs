@@ -51,19 +51,18 @@ fallback = "fallback"
 /// Sends one message with swaks; returns (exit ok, transcript).
 fn send(relay: &TestRelay, to: &[&str]) -> (bool, String) {
     let server = relay.addr("main").to_string();
-    let mut args = vec![
+    // swaks takes several recipients as one comma-separated --to.
+    let to = to.join(",");
+    let out = swaks(&[
         "--server",
         &server,
         "--from",
         "app@legacy.test",
         "--h-Subject",
         "failover test",
-    ];
-    for t in to {
-        args.push("--to");
-        args.push(t);
-    }
-    let out = swaks(&args);
+        "--to",
+        &to,
+    ]);
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -311,5 +310,8 @@ fallback = "fallback"
     assert!(ok, "{log}");
     let got = fallback.wait_for_messages(1, WAIT).remove(0);
     assert_eq!(got.mail_from, "no-reply@provider.example");
-    assert_eq!(got.header("From").as_deref(), Some("Tenant T <no-reply@provider.example>"));
+    assert_eq!(
+        got.header("From").as_deref(),
+        Some("Tenant T <no-reply@provider.example>")
+    );
 }

@@ -48,16 +48,35 @@ fn headers_and_envelope_as_explain_predicts() {
     let relay = TestRelay::start(&config(pf.port()));
     let server = relay.addr("main").to_string();
     let out = swaks(&[
-        "--server", &server, "--from", "orders@legacy.test", "--to", "customer@example.com",
-        "--h-From", "Legacy Shop <orders@legacy.test>", "--h-Subject", "Order 42", "--body", "Thanks for your order.",
+        "--server",
+        &server,
+        "--from",
+        "orders@legacy.test",
+        "--to",
+        "customer@example.com",
+        "--h-From",
+        "Legacy Shop <orders@legacy.test>",
+        "--h-Subject",
+        "Order 42",
+        "--body",
+        "Thanks for your order.",
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let got = pf.wait_for_messages(1, WAIT).remove(0);
 
     let cfg = relay.relay.config();
     let report = explain::explain(
         &cfg,
-        &Request { who: Who::App("shop".into()), from: "orders@legacy.test".into(), to: vec!["customer@example.com".into()], subject: "Order 42".into() },
+        &Request {
+            who: Who::App("shop".into()),
+            from: "orders@legacy.test".into(),
+            to: vec!["customer@example.com".into()],
+            subject: "Order 42".into(),
+        },
     )
     .unwrap();
     let hop = &report.server_chain[0];
@@ -68,10 +87,19 @@ fn headers_and_envelope_as_explain_predicts() {
     let data = String::from_utf8_lossy(got.data_without_postfix_received()).into_owned();
     for field in ["From:", "Reply-To:"] {
         let want = hop.headers.iter().find(|h| h.starts_with(field)).unwrap();
-        assert!(data.contains(&format!("\r\n{want}\r\n")), "{want:?} not in\n{data}");
+        assert!(
+            data.contains(&format!("\r\n{want}\r\n")),
+            "{want:?} not in\n{data}"
+        );
     }
-    assert_eq!(got.header("From").as_deref(), Some("=?utf-8?B?QUNNRSBXZWJzaG9wIOKAkyBaw7xyaWNo?= <shop@acme.example>"));
-    assert_eq!(got.header("Reply-To").as_deref(), Some("<service@acme.example>"));
+    assert_eq!(
+        got.header("From").as_deref(),
+        Some("=?utf-8?B?QUNNRSBXZWJzaG9wIOKAkyBaw7xyaWNo?= <shop@acme.example>")
+    );
+    assert_eq!(
+        got.header("Reply-To").as_deref(),
+        Some("<service@acme.example>")
+    );
     // Our trace header is there, below Postfix's.
     assert!(data.starts_with("Received: from "), "{data}");
     assert!(data.contains("by relay.test (smarthost) with ESMTP id"));
@@ -81,7 +109,10 @@ fn headers_and_envelope_as_explain_predicts() {
 fn body_is_byte_identical() {
     let pf = Postfix::builder().delivery(PostfixDelivery::Pipe).start();
     let relay = TestRelay::start(&config(pf.port()));
-    let mut body: Vec<u8> = "UTF-8: Grüße, 日本語, emoji ✉\r\n.a line with a leading dot\r\n..two\r\n.\r\nnext\r\n".as_bytes().to_vec();
+    let mut body: Vec<u8> =
+        "UTF-8: Grüße, 日本語, emoji ✉\r\n.a line with a leading dot\r\n..two\r\n.\r\nnext\r\n"
+            .as_bytes()
+            .to_vec();
     body.extend((0x80u8..=0xff).chain(0x20..0x7f));
     body.extend_from_slice(b"\r\nFrom: not a header\r\n\r\nlast\r\n");
     let mut msg = b"From: Legacy <orders@legacy.test>\r\nSubject: bytes\r\n\r\n".to_vec();
@@ -117,8 +148,21 @@ fn twenty_megabytes_arrive_intact() {
     // swaks --data appends CRLF.CRLF itself, so the file holds the message
     // without its last CRLF.
     std::fs::write(&path, &msg[..msg.len() - 2]).unwrap();
-    let out = swaks(&["--server", &server, "--from", "orders@legacy.test", "--to", "customer@example.com", "--data", &format!("@{}", path.display())]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = swaks(&[
+        "--server",
+        &server,
+        "--from",
+        "orders@legacy.test",
+        "--to",
+        "customer@example.com",
+        "--data",
+        &format!("@{}", path.display()),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let got = pf.wait_for_messages(1, WAIT).remove(0);
     let data = got.data_without_postfix_received();
     let split = data.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;

@@ -54,9 +54,12 @@ fn clean(s: &str) -> String {
     s.chars().filter(|c| !c.is_control()).take(500).collect()
 }
 
-/// The status code for `Status:` from a reply text (its enhanced code) or
-/// the basic code.
+/// The status code for `Status:`: the upstream's enhanced code, else one
+/// found at the start of its text, else `5.0.0`.
 fn status(r: &RefusedRecipient) -> String {
+    if let Some((a, b, c)) = r.enhanced.filter(|e| e.0 == 5) {
+        return format!("{a}.{b}.{c}");
+    }
     let esc = r.reason.split_whitespace().next().filter(|w| {
         let p: Vec<&str> = w.split('.').collect();
         p.len() == 3
@@ -159,11 +162,13 @@ mod tests {
             RefusedRecipient {
                 rcpt: "gone@example.com".into(),
                 code: 550,
+                enhanced: None,
                 reason: "5.1.1 <gone@example.com>: no such user".into(),
             },
             RefusedRecipient {
                 rcpt: "full@example.com".into(),
                 code: 552,
+                enhanced: Some((5, 2, 2)),
                 reason: "mailbox full\r\nInjected: x".into(),
             },
         ];
@@ -181,7 +186,7 @@ mod tests {
         let bytes = build(&r);
         let text = String::from_utf8(bytes.clone()).unwrap();
         assert!(text.contains("Status: 5.1.1\r\n"), "{text}");
-        assert!(text.contains("Status: 5.0.0\r\n"), "{text}");
+        assert!(text.contains("Status: 5.2.2\r\n"), "{text}");
         assert!(
             !text.contains("\r\nInjected:"),
             "control characters must not start lines: {text}"

@@ -34,6 +34,8 @@ pub struct RefusedRecipient {
     pub rcpt: String,
     /// The upstream's code.
     pub code: u16,
+    /// The upstream's enhanced status code, if it gave one.
+    pub enhanced: Option<(u8, u16, u16)>,
     /// The upstream's text.
     pub reason: String,
 }

@@ -379,19 +379,19 @@ async fn deliver(
         .count();
     let (result, server, failovers, reply) = match &outcome {
         Outcome::Delivered {
-            server,
-            failovers,
-            refused,
-        } => {
-            let _ = refused;
-            (
-                "delivered",
-                server.as_str(),
-                failovers.len(),
-                reply::delivered(&id),
-            )
-        }
-        Outcome::NothingToDeliver => ("dropped", "", 0, reply::accepted_nothing_to_deliver(&id)),
+            server, failovers, ..
+        } => (
+            "delivered",
+            server.as_str(),
+            failovers.as_slice(),
+            reply::delivered(&id),
+        ),
+        Outcome::NothingToDeliver => (
+            "dropped",
+            "",
+            &[][..],
+            reply::accepted_nothing_to_deliver(&id),
+        ),
         Outcome::Refused {
             server,
             code,
@@ -401,24 +401,31 @@ async fn deliver(
         } => (
             "refused",
             server.as_str(),
-            failovers.len(),
+            failovers.as_slice(),
             reply::upstream_permanent(*code, *enhanced, reason),
         ),
         Outcome::Deferred { failovers } => (
             "deferred",
             "",
-            failovers.len(),
+            failovers.as_slice(),
             reply::all_servers_failed(failovers.len()),
         ),
-        Outcome::NoServer => ("no_server", "", 0, reply::no_server_available()),
+        Outcome::NoServer => ("no_server", "", &[][..], reply::no_server_available()),
+    };
+    let failed_over: Vec<&str> = failovers.iter().map(|f| f.server.as_str()).collect();
+    let refused = match &outcome {
+        Outcome::Delivered { refused, .. } => refused.len(),
+        _ => 0,
     };
     tracing::info!(
         id = %id,
         application = %plan.eff.app.name,
         tenant = %plan.eff.tenant.name,
         server,
-        failovers,
+        failovers = failed_over.len(),
+        failed_over = %failed_over.join(","),
         outcome = result,
+        refused,
         size = msg.len(),
         rcpts = plan.deliver_to.len(),
         dropped,

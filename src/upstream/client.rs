@@ -549,6 +549,7 @@ impl Session {
                 out.refused.push(RefusedRecipient {
                     rcpt: rcpt.clone(),
                     code: reply.code,
+                    enhanced: super::classify::enhanced(&reply),
                     reason: super::classify::sanitize(&reply.message, None),
                 });
                 out.first_refusal.get_or_insert(reply);
@@ -603,24 +604,25 @@ impl Session {
     }
 
     /// Writes header and content, dot-stuffed and terminated, and reads the
-    /// final reply; all within `data_timeout`, the reply also within
-    /// `command_timeout`.
+    /// final reply, all within `data_timeout`. The final reply gets the
+    /// rest of that budget rather than `command_timeout`: a server that is
+    /// slow to answer after "." (RFC 5321 §4.5.3.2.6 allows 10 minutes) may
+    /// already have accepted the message, and failing over then would
+    /// deliver it twice.
     async fn transfer(
         &mut self,
         server: &SmtpServer,
         msg: &Outgoing<'_>,
     ) -> Result<Reply, UpstreamError> {
-        let reply_timeout = self.client.timeout;
         let phase = async {
             self.write_content(msg).await?;
-            match timeout(reply_timeout, self.client.read()).await {
-                Err(_) => Err(SmtpError::Timeout),
-                Ok(r) => r,
-            }
-            .map_err(|source| UpstreamError::Smtp {
-                stage: Stage::EndOfData,
-                source,
-            })
+            self.client
+                .read()
+                .await
+                .map_err(|source| UpstreamError::Smtp {
+                    stage: Stage::EndOfData,
+                    source,
+                })
         };
         match timeout(server.data_timeout, phase).await {
             Err(_) => Err(UpstreamError::Smtp {
