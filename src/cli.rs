@@ -33,8 +33,8 @@ pub struct Cli {
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Serve until SIGTERM/SIGINT.
-    Run,
+    /// Serve until SIGTERM/SIGINT; SIGHUP or a change of the config files reloads.
+    Run(RunArgs),
     /// Validate the config; exit 0 when valid, 64 with every error otherwise.
     CheckConfig(CheckConfigArgs),
     /// Dry run: identification, rewrites, recipients and server chain for a message.
@@ -58,6 +58,18 @@ pub struct TestServerArgs {
     /// tenant's, else the system default sender).
     #[arg(long)]
     pub from: Option<String>,
+}
+
+/// `run` options.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Log format, overriding `[log] format`.
+    #[arg(long, value_parser = ["text", "json"])]
+    pub log_format: Option<String>,
+    /// Do not probe new or changed servers before a reloaded config goes
+    /// live (overrides `[reload] probe`).
+    #[arg(long)]
+    pub no_probe_on_reload: bool,
 }
 
 /// `check-config` options.
@@ -353,8 +365,9 @@ fn hash_password() -> ExitCode {
     }
 }
 
-/// Sets up logging per `[log]`; `RUST_LOG`, when set, overrides the level.
-pub fn init_logging(cfg: &Config) {
+/// Sets up logging per `[log]` (or `format`, when given); `RUST_LOG`, when
+/// set, overrides the level.
+pub fn init_logging(cfg: &Config, format: Option<&str>) {
     let filter = std::env::var("RUST_LOG")
         .ok()
         .and_then(|f| tracing_subscriber::EnvFilter::try_new(f).ok())
@@ -362,13 +375,18 @@ pub fn init_logging(cfg: &Config) {
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    let _ = match cfg.log.format {
-        config::LogFormat::Json => b.json().flatten_event(true).try_init(),
-        config::LogFormat::Text => b.with_ansi(false).try_init(),
+    let json = match format {
+        Some(f) => f == "json",
+        None => cfg.log.format == config::LogFormat::Json,
+    };
+    let _ = if json {
+        b.json().flatten_event(true).try_init()
+    } else {
+        b.with_ansi(false).try_init()
     };
 }
 
-fn run(cli: &Cli) -> ExitCode {
+fn run(cli: &Cli, args: &RunArgs) -> ExitCode {
     let cfg = match load_config(cli.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {
@@ -376,7 +394,7 @@ fn run(cli: &Cli) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    init_logging(&cfg);
+    init_logging(&cfg, args.log_format.as_deref());
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -387,7 +405,10 @@ fn run(cli: &Cli) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(crate::server::run_until_signal(cfg)) {
+    let opts = crate::server::RunOptions {
+        probe_on_reload: !args.no_probe_on_reload,
+    };
+    match rt.block_on(crate::server::run_until_signal(cfg, opts)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "smarthost stopped");
@@ -406,7 +427,7 @@ pub fn main() -> ExitCode {
         Command::CheckConfig(a) => check_config(&cli, a),
         Command::Explain(a) => explain_cmd(&cli, a),
         Command::HashPassword => hash_password(),
-        Command::Run => run(&cli),
+        Command::Run(a) => run(&cli, a),
         Command::TestServer(a) => test_server(&cli, a),
     }
 }

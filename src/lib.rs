@@ -15,12 +15,16 @@
 //! everything, including the time, as arguments.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod delivery;
 pub mod explain;
+pub mod health;
 pub mod message;
+pub mod metrics;
+pub mod notify;
 pub mod policy;
 pub mod rewrite;
 pub mod server;

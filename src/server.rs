@@ -1,29 +1,37 @@
-//! The running relay: bound listeners, the accept loops with the
-//! connection limit, the shared state sessions use, and shutdown.
+//! The running relay: bound listeners and their accept loops with the
+//! connection limit, the state sessions share (config snapshot, throttle,
+//! pools, health, metrics), hot reload, and shutdown.
 //!
 //! `serve` takes listeners that are already bound, so tests bind port 0
-//! and read the real port before the relay starts.
+//! and read the real port before the relay starts. Accept loops are keyed
+//! by the configured address: a reload starts loops for new addresses and
+//! stops loops for removed ones, and never touches established sessions.
 
-use crate::config::{Config, ListenerTls};
+use crate::config::{Config, ListenerTls, TestModeSetting};
+use crate::metrics::{ListenerLabel, ListenerOutcome, ResultLabel, TlsLabels};
 use crate::session::driver::{self, Conn};
 use crate::session::reply;
 use crate::session::state::Session;
 use crate::session::throttle::AuthThrottle;
 use crate::util::IdGen;
 use arc_swap::ArcSwap;
+use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 
-/// A bound listener socket and the name of its `[[listener]]`.
+/// A bound listener socket and the address its `[[listener]]` names.
 #[derive(Debug)]
 pub struct Bound {
     /// The listener's name in the config.
     pub name: String,
+    /// The address as configured (port 0 stays 0 here).
+    pub configured: SocketAddr,
     /// The socket.
     pub socket: TcpListener,
 }
@@ -35,22 +43,78 @@ impl Bound {
     }
 }
 
+async fn bind_one(name: &str, address: SocketAddr) -> io::Result<Bound> {
+    let socket = TcpListener::bind(address).await.map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot bind listener {name} to {address}: {e}"),
+        )
+    })?;
+    Ok(Bound {
+        name: name.to_owned(),
+        configured: address,
+        socket,
+    })
+}
+
 /// Binds every listener of `cfg`.
 pub async fn bind(cfg: &Config) -> io::Result<Vec<Bound>> {
     let mut out = Vec::new();
     for l in &cfg.listeners {
-        let socket = TcpListener::bind(l.address).await.map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("cannot bind listener {} to {}: {e}", l.name, l.address),
-            )
-        })?;
-        out.push(Bound {
-            name: l.name.clone(),
-            socket,
-        });
+        out.push(bind_one(&l.name, l.address).await?);
     }
     Ok(out)
+}
+
+/// Why a reload kept the old config.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The relay runs on the embedded default: there is no file to read.
+    #[error("no config file to reload (running on the embedded default)")]
+    NoFile,
+    /// The new config is invalid.
+    #[error("{0}")]
+    Config(crate::config::ConfigErrors),
+    /// A new or changed server failed its probe.
+    #[error("server {server} failed its probe ({class}): {reason}")]
+    Probe {
+        /// The server.
+        server: String,
+        /// Failure class.
+        class: &'static str,
+        /// What happened.
+        reason: String,
+    },
+    /// A new listener address could not be bound.
+    #[error("{0}")]
+    Bind(io::Error),
+}
+
+/// What identifies an accept loop across reloads: the configured address;
+/// for port 0 (the OS picks a port each time) also the listener's name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct LoopKey {
+    address: SocketAddr,
+    name: Option<String>,
+}
+
+impl LoopKey {
+    fn of(l: &crate::config::Listener) -> LoopKey {
+        LoopKey {
+            address: l.address,
+            name: (l.address.port() == 0).then(|| l.name.clone()),
+        }
+    }
+
+    fn matches(&self, l: &crate::config::Listener) -> bool {
+        *self == LoopKey::of(l)
+    }
+}
+
+struct AcceptLoop {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+    local: Option<SocketAddr>,
 }
 
 /// State shared by every session of a running relay.
@@ -59,25 +123,56 @@ pub struct Relay {
     /// AUTH failure throttle per client address.
     pub throttle: AuthThrottle,
     conns: Arc<Semaphore>,
-    max_conns: u32,
+    max_conns: AtomicU32,
     ids: IdGen,
     shutdown: watch::Sender<bool>,
     /// SMTP upstream connection pools.
     pub upstreams: Arc<crate::upstream::Upstreams>,
+    /// Every metric.
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// Upstream server health (survives reloads).
+    pub health: Arc<crate::health::Health>,
+    loops: Mutex<HashMap<LoopKey, AcceptLoop>>,
+    reloading: tokio::sync::Mutex<()>,
+    listening: AtomicBool,
+}
+
+/// Logs warnings and test modes of a config going live.
+fn announce(cfg: &Config) {
+    for w in &cfg.warnings {
+        tracing::warn!("{w}");
+    }
+    for t in cfg.tenants.values() {
+        if let Some(TestModeSetting::On(tm)) = &t.test_mode {
+            tracing::warn!(tenant = %t.name, redirect_to = %tm.redirect_to, "tenant is in test mode");
+        }
+    }
+    for a in cfg.applications.values() {
+        if let Some(TestModeSetting::On(tm)) = &a.test_mode {
+            tracing::warn!(application = %a.name, redirect_to = %tm.redirect_to, "application is in test mode");
+        }
+    }
 }
 
 impl Relay {
     /// A relay on `cfg`.
     pub fn new(cfg: Config) -> Arc<Relay> {
         let max = cfg.limits.max_connections.min(Semaphore::MAX_PERMITS) as u32;
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        metrics.prime(&cfg, crate::util::unix_now());
         Arc::new(Relay {
             config: ArcSwap::from_pointee(cfg),
             throttle: AuthThrottle::default(),
             conns: Arc::new(Semaphore::new(max as usize)),
-            max_conns: max,
+            max_conns: AtomicU32::new(max),
             ids: IdGen::default(),
             shutdown: watch::channel(false).0,
-            upstreams: Arc::new(crate::upstream::Upstreams::default()),
+            upstreams: Arc::new(crate::upstream::Upstreams::with_metrics(metrics.clone())),
+            metrics,
+            health: Arc::default(),
+            loops: Mutex::new(HashMap::new()),
+            reloading: tokio::sync::Mutex::new(()),
+            listening: AtomicBool::new(false),
         })
     }
 
@@ -103,20 +198,81 @@ impl Relay {
 
     /// Sessions in progress.
     pub fn active_sessions(&self) -> usize {
-        (self.max_conns as usize).saturating_sub(self.conns.available_permits())
+        (self.max_conns.load(Ordering::SeqCst) as usize)
+            .saturating_sub(self.conns.available_permits())
+    }
+
+    /// The addresses the listeners are bound to now.
+    pub fn bound_addresses(&self) -> Vec<SocketAddr> {
+        self.lock_loops().values().filter_map(|l| l.local).collect()
+    }
+
+    fn lock_loops(&self) -> std::sync::MutexGuard<'_, HashMap<LoopKey, AcceptLoop>> {
+        self.loops.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Readiness (`/readyz`): listeners bound, a config loaded, and at
+    /// least one server of the system chain not marked down. Returns the
+    /// reasons it is not ready.
+    pub fn readiness(&self) -> Result<(), Vec<String>> {
+        let cfg = self.config();
+        let mut why = Vec::new();
+        if !self.listening.load(Ordering::SeqCst) || self.lock_loops().len() < cfg.listeners.len() {
+            why.push("listeners are not bound".to_owned());
+        }
+        let system: Vec<&String> = [&cfg.system.default_server, &cfg.system.fallback_server]
+            .into_iter()
+            .flatten()
+            .collect();
+        let now = std::time::Instant::now();
+        if !system.is_empty() && system.iter().all(|s| self.health.is_down(s, now)) {
+            why.push(format!(
+                "every server of the system chain is marked down: {}",
+                system
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        if why.is_empty() { Ok(()) } else { Err(why) }
+    }
+
+    fn start_loop(self: &Arc<Self>, b: Bound) {
+        let (stop, stopped) = watch::channel(false);
+        let local = b.local_addr().ok();
+        let key = LoopKey {
+            address: b.configured,
+            name: (b.configured.port() == 0).then(|| b.name.clone()),
+        };
+        let relay = self.clone();
+        let k = key.clone();
+        let task = tokio::spawn(async move { relay.accept_loop(b, k, stopped).await });
+        self.lock_loops()
+            .insert(key, AcceptLoop { stop, task, local });
     }
 
     /// Accepts on every bound listener until shutdown, then waits up to
-    /// `grace` for sessions in progress to finish.
+    /// the grace period for sessions in progress to finish.
     pub async fn serve(self: &Arc<Self>, bound: Vec<Bound>, grace: Duration) {
-        let mut loops = tokio::task::JoinSet::new();
         for b in bound {
-            let relay = self.clone();
-            loops.spawn(async move { relay.accept_loop(b).await });
+            self.start_loop(b);
         }
-        while loops.join_next().await.is_some() {}
+        self.listening.store(true, Ordering::SeqCst);
+        let mut shutdown = self.shutdown_signal();
+        while !*shutdown.borrow() {
+            if shutdown.changed().await.is_err() {
+                break;
+            }
+        }
+        let loops: Vec<AcceptLoop> = self.lock_loops().drain().map(|(_, l)| l).collect();
+        for l in loops {
+            l.stop.send_replace(true);
+            let _ = l.task.await;
+        }
         // Every session holds a permit; all permits back means all done.
-        match tokio::time::timeout(grace, self.conns.acquire_many(self.max_conns)).await {
+        let max = self.max_conns.load(Ordering::SeqCst);
+        match tokio::time::timeout(grace, self.conns.acquire_many(max)).await {
             Ok(_) => tracing::info!("all sessions finished"),
             Err(_) => tracing::warn!(
                 sessions = self.active_sessions(),
@@ -125,34 +281,18 @@ impl Relay {
         }
     }
 
-    async fn accept_loop(self: Arc<Self>, b: Bound) {
+    async fn accept_loop(self: Arc<Self>, b: Bound, key: LoopKey, mut stop: watch::Receiver<bool>) {
         let mut shutdown = self.shutdown_signal();
-        let addr = b.local_addr().ok();
-        tracing::info!(listener = %b.name, address = ?addr, "listening");
+        tracing::info!(listener = %b.name, address = ?b.local_addr().ok(), "listening");
         loop {
-            if *shutdown.borrow() {
+            if *shutdown.borrow() || *stop.borrow() {
                 break;
             }
             tokio::select! {
-                _ = shutdown.changed() => break,
+                _ = shutdown.changed() => {}
+                _ = stop.changed() => {}
                 r = b.socket.accept() => match r {
-                    Ok((tcp, peer)) => {
-                        let _ = tcp.set_nodelay(true);
-                        match self.conns.clone().try_acquire_owned() {
-                            Ok(permit) => {
-                                let relay = self.clone();
-                                let name = b.name.clone();
-                                tokio::spawn(async move {
-                                    relay.session(name, tcp, peer).await;
-                                    drop(permit);
-                                });
-                            }
-                            Err(_) => {
-                                tracing::warn!(listener = %b.name, %peer, "connection refused: max_connections reached");
-                                tokio::spawn(refuse(tcp));
-                            }
-                        }
-                    }
+                    Ok((tcp, peer)) => self.clone().accepted(&key, tcp, peer),
                     Err(e) => {
                         // Out of file descriptors and the like: back off briefly.
                         tracing::error!(listener = %b.name, error = %e, "accept failed");
@@ -164,34 +304,263 @@ impl Relay {
         tracing::info!(listener = %b.name, "stopped accepting");
     }
 
-    async fn session(self: Arc<Self>, listener: String, tcp: TcpStream, peer: SocketAddr) {
-        // The session pins this snapshot for its whole life.
+    fn accepted(self: Arc<Self>, key: &LoopKey, tcp: TcpStream, peer: SocketAddr) {
+        let _ = tcp.set_nodelay(true);
+        // The session pins this snapshot for its whole life; the listener's
+        // settings come from it, found by the address the loop serves.
         let cfg = self.config();
-        let Some(l) = cfg.listeners.iter().find(|l| l.name == listener).cloned() else {
+        let Some(l) = cfg.listeners.iter().find(|l| key.matches(l)).cloned() else {
             return;
         };
+        let permit = self.conns.clone().try_acquire_owned();
+        let outcome = if permit.is_ok() {
+            "accepted"
+        } else {
+            "refused"
+        };
+        self.metrics
+            .connections
+            .get_or_create(&ListenerOutcome {
+                listener: l.name.clone(),
+                outcome,
+            })
+            .inc();
+        match permit {
+            Ok(permit) => {
+                tokio::spawn(async move {
+                    self.session(cfg, l, tcp, peer).await;
+                    drop(permit);
+                });
+            }
+            Err(_) => {
+                tracing::warn!(listener = %l.name, %peer, "connection refused: max_connections reached");
+                tokio::spawn(refuse(tcp));
+            }
+        }
+    }
+
+    async fn session(
+        self: Arc<Self>,
+        cfg: Arc<Config>,
+        l: crate::config::Listener,
+        tcp: TcpStream,
+        peer: SocketAddr,
+    ) {
         let started = std::time::Instant::now();
+        let active = self
+            .metrics
+            .sessions_active
+            .get_or_create_owned(&ListenerLabel {
+                listener: l.name.clone(),
+            });
+        active.inc();
         let result = if l.tls == ListenerTls::Implicit {
-            let Some(tls) = cfg.tls.as_ref() else { return };
-            match driver::handshake(tls.server_config.clone(), tcp, cfg.limits.command_timeout)
+            match cfg.tls.as_ref() {
+                None => Err(io::Error::other(
+                    "implicit TLS listener without a certificate",
+                )),
+                Some(tls) => match driver::handshake(
+                    tls.server_config.clone(),
+                    tcp,
+                    cfg.limits.command_timeout,
+                )
                 .await
-            {
-                Ok(stream) => {
-                    let info = driver::tls_info(&stream);
-                    let session = Session::new(cfg.clone(), l.clone(), peer, Some(info));
-                    driver::run(&self, Conn::Tls(Box::new(stream)), session).await
-                }
-                Err(e) => Err(e),
+                {
+                    Ok(stream) => {
+                        let info = driver::tls_info(&stream);
+                        self.metrics
+                            .tls
+                            .get_or_create(&TlsLabels {
+                                direction: "inbound",
+                                version: info.version.clone(),
+                            })
+                            .inc();
+                        let session = Session::new(cfg.clone(), l.clone(), peer, Some(info));
+                        driver::run(&self, &l.name, Conn::Tls(Box::new(stream)), session).await
+                    }
+                    Err(e) => Err(e),
+                },
             }
         } else {
             let session = Session::new(cfg.clone(), l.clone(), peer, None);
-            driver::run(&self, Conn::Plain(tcp), session).await
+            driver::run(&self, &l.name, Conn::Plain(tcp), session).await
         };
+        active.dec();
         let ms = started.elapsed().as_millis() as u64;
+        let outcome = match &result {
+            Ok(end) => end.label(),
+            Err(_) => "error",
+        };
+        self.metrics
+            .sessions
+            .get_or_create(&ListenerOutcome {
+                listener: l.name.clone(),
+                outcome,
+            })
+            .inc();
         match result {
-            Ok(()) => tracing::debug!(listener = %l.name, %peer, duration_ms = ms, "session ended"),
+            Ok(end) => {
+                tracing::debug!(listener = %l.name, %peer, duration_ms = ms, end = end.label(), "session ended")
+            }
             Err(e) => {
                 tracing::info!(listener = %l.name, %peer, duration_ms = ms, error = %e, "session ended with an error")
+            }
+        }
+    }
+
+    /// Reloads the config file: builds and validates the complete new
+    /// snapshot, probes SMTP servers that are new or changed (when `probe`
+    /// and the new config's `reload.probe` allow), binds new listener
+    /// addresses, then swaps atomically. On any error the old config stays
+    /// and the error is returned (and logged and counted by the caller).
+    pub async fn reload(self: &Arc<Self>, probe: bool) -> Result<Arc<Config>, ReloadError> {
+        let _one_at_a_time = self.reloading.lock().await;
+        let old = self.config();
+        let Some(path) = old.files.first().cloned() else {
+            return Err(ReloadError::NoFile);
+        };
+        let new = tokio::task::spawn_blocking(move || crate::config::load_file(&path))
+            .await
+            .map_err(|e| ReloadError::Bind(io::Error::other(e)))?
+            .map_err(ReloadError::Config)?;
+        if probe && new.reload.probe {
+            let changed: Vec<(String, crate::config::SmtpServer)> = new
+                .servers
+                .values()
+                .filter_map(|s| match &s.kind {
+                    crate::config::ServerKind::Smtp(smtp) => {
+                        let same = matches!(old.servers.get(&s.name).map(|o| &o.kind), Some(crate::config::ServerKind::Smtp(o)) if o == smtp);
+                        (!same).then(|| (s.name.clone(), smtp.clone()))
+                    }
+                    crate::config::ServerKind::Capture(_) => None,
+                })
+                .collect();
+            if !changed.is_empty() {
+                tracing::info!(
+                    servers = changed.len(),
+                    "probing new or changed servers before the reload"
+                );
+            }
+            for (name, r) in
+                crate::upstream::probe::probe_all(self.upstreams.clone(), changed, 8).await
+            {
+                if let Err(f) = r {
+                    return Err(ReloadError::Probe {
+                        server: name,
+                        class: f.class,
+                        reason: f.reason,
+                    });
+                }
+            }
+        }
+        // Bind new addresses before anything changes, so a port in use
+        // keeps the old config whole.
+        let current: Vec<LoopKey> = self.lock_loops().keys().cloned().collect();
+        let mut fresh = Vec::new();
+        for l in new
+            .listeners
+            .iter()
+            .filter(|l| !current.iter().any(|k| k.matches(l)))
+        {
+            fresh.push(
+                bind_one(&l.name, l.address)
+                    .await
+                    .map_err(ReloadError::Bind)?,
+            );
+        }
+        let new = Arc::new(new);
+        self.config.store(new.clone());
+        self.resize_connections(new.limits.max_connections);
+        let stale: Vec<AcceptLoop> = {
+            let mut loops = self.lock_loops();
+            let gone: Vec<LoopKey> = loops
+                .keys()
+                .filter(|k| !new.listeners.iter().any(|l| k.matches(l)))
+                .cloned()
+                .collect();
+            gone.iter().filter_map(|a| loops.remove(a)).collect()
+        };
+        for l in stale {
+            l.stop.send_replace(true);
+        }
+        for b in fresh {
+            self.start_loop(b);
+        }
+        self.metrics.prime(&new, crate::util::unix_now());
+        announce(&new);
+        Ok(new)
+    }
+
+    fn resize_connections(&self, max: usize) {
+        let new = max.min(Semaphore::MAX_PERMITS) as u32;
+        let old = self.max_conns.swap(new, Ordering::SeqCst);
+        if new > old {
+            self.conns.add_permits((new - old) as usize);
+        } else if new < old {
+            // Permits in use come back and stay; only free ones can go now.
+            let gone = self.conns.forget_permits((old - new) as usize);
+            self.max_conns.store(old - gone as u32, Ordering::SeqCst);
+        }
+    }
+
+    /// Reloads and logs and counts the result.
+    pub async fn reload_and_report(self: &Arc<Self>, probe: bool, why: &str) -> bool {
+        let result = self.reload(probe).await;
+        let ok = result.is_ok();
+        self.metrics
+            .reloads
+            .get_or_create(&ResultLabel {
+                result: if ok { "success" } else { "failure" },
+            })
+            .inc();
+        match result {
+            Ok(cfg) => tracing::info!(trigger = why, hash = %cfg.hash, "config reloaded"),
+            Err(ReloadError::Config(errs)) => {
+                for e in &errs.0 {
+                    tracing::error!(trigger = why, "config reload refused: {e}");
+                }
+                tracing::error!(
+                    trigger = why,
+                    errors = errs.0.len(),
+                    "config reload refused; keeping the old config"
+                );
+            }
+            Err(e) => {
+                tracing::error!(trigger = why, error = %e, "config reload refused; keeping the old config")
+            }
+        }
+        ok
+    }
+
+    /// Watches the config files (content hash) and reloads when they
+    /// change; a failed reload is not retried until the files change again.
+    pub async fn watch(self: Arc<Self>, probe: bool) {
+        let mut shutdown = self.shutdown_signal();
+        let mut failed: Option<String> = None;
+        loop {
+            let cfg = self.config();
+            let interval = cfg.reload.interval;
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = shutdown.changed() => return,
+            }
+            let cfg = self.config();
+            if !cfg.reload.watch {
+                continue;
+            }
+            let Some(path) = cfg.files.first().cloned() else {
+                return;
+            };
+            let hash = tokio::task::spawn_blocking(move || crate::config::source_hash(&path))
+                .await
+                .unwrap_or_default();
+            if hash == cfg.hash || failed.as_deref() == Some(hash.as_str()) {
+                continue;
+            }
+            if self.reload_and_report(probe, "file change").await {
+                failed = None;
+            } else {
+                failed = Some(hash);
             }
         }
     }
@@ -206,38 +575,52 @@ async fn refuse(mut tcp: TcpStream) {
     .await;
 }
 
-/// Binds, serves, and on SIGTERM or SIGINT shuts down gracefully: stop
-/// accepting, let transactions finish within `limits.shutdown_grace`, exit.
-/// A second signal exits at once.
-pub async fn run_until_signal(cfg: Config) -> io::Result<()> {
+/// Options of `smarthost run` that are not in the config.
+#[derive(Debug, Clone, Copy)]
+pub struct RunOptions {
+    /// Probe new or changed servers before a reload goes live.
+    pub probe_on_reload: bool,
+}
+
+/// Binds, serves, and runs until SIGTERM or SIGINT: SIGHUP (and a change
+/// of the config files) reloads; shutdown is graceful (stop accepting, let
+/// transactions finish within `limits.shutdown_grace`, exit). A second
+/// SIGTERM/SIGINT exits at once.
+pub async fn run_until_signal(cfg: Config, opts: RunOptions) -> io::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
-    for w in &cfg.warnings {
-        tracing::warn!("{w}");
-    }
-    for t in cfg.tenants.values() {
-        if let Some(crate::config::TestModeSetting::On(tm)) = &t.test_mode {
-            tracing::warn!(tenant = %t.name, redirect_to = %tm.redirect_to, "tenant is in test mode");
-        }
-    }
-    for a in cfg.applications.values() {
-        if let Some(crate::config::TestModeSetting::On(tm)) = &a.test_mode {
-            tracing::warn!(application = %a.name, redirect_to = %tm.redirect_to, "application is in test mode");
-        }
-    }
+    announce(&cfg);
     let grace = cfg.limits.shutdown_grace;
     let bound = bind(&cfg).await?;
+    let admin = match &cfg.admin {
+        Some(a) => Some(crate::admin::bind(a.address).await?),
+        None => None,
+    };
     tracing::info!(config = %cfg.source, hash = %cfg.hash, "smarthost started");
     let relay = Relay::new(cfg);
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
     let serving = {
         let relay = relay.clone();
         tokio::spawn(async move { relay.serve(bound, grace).await })
     };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    if let Some(l) = admin {
+        tokio::spawn(crate::admin::serve(l, relay.clone()));
     }
+    tokio::spawn(relay.clone().watch(opts.probe_on_reload));
+    crate::notify::ready();
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break }
+            _ = int.recv() => { tracing::info!("SIGINT: shutting down"); break }
+            _ = hup.recv() => {
+                crate::notify::reloading();
+                relay.reload_and_report(opts.probe_on_reload, "SIGHUP").await;
+                crate::notify::ready();
+            }
+        }
+    }
+    crate::notify::stopping();
     relay.shutdown();
     tokio::select! {
         _ = serving => {}

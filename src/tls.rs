@@ -13,6 +13,16 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// The name of a TLS version as logs, headers and metrics show it
+/// (`TLSv1.3`, `TLSv1.2`).
+pub fn version_name(v: rustls::ProtocolVersion) -> String {
+    match v {
+        rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3".to_owned(),
+        rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2".to_owned(),
+        other => format!("{other:?}"),
+    }
+}
+
 /// Reads every certificate of a PEM file (at most 1 MiB).
 pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let pem = read_limited(path, 1 << 20)?;

@@ -41,12 +41,12 @@ fn starttls_with_swaks_then_auth() {
     let received = m.header("Received").unwrap();
     assert!(received.contains("with ESMTPSA id"), "{received}");
     assert!(
-        received.contains("(using TLSv1_3 with cipher"),
+        received.contains("(using TLSv1.3 with cipher"),
         "{received}"
     );
     assert_eq!(m.json["application"], "authed");
     assert_eq!(m.json["auth_user"], "user");
-    assert_eq!(m.json["tls"], "TLSv1_3");
+    assert_eq!(m.json["tls"], "TLSv1.3");
 }
 
 #[test]

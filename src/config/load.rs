@@ -7,8 +7,8 @@
 //! from the TOML spans, looked up by key path.
 
 use super::raw::{
-    RawAdmin, RawApplication, RawLimits, RawListener, RawLog, RawRoute, RawServer, RawSystem,
-    RawTenant, RawTls,
+    RawAdmin, RawApplication, RawHealth, RawLimits, RawListener, RawLog, RawReload, RawRoute,
+    RawServer, RawSystem, RawTenant, RawTls,
 };
 use super::{Config, ConfigError, ConfigErrors};
 use serde::de::DeserializeOwned;
@@ -165,6 +165,8 @@ pub(super) struct RawDoc {
     pub limits: Option<Located<RawLimits>>,
     pub admin: Option<Located<RawAdmin>>,
     pub log: Option<Located<RawLog>>,
+    pub health: Option<Located<RawHealth>>,
+    pub reload: Option<Located<RawReload>>,
     pub servers: Vec<(String, Located<RawServer>)>,
     pub tenants: Vec<(String, Located<RawTenant>)>,
     pub applications: Vec<(String, Located<RawApplication>)>,
@@ -295,6 +297,8 @@ fn collect(src: &Sources<'_>, file: usize, doc: &mut RawDoc, errors: &mut Vec<Co
             "limits" => doc.limits = entity(src, file, &path, value, errors).map(located!()),
             "admin" => doc.admin = entity(src, file, &path, value, errors).map(located!()),
             "log" => doc.log = entity(src, file, &path, value, errors).map(located!()),
+            "health" => doc.health = entity(src, file, &path, value, errors).map(located!()),
+            "reload" => doc.reload = entity(src, file, &path, value, errors).map(located!()),
             "listener" | "route" => {
                 let DeValue::Array(items) = value.get_ref() else {
                     errors.push(src.error(file, &path, format!("expected an array of tables: write [[{k}]]")));
@@ -345,7 +349,7 @@ fn collect(src: &Sources<'_>, file: usize, doc: &mut RawDoc, errors: &mut Vec<Co
             other => errors.push(src.error(
                 file,
                 &path,
-                format!("unknown key `{other}`, expected one of include, system, listener, tls, limits, admin, log, server, tenant, application, route"),
+                format!("unknown key `{other}`, expected one of include, system, listener, tls, limits, admin, log, health, reload, server, tenant, application, route"),
             )),
         }
     }
@@ -416,65 +420,14 @@ fn load_inner(text: &str, name: String, path: Option<PathBuf>) -> Result<Config,
 
     // Included files are read in full before any is parsed, because parsed
     // tables borrow the text.
-    let mut included: Vec<(String, PathBuf, String)> = Vec::new();
-    if let Some(t) = &files[0].table {
-        let base = path
-            .as_ref()
-            .and_then(|p| p.parent().map(Path::to_path_buf))
-            .unwrap_or_else(|| PathBuf::from("."));
-        match include_patterns(t) {
-            Err(m) => errors.push(ConfigError {
-                file: name.clone(),
-                line: t
-                    .get_ref()
-                    .get_key_value("include")
-                    .map_or(0, |(k, _)| line_of(text, k.span().start)),
-                key: "include".into(),
-                message: m,
-            }),
-            Ok(patterns) => {
-                for pat in patterns {
-                    let full = base.join(&pat);
-                    let found = glob::glob(&full.to_string_lossy());
-                    let mut paths: Vec<PathBuf> = match found {
-                        Ok(it) => it.filter_map(Result::ok).take(MAX_INCLUDES + 1).collect(),
-                        Err(e) => {
-                            errors.push(ConfigError {
-                                file: name.clone(),
-                                line: 0,
-                                key: "include".into(),
-                                message: format!("invalid glob {pat:?}: {e}"),
-                            });
-                            continue;
-                        }
-                    };
-                    if paths.len() > MAX_INCLUDES {
-                        errors.push(ConfigError {
-                            file: name.clone(),
-                            line: 0,
-                            key: "include".into(),
-                            message: format!("{pat:?} matches more than {MAX_INCLUDES} files"),
-                        });
-                        continue;
-                    }
-                    paths.sort();
-                    for p in paths {
-                        let read = super::values::read_limited(&p, MAX_FILE)
-                            .and_then(|b| String::from_utf8(b).map_err(|_| "not UTF-8".to_owned()));
-                        match read {
-                            Ok(t) => included.push((p.display().to_string(), p, t)),
-                            Err(e) => errors.push(ConfigError {
-                                file: p.display().to_string(),
-                                line: 0,
-                                key: String::new(),
-                                message: format!("cannot read included file: {e}"),
-                            }),
-                        }
-                    }
-                }
-            }
+    let included = match &files[0].table {
+        Some(t) => {
+            let (inc, errs) = read_includes(t, text, &name, path.as_deref());
+            errors.extend(errs);
+            inc
         }
-    }
+        None => Vec::new(),
+    };
     for (iname, ipath, itext) in &included {
         let (t, syn) = DeTable::parse_recoverable(itext);
         for e in &syn {
@@ -498,17 +451,87 @@ fn load_inner(text: &str, name: String, path: Option<PathBuf>) -> Result<Config,
     for i in 0..src.files.len() {
         collect(&src, i, &mut doc, &mut errors);
     }
-    let hash = content_hash(&src);
+    let hash = content_hash(src.files.iter().map(|f| (f.name.as_str(), f.text)));
     let file_paths = src.files.iter().filter_map(|f| f.path.clone()).collect();
     super::validate::validate(&src, doc, errors, hash, file_paths, name)
 }
 
-fn content_hash(src: &Sources<'_>) -> String {
+/// Reads every file the `include` globs of the main file's `table` match.
+#[allow(clippy::type_complexity)]
+fn read_includes(
+    t: &Spanned<DeTable<'_>>,
+    text: &str,
+    name: &str,
+    path: Option<&Path>,
+) -> (Vec<(String, PathBuf, String)>, Vec<ConfigError>) {
+    let mut included: Vec<(String, PathBuf, String)> = Vec::new();
+    let mut errors = Vec::new();
+    let name = name.to_owned();
+    let base = path
+        .as_ref()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .unwrap_or_else(|| PathBuf::from("."));
+    match include_patterns(t) {
+        Err(m) => errors.push(ConfigError {
+            file: name.clone(),
+            line: t
+                .get_ref()
+                .get_key_value("include")
+                .map_or(0, |(k, _)| line_of(text, k.span().start)),
+            key: "include".into(),
+            message: m,
+        }),
+        Ok(patterns) => {
+            for pat in patterns {
+                let full = base.join(&pat);
+                let found = glob::glob(&full.to_string_lossy());
+                let mut paths: Vec<PathBuf> = match found {
+                    Ok(it) => it.filter_map(Result::ok).take(MAX_INCLUDES + 1).collect(),
+                    Err(e) => {
+                        errors.push(ConfigError {
+                            file: name.clone(),
+                            line: 0,
+                            key: "include".into(),
+                            message: format!("invalid glob {pat:?}: {e}"),
+                        });
+                        continue;
+                    }
+                };
+                if paths.len() > MAX_INCLUDES {
+                    errors.push(ConfigError {
+                        file: name.clone(),
+                        line: 0,
+                        key: "include".into(),
+                        message: format!("{pat:?} matches more than {MAX_INCLUDES} files"),
+                    });
+                    continue;
+                }
+                paths.sort();
+                for p in paths {
+                    let read = super::values::read_limited(&p, MAX_FILE)
+                        .and_then(|b| String::from_utf8(b).map_err(|_| "not UTF-8".to_owned()));
+                    match read {
+                        Ok(t) => included.push((p.display().to_string(), p, t)),
+                        Err(e) => errors.push(ConfigError {
+                            file: p.display().to_string(),
+                            line: 0,
+                            key: String::new(),
+                            message: format!("cannot read included file: {e}"),
+                        }),
+                    }
+                }
+            }
+        }
+    }
+    (included, errors)
+}
+
+fn content_hash<'a>(files: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-    for f in &src.files {
-        ctx.update(f.name.as_bytes());
+    for (name, text) in files {
+        ctx.update(name.as_bytes());
         ctx.update(&[0]);
-        ctx.update(f.text.as_bytes());
+        ctx.update(text.as_bytes());
         ctx.update(&[0]);
     }
     ctx.finish()
@@ -516,6 +539,29 @@ fn content_hash(src: &Sources<'_>) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+/// The content hash of the config file at `path` and every file its
+/// `include` globs match now — the same value [`Config::hash`] has when
+/// these files are loaded. Reload uses it to notice changes (content, not
+/// modification times); a file that cannot be read or parsed still gives
+/// a hash, so a broken edit is noticed too.
+pub fn source_hash(path: &Path) -> String {
+    let name = path.display().to_string();
+    let text = super::values::read_limited(path, MAX_FILE)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .unwrap_or_default();
+    let (table, syntax) = DeTable::parse_recoverable(&text);
+    let included = if syntax.is_empty() {
+        read_includes(&table, &text, &name, Some(path)).0
+    } else {
+        Vec::new()
+    };
+    content_hash(
+        std::iter::once((name.as_str(), text.as_str()))
+            .chain(included.iter().map(|(n, _, t)| (n.as_str(), t.as_str()))),
+    )
 }
 
 #[cfg(test)]

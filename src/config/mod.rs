@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use load::{DEFAULT_CONFIG, load_default, load_file, load_str};
+pub use load::{DEFAULT_CONFIG, load_default, load_file, load_str, source_hash};
 pub use raw::{
     BlacklistAction, DeliveryMode, LimitCounts, ListenerAuth, ListenerTls, LogFormat, Security,
     UpstreamAuth,
@@ -57,7 +57,7 @@ pub struct ConfigErrors(pub Vec<ConfigError>);
 /// session pins one for its whole life.
 #[derive(Debug)]
 pub struct Config {
-    /// The main file (or `<embedded default>`).
+    /// The main file (or `<embedded default>`), as named in messages.
     pub source: String,
     /// Every file read, main first: what a reload watches.
     pub files: Vec<PathBuf>,
@@ -75,6 +75,10 @@ pub struct Config {
     pub admin: Option<Admin>,
     /// `[log]`.
     pub log: Log,
+    /// `[health]`.
+    pub health: HealthSettings,
+    /// `[reload]`.
+    pub reload: ReloadSettings,
     /// Every `[server.NAME]`.
     pub servers: BTreeMap<String, Server>,
     /// Every `[tenant.NAME]`.
@@ -198,6 +202,26 @@ pub struct Log {
     pub format: LogFormat,
     /// Filter directive.
     pub level: String,
+}
+
+/// `[health]` with defaults applied.
+#[derive(Debug, Clone)]
+pub struct HealthSettings {
+    /// Consecutive server-level failures before a server is skipped.
+    pub failures: u32,
+    /// How long it is skipped.
+    pub cooldown: Duration,
+}
+
+/// `[reload]` with defaults applied.
+#[derive(Debug, Clone)]
+pub struct ReloadSettings {
+    /// Watch the files for changes.
+    pub watch: bool,
+    /// How often.
+    pub interval: Duration,
+    /// Probe new or changed servers first.
+    pub probe: bool,
 }
 
 /// An upstream.

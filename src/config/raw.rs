@@ -161,6 +161,33 @@ pub struct RawAdmin {
     pub token: Option<SecretSource>,
 }
 
+/// `[health]`: when an upstream is considered down (PRODUCT §3.6).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealth {
+    /// Consecutive connection, TLS or AUTH failures before a server is
+    /// skipped. Default 3.
+    pub failures: Option<u32>,
+    /// How long a server that is down is skipped before it is tried again.
+    /// Default `"30s"`.
+    pub cooldown: Option<Dur>,
+}
+
+/// `[reload]`: hot reload (PRODUCT §3.9).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawReload {
+    /// Reload when the content of the config file or an included file
+    /// changes (checked every `interval`). Default `true`. SIGHUP always reloads.
+    pub watch: Option<bool>,
+    /// How often the files are checked. Default `"2s"`.
+    pub interval: Option<Dur>,
+    /// Probe new or changed SMTP servers (connect, TLS, AUTH) before a new
+    /// config goes live; a server that fails keeps the old config in place.
+    /// Default `true`.
+    pub probe: Option<bool>,
+}
+
 /// `[log]`: log output.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

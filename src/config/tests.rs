@@ -523,3 +523,21 @@ fn secrets_never_show_in_debug_output() {
     assert!(!dump.contains("SENTINEL-PASSWORD-4711"));
     assert!(dump.contains("<redacted>"));
 }
+
+#[test]
+fn source_hash_matches_the_loaded_hash_and_sees_includes() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("tenants")).unwrap();
+    let main = dir.path().join("main.toml");
+    std::fs::write(&main, format!("include = [\"tenants/*.toml\"]\n{}", base())).unwrap();
+    std::fs::write(dir.path().join("tenants/a.toml"), "[tenant.a]\n").unwrap();
+    let c = load_file(&main).unwrap();
+    assert_eq!(source_hash(&main), c.hash);
+    // A new included file changes it; so does an edit that breaks the file.
+    std::fs::write(dir.path().join("tenants/b.toml"), "[tenant.b]\n").unwrap();
+    let with_b = source_hash(&main);
+    assert_ne!(with_b, c.hash);
+    assert_eq!(load_file(&main).unwrap().hash, with_b);
+    std::fs::write(&main, "[broken").unwrap();
+    assert_ne!(source_hash(&main), with_b);
+}

@@ -502,6 +502,42 @@ pub(super) fn validate(
         cx.err(f, &p.key("level"), format!("invalid log filter: {e}"));
     }
 
+    let rh = doc
+        .health
+        .as_ref()
+        .map(|l| l.value.clone())
+        .unwrap_or_default();
+    let health = super::HealthSettings {
+        failures: rh.failures.unwrap_or(3),
+        cooldown: rh.cooldown.map_or(Duration::from_secs(30), |d| d.get()),
+    };
+    if let (Some(l), 0) = (&doc.health, health.failures) {
+        cx.err(
+            l.file,
+            &l.path.clone().key("failures"),
+            "must be greater than zero",
+        );
+    }
+    let rr = doc
+        .reload
+        .as_ref()
+        .map(|l| l.value.clone())
+        .unwrap_or_default();
+    let reload = super::ReloadSettings {
+        watch: rr.watch.unwrap_or(true),
+        interval: rr.interval.map_or(Duration::from_secs(2), |d| d.get()),
+        probe: rr.probe.unwrap_or(true),
+    };
+    if let Some(l) = &doc.reload
+        && reload.interval < Duration::from_millis(100)
+    {
+        cx.err(
+            l.file,
+            &l.path.clone().key("interval"),
+            "must be at least 100ms",
+        );
+    }
+
     // Tenants first: everything else refers to them.
     let raw_tenants = dedupe(&mut cx, "tenant", doc.tenants);
     let mut tenants: BTreeMap<String, Tenant> = BTreeMap::new();
@@ -592,6 +628,8 @@ pub(super) fn validate(
         limits,
         admin,
         log,
+        health,
+        reload,
         servers,
         tenants,
         applications: BTreeMap::new(),

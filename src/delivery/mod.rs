@@ -10,6 +10,7 @@ pub mod dsn;
 
 use crate::config::{Server, ServerKind};
 use crate::message::Message;
+use crate::metrics::{FailoverLabels, ServerLabel};
 use crate::policy::Plan;
 use crate::rewrite;
 use crate::session::state::Envelope;
@@ -109,6 +110,12 @@ pub struct Context<'a> {
     pub received_at: i64,
     /// SMTP connection pools.
     pub upstreams: &'a crate::upstream::Upstreams,
+    /// Where failovers and latencies are counted.
+    pub metrics: &'a crate::metrics::Metrics,
+    /// Server health: servers marked down are skipped.
+    pub health: &'a crate::health::Health,
+    /// When a server is marked down.
+    pub health_settings: &'a crate::config::HealthSettings,
 }
 
 /// Whether the envelope or the (rewritten) header section holds non-ASCII
@@ -126,12 +133,26 @@ pub async fn deliver(plan: &Plan<'_>, msg: &Message, cx: &Context<'_>) -> Outcom
         return Outcome::NoServer;
     }
     let mut failovers = Vec::new();
-    for server in &plan.chain {
+    let mut skipped = 0;
+    for (i, server) in plan.chain.iter().enumerate() {
+        if cx.health.is_down(&server.name, Instant::now()) {
+            tracing::debug!(id = cx.id, server = %server.name, "skipping a server marked down");
+            skipped += 1;
+            continue;
+        }
         let started = Instant::now();
         let result = hop(plan, server, msg, cx).await;
-        tracing::debug!(id = cx.id, server = %server.name, elapsed_ms = started.elapsed().as_millis() as u64, ?result, "hop");
+        let elapsed = started.elapsed();
+        tracing::debug!(id = cx.id, server = %server.name, elapsed_ms = elapsed.as_millis() as u64, ?result, "hop");
         match result {
             HopResult::Accepted { refused } => {
+                cx.health.success(&server.name);
+                cx.metrics
+                    .upstream_latency
+                    .get_or_create(&ServerLabel {
+                        server: server.name.clone(),
+                    })
+                    .observe(elapsed.as_secs_f64());
                 return Outcome::Delivered {
                     server: server.name.clone(),
                     failovers,
@@ -143,6 +164,7 @@ pub async fn deliver(plan: &Plan<'_>, msg: &Message, cx: &Context<'_>) -> Outcom
                 enhanced,
                 reason,
             } => {
+                cx.health.success(&server.name);
                 return Outcome::Refused {
                     server: server.name.clone(),
                     code,
@@ -153,9 +175,31 @@ pub async fn deliver(plan: &Plan<'_>, msg: &Message, cx: &Context<'_>) -> Outcom
             }
             HopResult::Failover(f) => {
                 tracing::warn!(id = cx.id, server = %f.server, class = f.class, reason = %f.reason, "hop failed, trying the next server");
+                let to_server = plan
+                    .chain
+                    .get(i + 1)
+                    .map_or_else(|| "none".to_owned(), |s| s.name.clone());
+                cx.metrics
+                    .failovers
+                    .get_or_create(&FailoverLabels {
+                        from_server: f.server.clone(),
+                        to_server,
+                        class: f.class,
+                    })
+                    .inc();
+                let (h, now) = (cx.health_settings, Instant::now());
+                if cx
+                    .health
+                    .failure(&server.name, f.class, now, h.failures, h.cooldown)
+                {
+                    tracing::warn!(server = %server.name, cooldown_s = h.cooldown.as_secs(), "server marked down after repeated failures");
+                }
                 failovers.push(f);
             }
         }
+    }
+    if failovers.is_empty() && skipped > 0 {
+        return Outcome::NoServer;
     }
     Outcome::Deferred { failovers }
 }

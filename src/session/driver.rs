@@ -9,6 +9,7 @@ use super::throttle::FailureVerdict;
 use crate::config::Config;
 use crate::delivery::{self, Outcome};
 use crate::message::{Message, Spooler};
+use crate::metrics::{AppLabels, ListLabels, ListenerLabel, MessageLabels, TlsLabels};
 use crate::policy;
 use crate::server::Relay;
 use crate::util;
@@ -72,13 +73,55 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Conn<S> {
     }
 }
 
+/// How a session ended (the `outcome` label of `smarthost_sessions_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// The client sent QUIT.
+    Quit,
+    /// The client closed the connection.
+    Closed,
+    /// Command or data timeout (421 4.4.2).
+    Timeout,
+    /// The relay shut down (421 4.3.2).
+    Shutdown,
+    /// Too many AUTH failures (421 4.7.0).
+    LockedOut,
+    /// A local error.
+    Error,
+}
+
+impl End {
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            End::Quit => "quit",
+            End::Closed => "closed",
+            End::Timeout => "timeout",
+            End::Shutdown => "shutdown",
+            End::LockedOut => "locked_out",
+            End::Error => "error",
+        }
+    }
+
+    fn of(session: &Session) -> End {
+        match session.closed_with() {
+            Some((221, _)) => End::Quit,
+            Some((421, Some((4, 4, 2)))) => End::Timeout,
+            Some((421, Some((4, 3, 2)))) => End::Shutdown,
+            Some((421, Some((4, 7, 0)))) => End::LockedOut,
+            Some(_) => End::Error,
+            None => End::Closed,
+        }
+    }
+}
+
 /// What we know of a negotiated TLS session, for `Received:` and logs.
 pub fn tls_info<S>(s: &TlsStream<S>) -> TlsInfo {
     let c = s.get_ref().1;
     TlsInfo {
         version: c
             .protocol_version()
-            .map_or_else(|| "TLS".to_owned(), |v| format!("{v:?}")),
+            .map_or_else(|| "TLS".to_owned(), crate::tls::version_name),
         cipher: c
             .negotiated_cipher_suite()
             .map_or_else(String::new, |cs| format!("{:?}", cs.suite())),
@@ -159,9 +202,10 @@ async fn write_out<S: AsyncRead + AsyncWrite + Unpin>(
 /// Serves one client until it quits, times out, or the relay shuts down.
 pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(
     relay: &Relay,
+    listener: &str,
     mut conn: Conn<S>,
     mut session: Session,
-) -> io::Result<()> {
+) -> io::Result<End> {
     let cfg = session.config().clone();
     let limits = cfg.limits.clone();
     let mut shutdown = relay.shutdown_signal();
@@ -200,19 +244,38 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(
                     }
                     pos = buf.len();
                     let Some(tls) = cfg.tls.as_ref() else {
-                        return Ok(());
+                        return Ok(End::Error);
                     };
                     let Conn::Plain(plain) = std::mem::replace(&mut conn, Conn::Upgrading) else {
-                        return Ok(());
+                        return Ok(End::Error);
                     };
                     let stream =
                         handshake(tls.server_config.clone(), plain, limits.command_timeout).await?;
                     let info = tls_info(&stream);
+                    relay
+                        .metrics
+                        .tls
+                        .get_or_create(&TlsLabels {
+                            direction: "inbound",
+                            version: info.version.clone(),
+                        })
+                        .inc();
                     conn = Conn::Tls(Box::new(stream));
                     session.tls_started(info);
                 }
                 Some(Event::Authenticate { user, password }) => {
                     let r = authenticate(relay, &cfg, &session, &user, password).await;
+                    let ll = ListenerLabel {
+                        listener: listener.to_owned(),
+                    };
+                    match r {
+                        AuthResult::Failed => relay.metrics.auth_failures.get_or_create(&ll).inc(),
+                        AuthResult::LockedOut => {
+                            relay.metrics.auth_failures.get_or_create(&ll).inc();
+                            relay.metrics.auth_lockouts.get_or_create(&ll).inc()
+                        }
+                        AuthResult::Ok => 0,
+                    };
                     session.auth_result(&user, r);
                 }
                 Some(Event::Message(env)) => {
@@ -233,6 +296,16 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(
                 }
             }
         }
+        for (app, list) in session.take_rejections() {
+            if let Some(a) = cfg.applications.get(&app) {
+                let l = ListLabels {
+                    tenant: a.tenant.clone(),
+                    application: app,
+                    list: list_label(&list),
+                };
+                relay.metrics.recipients_rejected.get_or_create(&l).inc();
+            }
+        }
         buf.drain(..pos.min(buf.len()));
         if !session.in_data() {
             spooler = None;
@@ -240,7 +313,7 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(
         write_out(&mut conn, &mut session, limits.command_timeout).await?;
         if session.closed() {
             let _ = tokio::time::timeout(Duration::from_secs(1), conn.shutdown()).await;
-            return Ok(());
+            return Ok(End::of(&session));
         }
 
         // Between commands a shutdown ends the session; a transfer in
@@ -249,7 +322,7 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(
             session.close_with(reply::shutting_down());
             write_out(&mut conn, &mut session, limits.command_timeout).await?;
             let _ = tokio::time::timeout(Duration::from_secs(1), conn.shutdown()).await;
-            return Ok(());
+            return Ok(End::of(&session));
         }
 
         // Wait for more input.
@@ -267,7 +340,7 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(
                 Err(_) => {
                     session.close_with(reply::timeout());
                 }
-                Ok(Ok(0)) => return Ok(()),
+                Ok(Ok(0)) => return Ok(End::Closed),
                 Ok(Ok(n)) => buf.extend_from_slice(&read_buf[..n]),
                 Ok(Err(e)) => return Err(e),
             },
@@ -279,7 +352,7 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(
         if session.closed() {
             write_out(&mut conn, &mut session, limits.command_timeout).await?;
             let _ = tokio::time::timeout(Duration::from_secs(1), conn.shutdown()).await;
-            return Ok(());
+            return Ok(End::of(&session));
         }
     }
 }
@@ -354,7 +427,31 @@ async fn deliver(
         received: &received,
         received_at: now,
         upstreams: &relay.upstreams,
+        metrics: &relay.metrics,
+        health: &relay.health,
+        health_settings: &cfg.health,
     };
+    let m = &relay.metrics;
+    let app_labels = AppLabels {
+        tenant: plan.eff.tenant.name.clone(),
+        application: plan.eff.app.name.clone(),
+    };
+    m.messages_received.get_or_create(&app_labels).inc();
+    for r in &plan.recipients {
+        if let policy::RcptVerdict::Drop { list, .. } = &r.verdict {
+            let l = ListLabels {
+                tenant: app_labels.tenant.clone(),
+                application: app_labels.application.clone(),
+                list: list_label(list),
+            };
+            m.recipients_dropped.get_or_create(&l).inc();
+        }
+    }
+    if !plan.redirected.is_empty() {
+        m.test_mode_redirects
+            .get_or_create(&app_labels)
+            .inc_by(plan.redirected.len() as u64);
+    }
     let outcome = delivery::deliver(&plan, msg, &cx).await;
     if let Outcome::Delivered {
         server, refused, ..
@@ -413,6 +510,18 @@ async fn deliver(
         Outcome::NoServer => ("no_server", "", &[][..], reply::no_server_available()),
     };
     let failed_over: Vec<&str> = failovers.iter().map(|f| f.server.as_str()).collect();
+    m.messages
+        .get_or_create(&MessageLabels {
+            tenant: app_labels.tenant.clone(),
+            application: app_labels.application.clone(),
+            server: if server.is_empty() {
+                "none".to_owned()
+            } else {
+                server.to_owned()
+            },
+            outcome: result,
+        })
+        .inc();
     let refused = match &outcome {
         Outcome::Delivered { refused, .. } => refused.len(),
         _ => 0,
@@ -472,6 +581,8 @@ fn send_dsn(
     let original_id = original_id.to_owned();
     let id = relay.next_id();
     let upstreams = relay.upstreams.clone();
+    let metrics = relay.metrics.clone();
+    let health = relay.health.clone();
     tokio::spawn(async move {
         let Some(a) = cfg.applications.get(&app) else {
             return;
@@ -498,6 +609,9 @@ fn send_dsn(
             received: b"",
             received_at: now,
             upstreams: &upstreams,
+            metrics: &metrics,
+            health: &health,
+            health_settings: &cfg.health,
         };
         match delivery::deliver(&dsn_plan, &dsn, &cx).await {
             Outcome::Delivered { server, .. } => {
@@ -508,4 +622,11 @@ fn send_dsn(
             }
         }
     });
+}
+
+fn list_label(list: &policy::ListOrigin) -> String {
+    match list {
+        policy::ListOrigin::System => "system".to_owned(),
+        policy::ListOrigin::Tenant(t) => t.clone(),
+    }
 }

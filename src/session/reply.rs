@@ -5,6 +5,9 @@
 use std::borrow::Cow;
 use std::fmt::Write as _;
 
+/// An enhanced status code (RFC 3463), e.g. `(4, 4, 2)`.
+pub type Enhanced = (u8, u16, u16);
+
 /// One SMTP reply, possibly multi-line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {

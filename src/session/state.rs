@@ -69,7 +69,7 @@ pub struct Envelope {
 /// A negotiated TLS session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsInfo {
-    /// e.g. `TLSv1_3`.
+    /// e.g. `TLSv1.3`.
     pub version: String,
     /// e.g. `TLS13_AES_256_GCM_SHA384`.
     pub cipher: String,
@@ -134,6 +134,8 @@ pub struct Session {
     out: Vec<u8>,
     line: Vec<u8>,
     line_too_long: bool,
+    closed_with: Option<(u16, Option<reply::Enhanced>)>,
+    rejections: Vec<(String, crate::policy::ListOrigin)>,
 }
 
 fn proto_error_reply(e: &ProtoError) -> Reply {
@@ -245,6 +247,8 @@ impl Session {
             out: Vec::new(),
             line: Vec::new(),
             line_too_long: false,
+            closed_with: None,
+            rejections: Vec::new(),
         }
     }
 
@@ -311,8 +315,19 @@ impl Session {
 
     /// Replies and closes (421s, QUIT).
     pub fn close_with(&mut self, r: Reply) {
+        self.closed_with = Some((r.code, r.enhanced));
         self.reply(r);
         self.phase = Phase::Closed;
+    }
+
+    /// The code and enhanced code of the reply the session closed with.
+    pub fn closed_with(&self) -> Option<(u16, Option<reply::Enhanced>)> {
+        self.closed_with
+    }
+
+    /// Recipients refused by a blacklist since the last call: (application, list).
+    pub fn take_rejections(&mut self) -> Vec<(String, crate::policy::ListOrigin)> {
+        std::mem::take(&mut self.rejections)
     }
 
     fn auth_offered(&self) -> bool {
@@ -594,8 +609,9 @@ impl Session {
         };
         let eff = policy::resolve(&self.cfg, application);
         let verdict = policy::check_rcpt(&self.cfg, &eff, &address);
-        if let RcptVerdict::Reject { .. } = verdict {
-            tracing::info!(peer = %self.peer, app = %app, rcpt = %address, "recipient rejected by blacklist");
+        if let RcptVerdict::Reject { list, .. } = verdict {
+            tracing::info!(peer = %self.peer, app = %app, rcpt = %address, list = %list, "recipient rejected by blacklist");
+            self.rejections.push((app.clone(), list));
             return self.reply(reply::recipient_blacklisted());
         }
         let smtputf8 = !address.is_ascii();

@@ -424,11 +424,7 @@ async fn authenticate(
 fn tls_info(stream: &Stream) -> Option<(String, String)> {
     let Stream::Tls(s) = stream else { return None };
     let conn = s.get_ref().1;
-    let version = match conn.protocol_version()? {
-        rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3".to_owned(),
-        rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2".to_owned(),
-        other => format!("{other:?}"),
-    };
+    let version = crate::tls::version_name(conn.protocol_version()?);
     let cipher = conn
         .negotiated_cipher_suite()
         .map_or_else(String::new, |c| format!("{:?}", c.suite()));

@@ -31,7 +31,7 @@ use classify::{Class, Stage, UpstreamError, enhanced, sanitize};
 use client::{Session, TxOutcome};
 use pool::{Key, Pools};
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio_rustls::TlsConnector;
 
@@ -68,9 +68,38 @@ pub struct Upstreams {
     /// TLS connectors by server and settings, built on first TLS use.
     connectors: Mutex<HashMap<Key, TlsConnector>>,
     pools: Pools<Session>,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl Upstreams {
+    /// Upstreams that count connections and TLS versions in `metrics`.
+    pub fn with_metrics(metrics: Arc<crate::metrics::Metrics>) -> Self {
+        Upstreams {
+            metrics: Some(metrics),
+            ..Default::default()
+        }
+    }
+
+    fn count(&self, name: &str, session: &Session, reused: bool) {
+        let Some(m) = &self.metrics else { return };
+        let label = crate::metrics::ServerLabel {
+            server: name.to_owned(),
+        };
+        if reused {
+            m.upstream_reused.get_or_create(&label).inc();
+            return;
+        }
+        m.upstream_opened.get_or_create(&label).inc();
+        if let Some((version, _)) = &session.report().tls {
+            m.tls
+                .get_or_create(&crate::metrics::TlsLabels {
+                    direction: "outbound",
+                    version: version.clone(),
+                })
+                .inc();
+        }
+    }
+
     /// Sends `msg` through `server` (named `name`).
     pub async fn send(&self, name: &str, server: &SmtpServer, msg: &Outgoing<'_>) -> HopResult {
         let key = Key::new(name, server);
@@ -88,6 +117,7 @@ impl Upstreams {
                 None => match self.open(&key, server).await {
                     Ok(s) => {
                         self.pools.count_opened(name);
+                        self.count(name, &s, false);
                         s
                     }
                     Err(e) => return HopResult::Failover(e.to_failover(name, secret)),
@@ -95,6 +125,7 @@ impl Upstreams {
             };
             if reused {
                 self.pools.count_reused(name);
+                self.count(name, &session, true);
                 if let Err(e) = session.reset().await {
                     tracing::debug!(server = name, error = %e, "pooled connection is gone; opening a new one");
                     may_reuse = false;

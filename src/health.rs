@@ -1,0 +1,100 @@
+//! Per-server health (PRODUCT §3.6): after `failures` consecutive
+//! server-level failures (connection, TLS, AUTH) a server is marked down
+//! and skipped for `cooldown`; then one delivery may try it again (half
+//! open) and a success brings it back. Message-level answers (4xx for one
+//! message, missing capabilities) say nothing about the server and do not
+//! count. Pure apart from the shared map; the time is passed in.
+//!
+//! Health lives in the relay, not in the config snapshot, so it survives
+//! reloads.
+
+use dashmap::DashMap;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Copy, Default)]
+struct State {
+    failures: u32,
+    down_until: Option<Instant>,
+}
+
+/// Health of every server, by name.
+#[derive(Debug, Default)]
+pub struct Health {
+    map: DashMap<String, State>,
+}
+
+/// Whether a failure class says something about the server itself.
+pub fn counts(class: &str) -> bool {
+    matches!(class, "connection" | "tls" | "auth")
+}
+
+impl Health {
+    /// Whether `server` is marked down at `now` (its cool-down not over).
+    pub fn is_down(&self, server: &str, now: Instant) -> bool {
+        self.map
+            .get(server)
+            .and_then(|s| s.down_until)
+            .is_some_and(|until| now < until)
+    }
+
+    /// Records a failure of class `class`; returns true when this marked
+    /// the server down.
+    pub fn failure(
+        &self,
+        server: &str,
+        class: &str,
+        now: Instant,
+        max_failures: u32,
+        cooldown: Duration,
+    ) -> bool {
+        if !counts(class) {
+            return false;
+        }
+        let mut s = self.map.entry(server.to_owned()).or_default();
+        s.failures += 1;
+        if s.failures >= max_failures.max(1) {
+            s.down_until = Some(now + cooldown);
+            s.failures = 0;
+            return true;
+        }
+        false
+    }
+
+    /// Records a success: the server is healthy again.
+    pub fn success(&self, server: &str) {
+        if let Some(mut s) = self.map.get_mut(server) {
+            s.failures = 0;
+            s.down_until = None;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn down_after_consecutive_failures_then_back() {
+        let h = Health::default();
+        let t0 = Instant::now();
+        let cd = Duration::from_secs(30);
+        assert!(!h.failure("a", "connection", t0, 3, cd));
+        assert!(
+            !h.failure("a", "temporary", t0, 3, cd),
+            "a 4xx for one message does not count"
+        );
+        assert!(!h.failure("a", "tls", t0, 3, cd));
+        assert!(!h.is_down("a", t0));
+        assert!(h.failure("a", "auth", t0, 3, cd));
+        assert!(h.is_down("a", t0 + Duration::from_secs(29)));
+        assert!(!h.is_down("b", t0));
+        // After the cool-down it may be tried again.
+        assert!(!h.is_down("a", t0 + cd));
+        h.success("a");
+        assert!(!h.failure("a", "connection", t0 + cd, 3, cd));
+        // A success in between resets the count.
+        h.success("a");
+        assert!(!h.failure("a", "connection", t0 + cd, 2, cd));
+        assert!(h.failure("a", "connection", t0 + cd, 2, cd));
+    }
+}
