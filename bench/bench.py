@@ -42,7 +42,7 @@ LIFETIME = 1800  # seconds: timeout(1) backstop for every process we start
 
 KIB = 1024
 PATHS = ["a", "b", "c-proxy", "c-queue"]
-EXTRA_PATHS = ["b-info", "b-pool4"]
+EXTRA_PATHS = ["b-info", "b-pool4", "b-1worker"]
 PATH_TEXT = {
     "a": "loadgen -> smtp-sink (ceiling)",
     "b": "smarthost direct, 4 rewrites",
@@ -50,6 +50,7 @@ PATH_TEXT = {
     "c-queue": "Postfix queue + relayhost = sink",
     "b-info": "as b, every delivery logged at info level",
     "b-pool4": "as b, upstream pool_size = 4 (the default)",
+    "b-1worker": "as b, one tokio worker thread (TOKIO_WORKER_THREADS=1)",
 }
 
 
@@ -152,7 +153,7 @@ def stop_all():
 class Proc:
     """A process tree under timeout(1) as the leader of a new process group."""
 
-    def __init__(self, name, argv, stdout=None, stderr=None, stdin=None):
+    def __init__(self, name, argv, stdout=None, stderr=None, stdin=None, env=None):
         self.name = name
         _procs.append(self)
         self.p = subprocess.Popen(
@@ -161,6 +162,7 @@ class Proc:
             stdout=stdout if stdout is not None else subprocess.DEVNULL,
             stderr=stderr if stderr is not None else subprocess.DEVNULL,
             process_group=0,
+            env=dict(os.environ, **(env or {})),
         )
         self.pgid = self.p.pid
         self.stopped = False
@@ -290,7 +292,7 @@ class Sink:
 
 class Smarthost:
     def __init__(self, binary, work, sink_port, name="smarthost", pool_size=100,
-                 log_level="warn", max_connections=2000):
+                 log_level="warn", max_connections=2000, env=None):
         self.port = free_port()
         d = os.path.join(work, name)
         os.makedirs(os.path.join(d, "spool"), exist_ok=True)
@@ -301,7 +303,7 @@ class Smarthost:
                          LOG_LEVEL=log_level, MAX_CONNECTIONS=max_connections))
         self.err = os.path.join(d, "stderr")
         self.proc = Proc(name, [binary, "run", "--config", self.config],
-                         stderr=open(self.err, "wb"))
+                         stderr=open(self.err, "wb"), env=env)
         wait_greeting(self.port, name, self.proc, logfile=self.err)
         self.pid = self.proc.child_pid("smarthost")
 
@@ -421,8 +423,12 @@ class Bench:
             self.smarthosts["b-pool4"] = Smarthost(args.smarthost, work, self.sink.port,
                                                    name="smarthost-pool4", pool_size=4,
                                                    log_level="warn")
+        if "b-1worker" in args.paths:
+            self.smarthosts["b-1worker"] = Smarthost(args.smarthost, work, self.sink.port,
+                                                     name="smarthost-1worker", pool_size=args.pool_size,
+                                                     log_level="warn", env={"TOKIO_WORKER_THREADS": "1"})
         self.postfix = None
-        if any(p.startswith("c-") for p in args.paths) or args.serve:
+        if any(p.startswith("c-") for p in args.paths):
             self.postfix = Postfix(work, self.sink.port)
         self.port = {"a": self.sink.port}
         for path, sh in self.smarthosts.items():
@@ -575,15 +581,16 @@ def report(args, results, mem, env):
     lines = []
     p = lines.append
     p(f"machine: {env['nproc']} CPUs, {env['cpu']}, kernel {env['kernel']}; smarthost at {env['rev']}")
+    if env.get("noise"):
+        p(f"noise: {env['noise']}")
     p(f"run: {env['command']}  ({env['rounds']} rounds x {env['duration']} s per run, "
       f"paths interleaved; started {env['started']}, took {env['took']:.0f} s)")
     p("")
     p("Throughput and submit latency (median over rounds; msg/s range = min..max of the rounds)")
     p("")
-    hdr = (f"| workload | path | msg/s | range | p50 ms | p99 ms | errors | srv CPU | sink CPU | "
-           f"c-queue drained msg/s |")
-    p(hdr)
-    p("|---|---|---:|---|---:|---:|---:|---:|---:|---:|")
+    p("| workload | path | msg/s | range | p50 ms | p99 ms | errors | client µs/msg | relay µs/msg "
+      "| sink µs/msg | cores busy | c-queue drained msg/s |")
+    p("|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for w in args.workloads:
         for path in args.paths:
             rs = results.get((w, path), [])
@@ -592,10 +599,30 @@ def report(args, results, mem, env):
             rates = [r["rate"] for r in rs]
             errs = sum(r["errors"] for r in rs) + sum(0 if r["sink_ok"] else 1 for r in rs)
             drain = med([r.get("drain_rate") for r in rs]) if path == "c-queue" else None
-            p(f"| {wname(w)} | {path} | {fmt(med(rates))} | {min(rates):.0f}..{max(rates):.0f} | "
+            cu, ru, su = (med([r.get(k) for r in rs]) for k in ("client_us", "relay_us", "sink_us"))
+            busy = sum(x or 0 for x in (cu, ru, su)) * med(rates) / 1e6
+            p(f"| {wname(w)} | {path} | {fmt(med(rates), 0)} | {min(rates):.0f}..{max(rates):.0f} | "
               f"{fmt(med([r['p50_ms'] for r in rs]), 2)} | {fmt(med([r['p99_ms'] for r in rs]), 2)} | "
-              f"{errs} | {fmt(med([r.get('server_cpu') for r in rs]), 2)} | "
-              f"{fmt(med([r.get('sink_cpu') for r in rs]), 2)} | {fmt(drain)} |")
+              f"{errs} | {fmt(cu, 0)} | {fmt(ru, 0)} | {fmt(su, 0)} | {busy:.2f} | {fmt(drain, 0)} |")
+    extras = [x for x in args.paths if x in EXTRA_PATHS]
+    if extras and "b" in args.paths:
+        p("")
+        p("Variants of b (median of the per-round ratios to b)")
+        p("")
+        p("| workload | " + " | ".join(f"{x}/b msg/s | {x} relay µs/msg" for x in extras) + " |")
+        p("|---|" + "---:|---:|" * len(extras))
+        for w in args.workloads:
+            cells = []
+            for x in extras:
+                rr = []
+                for i in range(args.rounds):
+                    try:
+                        rr.append(results[(w, x)][i]["rate"] / results[(w, "b")][i]["rate"])
+                    except (IndexError, KeyError, ZeroDivisionError):
+                        pass
+                cells.append(fmt(med(rr), 2))
+                cells.append(fmt(med([r.get("relay_us") for r in results.get((w, x), [])]), 0))
+            p(f"| {wname(w)} | " + " | ".join(cells) + " |")
     p("")
     p("Ratios (median of the per-round ratios; each round runs the paths back to back)")
     p("")
@@ -669,7 +696,17 @@ def report(args, results, mem, env):
     return "\n".join(lines), checks
 
 
-def machine(args, started, took, command):
+def cpu_stat():
+    """(busy, steal, total) jiffies of the whole machine from /proc/stat."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    idle = v[3] + v[4]
+    steal = v[7] if len(v) > 7 else 0
+    total = sum(v[:8])
+    return total - idle - steal, steal, total
+
+
+def machine(args, started, took, command, stat0=None, load0=None):
     cpu = "unknown"
     with open("/proc/cpuinfo") as f:
         for line in f:
@@ -683,7 +720,14 @@ def machine(args, started, took, command):
     head = git("rev-parse", "--short", "HEAD") or "unknown"
     dirty = git("status", "--porcelain", "--", "src", "Cargo.toml", "Cargo.lock")
     rev = head + (" + uncommitted changes in src/" if dirty else "")
-    return dict(nproc=os.cpu_count(), cpu=cpu, kernel=os.uname().release, rev=rev,
+    noise = ""
+    if stat0:
+        b1, s1, t1 = cpu_stat()
+        dt = max(t1 - stat0[2], 1)
+        noise = (f"load average before the run {load0}; during the run the machine's CPUs were "
+                 f"{100 * (b1 - stat0[0]) / dt:.0f}% busy (everything, the bench included), "
+                 f"{100 * (s1 - stat0[1]) / dt:.1f}% stolen by the hypervisor")
+    return dict(nproc=os.cpu_count(), cpu=cpu, kernel=os.uname().release, rev=rev, noise=noise,
                 command=command, rounds=args.rounds, duration=args.duration,
                 started=time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)), took=took)
 
@@ -696,9 +740,9 @@ def parse_workload(s):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="1 round of 1 s runs (about 1.5 minutes)")
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--duration", type=float, default=2.0, help="seconds of load per run")
+    ap.add_argument("--quick", action="store_true", help="1 round of 1 s runs (about a minute)")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--duration", type=float, default=1.5, help="seconds of load per run")
     ap.add_argument("--paths", default=",".join(PATHS))
     ap.add_argument("--workloads", default="10x4x1,10x4x50,10x100x1,10x100x50,"
                     "100x4x1,100x4x50,100x100x1,100x100x50",
@@ -739,6 +783,8 @@ def main():
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGHUP, on_signal)
     started = time.time()
+    stat0 = cpu_stat()
+    load0 = " ".join(open("/proc/loadavg").read().split()[:3])
     work = tempfile.mkdtemp(prefix="smarthost-bench-")
     os.chmod(work, 0o755)
     log(f"bench: work dir {work}")
@@ -752,12 +798,15 @@ def main():
             print(json.dumps({"work": work, "sink": bench.sink.port, "sink_pid": bench.sink.pid,
                               "smarthost": bench.smarthost.port, "smarthost_pid": bench.smarthost.pid,
                               "smarthost_config": bench.smarthost.config,
-                              "c_proxy": bench.postfix.proxy_port, "c_queue": bench.postfix.queue_port,
-                              "postfix_root": bench.postfix.root}), flush=True)
+                              "ports": bench.port,
+                              "postfix_root": bench.postfix.root if bench.postfix else None}),
+                  flush=True)
             sys.stdin.read()
+            stop_all()
+            if not args.keep:
+                shutil.rmtree(work, ignore_errors=True)
             return
-        log(f"bench: sink :{bench.sink.port}, smarthost :{bench.smarthost.port}, "
-            f"postfix proxy :{bench.postfix.proxy_port} queue :{bench.postfix.queue_port}")
+        log("bench: ports " + ", ".join(f"{k} :{v}" for k, v in bench.port.items()))
         # Warm-up: spawn Postfix's smtpd processes, fill smarthost's pool,
         # fault in the code; not measured.
         for path in args.paths:
@@ -790,7 +839,7 @@ def main():
     finally:
         stop_all()
     took = time.time() - started
-    env = machine(args, started, took, args.command)
+    env = machine(args, started, took, args.command, stat0, load0)
     text, checks = report(args, results, mem, env)
     print(text)
     os.makedirs(args.out, exist_ok=True)

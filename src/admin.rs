@@ -86,6 +86,7 @@ pub async fn serve(listener: TcpListener, relay: Arc<Relay>) {
                 async move { Ok::<_, Infallible>(r) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(Duration::from_secs(10))
                 .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc);
             let _ = tokio::time::timeout(Duration::from_secs(60), conn).await;

@@ -346,7 +346,6 @@ impl Relay {
         tcp: TcpStream,
         peer: SocketAddr,
     ) {
-        let started = std::time::Instant::now();
         let active = self
             .metrics
             .sessions_active
@@ -386,7 +385,6 @@ impl Relay {
             driver::run(&self, &l.name, Conn::Plain(tcp), session).await
         };
         active.dec();
-        let ms = started.elapsed().as_millis() as u64;
         let outcome = match &result {
             Ok(end) => end.label(),
             Err(_) => "error",
@@ -398,14 +396,6 @@ impl Relay {
                 outcome,
             })
             .inc();
-        match result {
-            Ok(end) => {
-                tracing::debug!(listener = %l.name, %peer, duration_ms = ms, end = end.label(), "session ended")
-            }
-            Err(e) => {
-                tracing::info!(listener = %l.name, %peer, duration_ms = ms, error = %e, "session ended with an error")
-            }
-        }
     }
 
     /// Reloads the config file: builds and validates the complete new
@@ -533,10 +523,13 @@ impl Relay {
     }
 
     /// Watches the config files (content hash) and reloads when they
-    /// change; a failed reload is not retried until the files change again.
+    /// change and then stay the same for one more interval (an editor or
+    /// a deployment tool may still be writing); a failed reload is not
+    /// retried until the files change again.
     pub async fn watch(self: Arc<Self>, probe: bool) {
         let mut shutdown = self.shutdown_signal();
         let mut failed: Option<String> = None;
+        let mut pending: Option<String> = None;
         loop {
             let cfg = self.config();
             let interval = cfg.reload.interval;
@@ -555,8 +548,14 @@ impl Relay {
                 .await
                 .unwrap_or_default();
             if hash == cfg.hash || failed.as_deref() == Some(hash.as_str()) {
+                pending = None;
                 continue;
             }
+            if pending.as_deref() != Some(hash.as_str()) {
+                pending = Some(hash);
+                continue;
+            }
+            pending = None;
             if self.reload_and_report(probe, "file change").await {
                 failed = None;
             } else {

@@ -541,3 +541,17 @@ fn source_hash_matches_the_loaded_hash_and_sees_includes() {
     std::fs::write(&main, "[broken").unwrap();
     assert_ne!(source_hash(&main), with_b);
 }
+
+#[test]
+fn a_config_without_listeners_is_refused() {
+    // An empty file (for example one read while it is being rewritten)
+    // must never become a relay that accepts nothing.
+    for text in ["", "[system]\nhostname = \"x\"\n"] {
+        let errs = errors(text);
+        assert!(
+            errs.iter()
+                .any(|e| e.key == "listener" && e.message.contains("no [[listener]]")),
+            "{errs:?}"
+        );
+    }
+}

@@ -1078,6 +1078,14 @@ pub(super) fn validate(
         });
     }
 
+    if doc.listeners.is_empty() {
+        cx.err(
+            0,
+            &KeyPath::new(["listener"]),
+            "no [[listener]] is configured: the relay would accept no mail",
+        );
+    }
+
     // Test modes are logged when the config goes live; note them here too.
     for t in cfg.tenants.values() {
         if let Some(TestModeSetting::On(tm)) = &t.test_mode

@@ -199,12 +199,42 @@ async fn write_out<S: AsyncRead + AsyncWrite + Unpin>(
     .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "write timed out"))?
 }
 
-/// Serves one client until it quits, times out, or the relay shuts down.
+/// Serves one client until it quits, times out, or the relay shuts down,
+/// and logs one line about the session.
 pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(
     relay: &Relay,
     listener: &str,
-    mut conn: Conn<S>,
+    conn: Conn<S>,
     mut session: Session,
+) -> io::Result<End> {
+    let started = Instant::now();
+    let mut messages = 0u32;
+    let result = serve(relay, listener, conn, &mut session, &mut messages).await;
+    let end = match &result {
+        Ok(end) => end.label(),
+        Err(_) => "error",
+    };
+    let error = result.as_ref().err().map(ToString::to_string);
+    tracing::info!(
+        listener,
+        peer = %session.peer(),
+        tls = session.tls().map(|t| t.version.as_str()),
+        auth_user = session.auth_user(),
+        messages,
+        duration_ms = started.elapsed().as_millis() as u64,
+        end,
+        error,
+        "session"
+    );
+    result
+}
+
+async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
+    relay: &Relay,
+    listener: &str,
+    mut conn: Conn<S>,
+    session: &mut Session,
+    messages: &mut u32,
 ) -> io::Result<End> {
     let cfg = session.config().clone();
     let limits = cfg.limits.clone();
@@ -216,7 +246,7 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(
     let spool_dir = cfg.system.spool.join("tmp");
 
     session.greet();
-    write_out(&mut conn, &mut session, limits.command_timeout).await?;
+    write_out(&mut conn, session, limits.command_timeout).await?;
     loop {
         // Feed everything buffered, handling events as they come.
         let mut pos = 0;
@@ -236,7 +266,7 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(
                 None => {}
                 Some(Event::Close) => break,
                 Some(Event::StartTls) => {
-                    write_out(&mut conn, &mut session, limits.command_timeout).await?;
+                    write_out(&mut conn, session, limits.command_timeout).await?;
                     // Anything pipelined after STARTTLS was sent in the clear
                     // and must not be executed inside TLS (CVE-2011-0411).
                     if pos < buf.len() {
@@ -264,7 +294,7 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(
                     session.tls_started(info);
                 }
                 Some(Event::Authenticate { user, password }) => {
-                    let r = authenticate(relay, &cfg, &session, &user, password).await;
+                    let r = authenticate(relay, &cfg, session, &user, password).await;
                     let ll = ListenerLabel {
                         listener: listener.to_owned(),
                     };
@@ -280,6 +310,7 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(
                 }
                 Some(Event::Message(env)) => {
                     data_deadline = None;
+                    *messages += 1;
                     let rest = session.take_body();
                     let msg = match spooler.take() {
                         Some(sp) => sp.finish(rest).await,
@@ -310,19 +341,19 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(
         if !session.in_data() {
             spooler = None;
         }
-        write_out(&mut conn, &mut session, limits.command_timeout).await?;
+        write_out(&mut conn, session, limits.command_timeout).await?;
         if session.closed() {
             let _ = tokio::time::timeout(Duration::from_secs(1), conn.shutdown()).await;
-            return Ok(End::of(&session));
+            return Ok(End::of(session));
         }
 
         // Between commands a shutdown ends the session; a transfer in
         // progress is allowed to finish first.
         if *shutdown.borrow() && !session.in_data() && buf.is_empty() {
             session.close_with(reply::shutting_down());
-            write_out(&mut conn, &mut session, limits.command_timeout).await?;
+            write_out(&mut conn, session, limits.command_timeout).await?;
             let _ = tokio::time::timeout(Duration::from_secs(1), conn.shutdown()).await;
-            return Ok(End::of(&session));
+            return Ok(End::of(session));
         }
 
         // Wait for more input.
@@ -350,9 +381,9 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(
             session.close_with(reply::shutting_down());
         }
         if session.closed() {
-            write_out(&mut conn, &mut session, limits.command_timeout).await?;
+            write_out(&mut conn, session, limits.command_timeout).await?;
             let _ = tokio::time::timeout(Duration::from_secs(1), conn.shutdown()).await;
-            return Ok(End::of(&session));
+            return Ok(End::of(session));
         }
     }
 }

@@ -299,6 +299,11 @@ impl Session {
         std::mem::take(&mut self.body)
     }
 
+    /// The negotiated TLS session, if any.
+    pub fn tls(&self) -> Option<&TlsInfo> {
+        self.tls.as_ref()
+    }
+
     /// The client's address.
     pub fn peer(&self) -> SocketAddr {
         self.peer

@@ -63,6 +63,7 @@ pub struct TestRelay {
     pub dir: TempDir,
     rt: Option<tokio::runtime::Runtime>,
     serving: Option<tokio::task::JoinHandle<()>>,
+    admin: Option<SocketAddr>,
 }
 
 /// A message found in a capture outbox.
@@ -130,15 +131,33 @@ impl TestRelay {
             .iter()
             .map(|b| (b.name.clone(), b.local_addr().unwrap().port()))
             .collect();
+        let admin_listener = cfg
+            .admin
+            .as_ref()
+            .map(|a| rt.block_on(smarthost::admin::bind(a.address)).unwrap());
+        let admin = admin_listener.as_ref().map(|l| l.local_addr().unwrap());
         let relay = Relay::new(cfg);
         let r = relay.clone();
         let serving = rt.spawn(async move { r.serve(bound, grace).await });
+        if let Some(l) = admin_listener {
+            rt.spawn(smarthost::admin::serve(l, relay.clone()));
+        }
+        // Wait (bounded) until the accept loops run, as `run` does before READY.
+        let end = Instant::now() + Duration::from_secs(5);
+        while relay
+            .readiness()
+            .is_err_and(|why| why.iter().any(|w| w.contains("listeners")))
+            && Instant::now() < end
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         TestRelay {
             relay,
             ports,
             dir,
             rt: Some(rt),
             serving: Some(serving),
+            admin,
         }
     }
 
@@ -148,6 +167,53 @@ impl TestRelay {
             .ports
             .get(name)
             .unwrap_or_else(|| panic!("no listener {name}"))
+    }
+
+    /// Reloads the config file after `edit` rewrote it (with `{dir}` and
+    /// `{certs}` replaced as at start); returns whether the reload went live.
+    pub fn reload_with(&self, edit: impl FnOnce(String) -> String, probe: bool) -> bool {
+        let path = self.dir.path().join("smarthost.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let text = edit(text)
+            .replace("{dir}", self.dir.path().to_str().unwrap())
+            .replace("{certs}", certs().to_str().unwrap());
+        std::fs::write(&path, text).unwrap();
+        let relay = self.relay.clone();
+        self.rt
+            .as_ref()
+            .unwrap()
+            .block_on(async move { relay.reload_and_report(probe, "test").await })
+    }
+
+    /// GET `path` on the admin port: (status, body).
+    pub fn admin_get(&self, path: &str) -> (u16, String) {
+        let addr = self.admin.expect("no [admin] in the test config");
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .unwrap();
+        let mut resp = Vec::new();
+        s.read_to_end(&mut resp).unwrap();
+        let text = String::from_utf8_lossy(&resp).into_owned();
+        let status = text.split_whitespace().nth(1).unwrap().parse().unwrap();
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|x| x.1.to_owned())
+            .unwrap_or_default();
+        (status, body)
+    }
+
+    /// The value of one sample on `/metrics`, e.g.
+    /// `smarthost_messages_total{tenant="t",...}`; panics when absent.
+    pub fn metric(&self, sample: &str) -> f64 {
+        let (_, body) = self.admin_get("/metrics");
+        body.lines()
+            .find_map(|l| l.strip_prefix(sample).and_then(|v| v.strip_prefix(' ')))
+            .unwrap_or_else(|| panic!("no sample {sample} in\n{body}"))
+            .parse()
+            .unwrap()
     }
 
     /// `127.0.0.1:port` of listener `name`.
