@@ -132,6 +132,19 @@ print(s2.docmd("AUTH", "PLAIN " + ARGS[1])[0])
         "{:?}",
         started.elapsed()
     );
+    let m = relay.relay.metrics.encode();
+    assert!(
+        m.contains("smarthost_auth_failures_total{listener=\"submission\"} 3\n"),
+        "{m}"
+    );
+    assert!(
+        m.contains("smarthost_auth_lockouts_total{listener=\"submission\"} 1\n"),
+        "{m}"
+    );
+    assert!(
+        m.contains("smarthost_tls_sessions_total{direction=\"inbound\",version=\"TLSv1.3\"} 2\n"),
+        "{m}"
+    );
 }
 
 #[test]

@@ -294,18 +294,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
                     session.tls_started(info);
                 }
                 Some(Event::Authenticate { user, password }) => {
-                    let r = authenticate(relay, &cfg, session, &user, password).await;
-                    let ll = ListenerLabel {
-                        listener: listener.to_owned(),
-                    };
-                    match r {
-                        AuthResult::Failed => relay.metrics.auth_failures.get_or_create(&ll).inc(),
-                        AuthResult::LockedOut => {
-                            relay.metrics.auth_failures.get_or_create(&ll).inc();
-                            relay.metrics.auth_lockouts.get_or_create(&ll).inc()
-                        }
-                        AuthResult::Ok => 0,
-                    };
+                    let r = authenticate(relay, listener, &cfg, session, &user, password).await;
                     session.auth_result(&user, r);
                 }
                 Some(Event::Message(env)) => {
@@ -388,13 +377,20 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
     }
 }
 
+/// Checks a password (on a blocking thread), applying and counting the
+/// per-address throttle: `auth_failures` counts failed checks,
+/// `auth_lockouts` the moments an address gets locked out.
 async fn authenticate(
     relay: &Relay,
+    listener: &str,
     cfg: &Config,
     session: &Session,
     user: &str,
     password: String,
 ) -> AuthResult {
+    let ll = ListenerLabel {
+        listener: listener.to_owned(),
+    };
     let ip = session.peer().ip();
     if relay.throttle.is_locked(ip, Instant::now()) {
         tracing::warn!(%ip, "AUTH refused: address locked out");
@@ -422,11 +418,14 @@ async fn authenticate(
         cfg.limits.auth_lockout,
     ) {
         FailureVerdict::Delay(d) => {
+            relay.metrics.auth_failures.get_or_create(&ll).inc();
             tracing::warn!(%ip, user, delay_ms = d.as_millis() as u64, "AUTH failed");
             tokio::time::sleep(d).await;
             AuthResult::Failed
         }
         FailureVerdict::LockedOut => {
+            relay.metrics.auth_failures.get_or_create(&ll).inc();
+            relay.metrics.auth_lockouts.get_or_create(&ll).inc();
             tracing::warn!(%ip, user, lockout_s = cfg.limits.auth_lockout.as_secs(), "AUTH failed; address locked out");
             AuthResult::LockedOut
         }
