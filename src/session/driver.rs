@@ -14,64 +14,13 @@ use crate::policy;
 use crate::server::Relay;
 use crate::util;
 use std::io;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_rustls::server::TlsStream;
 
 /// A client connection, plaintext or upgraded to TLS.
-pub enum Conn<S> {
-    /// Plaintext.
-    Plain(S),
-    /// TLS (implicit, or after STARTTLS).
-    Tls(Box<TlsStream<S>>),
-    /// Transient state during the STARTTLS upgrade.
-    Upgrading,
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Conn<S> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Conn::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-            Conn::Upgrading => Poll::Ready(Err(io::Error::other("connection is being upgraded"))),
-        }
-    }
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Conn<S> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Conn::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-            Conn::Upgrading => Poll::Ready(Err(io::Error::other("connection is being upgraded"))),
-        }
-    }
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_flush(cx),
-            Conn::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-            Conn::Upgrading => Poll::Ready(Ok(())),
-        }
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Conn::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-            Conn::Upgrading => Poll::Ready(Ok(())),
-        }
-    }
-}
+pub type Conn<S> = crate::tls::MaybeTls<S, TlsStream<S>>;
 
 /// How a session ended (the `outcome` label of `smarthost_sessions_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -276,7 +225,9 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
                     let Some(tls) = cfg.tls.as_ref() else {
                         return Ok(End::Error);
                     };
-                    let Conn::Plain(plain) = std::mem::replace(&mut conn, Conn::Upgrading) else {
+                    // The plaintext stream moves into the handshake; `conn` is
+                    // assigned again before it is used.
+                    let Conn::Plain(plain) = conn else {
                         return Ok(End::Error);
                     };
                     let stream =
