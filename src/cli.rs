@@ -395,10 +395,11 @@ fn run(cli: &Cli, args: &RunArgs) -> ExitCode {
         }
     };
     init_logging(&cfg, args.log_format.as_deref());
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = cfg.system.worker_threads {
+        builder.worker_threads(n);
+    }
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("smarthost: cannot start the runtime: {e}");

@@ -112,22 +112,6 @@ async fn concurrent_sends_use_separate_connections() {
     assert_eq!(sink.wait_for_messages_async(5, WAIT).await.len(), 5);
 }
 
-/// smtp-sink closing the connection at RSET is a server that dropped the
-/// idle connection: the pooled session fails at RSET and the message goes
-/// over a fresh one, once.
-#[tokio::test]
-async fn dropped_idle_connection_is_replaced_at_rset() {
-    let sink = SmtpSink::builder().disconnect_at("RSET").start();
-    let up = Upstreams::default();
-    let s = server(sink.port());
-    accepted(send(&up, &s, "one").await);
-    accepted(send(&up, &s, "two").await);
-    assert_eq!(up.stats("up"), (2, 1));
-    assert_eq!(sink.wait_for_messages_async(2, WAIT).await.len(), 2);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(sink.messages_seen(), 2);
-}
-
 /// Postfix closes an idle session after `smtpd_timeout` with a 421.
 #[tokio::test]
 async fn postfix_idle_timeout_is_survived() {

@@ -116,6 +116,8 @@ pub struct System {
     pub reply_to: Option<EmailAddress>,
     /// Where DSNs go when nothing more specific is set.
     pub bounce_address: Option<EmailAddress>,
+    /// Runtime threads (`None`: one per CPU).
+    pub worker_threads: Option<usize>,
     /// System suppression list.
     pub blacklist: Vec<BlacklistEntry>,
     /// Its action.

@@ -44,6 +44,9 @@ pub struct RawSystem {
     pub blacklist: Vec<BlacklistEntry>,
     /// What happens to a recipient on the system list: `drop` or `reject`.
     pub blacklist_action: Option<BlacklistAction>,
+    /// Threads of the async runtime. Default: one per CPU. Read at start
+    /// only (a reload does not change it).
+    pub worker_threads: Option<usize>,
 }
 
 /// Delivery mode (PRODUCT §3.8).
@@ -249,7 +252,7 @@ pub struct RawServer {
     pub tls_name: Option<String>,
     /// SMTP: name sent in EHLO. Default: `system.hostname`.
     pub helo_name: Option<String>,
-    /// SMTP: most pooled connections kept open to this server. Default 4.
+    /// SMTP: most idle connections kept open to this server for reuse. Default 32.
     pub pool_size: Option<usize>,
     /// SMTP: how long an idle pooled connection is kept. Default `"30s"`.
     pub pool_idle_timeout: Option<Dur>,
@@ -280,7 +283,7 @@ pub enum ServerKindName {
 }
 
 /// Upstream TLS mode (PRODUCT §3.5).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Security {
     /// Plaintext only.
@@ -296,7 +299,7 @@ pub enum Security {
 }
 
 /// Upstream AUTH mechanism.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum UpstreamAuth {
     /// No AUTH even when a username is set.

@@ -20,6 +20,11 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// Idle connections kept per SMTP server by default. Enough that 100
+/// concurrent deliveries do not open a connection per message (measured in
+/// bench/README.md); idle ones are closed after `pool_idle_timeout`.
+const DEFAULT_POOL_SIZE: usize = 32;
+
 struct Ctx<'s, 't> {
     src: &'s Sources<'t>,
     errors: Vec<ConfigError>,
@@ -290,7 +295,7 @@ fn server(
                 accept_invalid_certs: s.accept_invalid_certs.unwrap_or(false),
                 ca_file,
                 helo_name,
-                pool_size: s.pool_size.unwrap_or(4),
+                pool_size: s.pool_size.unwrap_or(DEFAULT_POOL_SIZE),
                 pool_idle_timeout: s
                     .pool_idle_timeout
                     .map_or(Duration::from_secs(30), |d| d.get()),
@@ -387,9 +392,17 @@ pub(super) fn validate(
         display_name: rs.display_name.clone(),
         reply_to: rs.reply_to.clone(),
         bounce_address: rs.bounce_address.clone(),
+        worker_threads: rs.worker_threads,
         blacklist: rs.blacklist.clone(),
         blacklist_action: rs.blacklist_action.unwrap_or(BlacklistAction::Drop),
     };
+    if system.worker_threads == Some(0) {
+        cx.err(
+            sys_file,
+            &sys_path.clone().key("worker_threads"),
+            "must be at least 1",
+        );
+    }
     if system.hostname.contains(char::is_whitespace) || system.hostname.is_empty() {
         cx.err(
             sys_file,

@@ -188,8 +188,9 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
     let cfg = session.config().clone();
     let limits = cfg.limits.clone();
     let mut shutdown = relay.shutdown_signal();
-    let mut buf: Vec<u8> = Vec::with_capacity(64 << 10);
-    let mut read_buf = vec![0u8; 64 << 10];
+    // One input buffer, filled in place (no zeroing, no second copy):
+    // small while commands arrive, grown while message data streams in.
+    let mut buf: Vec<u8> = Vec::with_capacity(4 << 10);
     let mut spooler: Option<Spooler> = None;
     let mut data_deadline: Option<tokio::time::Instant> = None;
     let spool_dir = cfg.system.spool.join("tmp");
@@ -306,13 +307,15 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
             limits.command_timeout
         };
         let stopping = *shutdown.borrow();
+        let room = if session.in_data() { 64 << 10 } else { 4 << 10 };
+        buf.reserve(room);
         tokio::select! {
-            r = tokio::time::timeout(timeout, conn.read(&mut read_buf)) => match r {
+            r = tokio::time::timeout(timeout, conn.read_buf(&mut buf)) => match r {
                 Err(_) => {
                     session.close_with(reply::timeout());
                 }
                 Ok(Ok(0)) => return Ok(End::Closed),
-                Ok(Ok(n)) => buf.extend_from_slice(&read_buf[..n]),
+                Ok(Ok(_)) => {}
                 Ok(Err(e)) => return Err(e),
             },
             _ = shutdown.changed(), if !stopping => {}

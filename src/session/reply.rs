@@ -48,7 +48,11 @@ impl Reply {
                 let _ = write!(s, "{a}.{b}.{c} ");
             }
             // Text from elsewhere (an upstream's reason) never breaks the line.
-            s.extend(line.chars().map(|c| if c.is_control() { ' ' } else { c }));
+            if line.chars().any(char::is_control) {
+                s.extend(line.chars().map(|c| if c.is_control() { ' ' } else { c }));
+            } else {
+                s.push_str(line);
+            }
             s.push_str("\r\n");
             out.extend_from_slice(s.as_bytes());
         }

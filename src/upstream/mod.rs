@@ -124,13 +124,12 @@ impl Upstreams {
                 },
             };
             if reused {
+                // No RSET first: pooled sessions are idle (they come back
+                // only after a clean or RSET-aborted transaction), and a
+                // connection the server closed meanwhile fails at MAIL,
+                // before anything was accepted, and is retried below.
                 self.pools.count_reused(name);
                 self.count(name, &session, true);
-                if let Err(e) = session.reset().await {
-                    tracing::debug!(server = name, error = %e, "pooled connection is gone; opening a new one");
-                    may_reuse = false;
-                    continue;
-                }
             }
             let tx = session.deliver(server, msg).await;
             if reused && !tx.reusable && died_before_mail(&tx.outcome) {

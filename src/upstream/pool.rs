@@ -11,65 +11,44 @@
 //! so surplus sessions age out) if it has been idle less than
 //! `pool_idle_timeout`; expired ones are handed back to the caller to close
 //! (lazily, on checkout: there is no background sweeper). Pure apart from
-//! a mutex that is never held across an await: the time is passed in and
+//! a sharded map whose locks are never held across an await: the time is passed in and
 //! sessions are opaque, so it is unit-tested without sockets.
 
 use crate::config::SmtpServer;
-use std::collections::HashMap;
-use std::sync::Mutex;
+use dashmap::DashMap;
+use std::hash::{Hash, Hasher};
 use std::time::{Duration, Instant};
 
 /// Identifies the connections that may serve a server as configured now.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Key {
     name: String,
-    fingerprint: [u8; 32],
+    fingerprint: u64,
 }
 
 impl Key {
-    /// The key of `server` named `name`: SHA-256 over every setting that
-    /// shapes an open connection (the pool's own size and idle timeout do
-    /// not). The password is part of the digest, never stored.
+    /// The key of server `name` with these settings: every setting that
+    /// shapes a connection (address, TLS, credentials, timeouts, EHLO name)
+    /// goes into the fingerprint; pool size and idle timeout do not. A
+    /// SipHash over the fields, cheap enough to compute per delivery.
     pub fn new(name: &str, server: &SmtpServer) -> Key {
-        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-        let mut field = |bytes: &[u8]| {
-            ctx.update(&(bytes.len() as u64).to_le_bytes());
-            ctx.update(bytes);
-        };
-        field(server.host.as_bytes());
-        field(&server.port.to_le_bytes());
-        field(format!("{:?}", server.security).as_bytes());
-        field(server.username.as_deref().unwrap_or("\0none").as_bytes());
-        field(
-            server
-                .password
-                .as_ref()
-                .map_or("\0none", |p| p.expose())
-                .as_bytes(),
-        );
-        field(format!("{:?}", server.auth).as_bytes());
-        for d in [
-            server.connect_timeout,
-            server.command_timeout,
-            server.data_timeout,
-        ] {
-            field(&d.as_nanos().to_le_bytes());
-        }
-        field(&[u8::from(server.accept_invalid_certs)]);
-        field(
-            server
-                .ca_file
-                .as_deref()
-                .map_or("\0none".into(), |p| p.to_string_lossy())
-                .as_bytes(),
-        );
-        field(server.tls_name.as_bytes());
-        field(server.helo_name.as_bytes());
-        let mut fingerprint = [0u8; 32];
-        fingerprint.copy_from_slice(ctx.finish().as_ref());
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        server.host.hash(&mut h);
+        server.port.hash(&mut h);
+        server.security.hash(&mut h);
+        server.username.hash(&mut h);
+        server.password.as_ref().map(|p| p.expose()).hash(&mut h);
+        server.auth.hash(&mut h);
+        server.connect_timeout.hash(&mut h);
+        server.command_timeout.hash(&mut h);
+        server.data_timeout.hash(&mut h);
+        server.accept_invalid_certs.hash(&mut h);
+        server.ca_file.hash(&mut h);
+        server.tls_name.hash(&mut h);
+        server.helo_name.hash(&mut h);
         Key {
             name: name.to_owned(),
-            fingerprint,
+            fingerprint: h.finish(),
         }
     }
 
@@ -79,12 +58,12 @@ impl Key {
     }
 }
 
-/// Connection counters of one server (all its keys together).
+/// Connection counters of one server.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stats {
     /// Connections opened for deliveries.
     pub opened: u64,
-    /// Deliveries that started on a pooled connection.
+    /// Pooled sessions reused.
     pub reused: u64,
 }
 
@@ -93,78 +72,80 @@ struct Idle<S> {
     since: Instant,
 }
 
-struct Inner<S> {
-    idle: HashMap<Key, Vec<Idle<S>>>,
-    stats: HashMap<String, Stats>,
+/// The idle sessions of one server, all opened with one fingerprint.
+struct Slot<S> {
+    fingerprint: u64,
+    idle: Vec<Idle<S>>,
 }
 
-/// A checkout: maybe a session to use, and sessions to close.
+/// The result of a checkout.
 pub struct Checkout<S> {
-    /// An idle session for the key, if one was fresh enough.
+    /// A session to use, if one was idle and fresh.
     pub session: Option<S>,
-    /// Expired sessions and sessions of outdated settings: close them.
+    /// Sessions to close (expired, or opened with outdated settings).
     pub close: Vec<S>,
 }
 
-/// Idle sessions of every server.
+/// Idle sessions of every server, sharded by server name so deliveries to
+/// different servers never wait for each other.
 pub struct Pools<S> {
-    inner: Mutex<Inner<S>>,
+    slots: DashMap<String, Slot<S>>,
+    stats: DashMap<String, Stats>,
 }
 
 impl<S> Default for Pools<S> {
     fn default() -> Self {
         Pools {
-            inner: Mutex::new(Inner {
-                idle: HashMap::new(),
-                stats: HashMap::new(),
-            }),
+            slots: DashMap::new(),
+            stats: DashMap::new(),
         }
     }
 }
 
 impl<S> Pools<S> {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner<S>> {
-        // A panic while holding this lock cannot leave the maps inconsistent
-        // (every change is a single insert/remove), so poisoning is ignored.
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Takes the freshest idle session of `key` younger than `idle_timeout`.
+    /// Takes the most recently returned fresh session of `key`; hands back
+    /// for closing everything expired or opened with other settings.
     pub fn checkout(&self, key: &Key, idle_timeout: Duration, now: Instant) -> Checkout<S> {
-        let mut inner = self.lock();
         let mut close = Vec::new();
-        let outdated: Vec<Key> = inner
-            .idle
-            .keys()
-            .filter(|k| k.name == key.name && k.fingerprint != key.fingerprint)
-            .cloned()
-            .collect();
-        for k in outdated {
-            if let Some(v) = inner.idle.remove(&k) {
-                close.extend(v.into_iter().map(|i| i.session));
+        let Some(mut slot) = self.slots.get_mut(&key.name) else {
+            return Checkout {
+                session: None,
+                close,
+            };
+        };
+        if slot.fingerprint != key.fingerprint {
+            close.extend(slot.idle.drain(..).map(|i| i.session));
+            slot.fingerprint = key.fingerprint;
+            return Checkout {
+                session: None,
+                close,
+            };
+        }
+        let mut i = 0;
+        while i < slot.idle.len() {
+            if now.saturating_duration_since(slot.idle[i].since) >= idle_timeout {
+                close.push(slot.idle.remove(i).session);
+            } else {
+                i += 1;
             }
         }
-        let mut session = None;
-        if let Some(list) = inner.idle.get_mut(key) {
-            let (fresh, expired): (Vec<_>, Vec<_>) = list
-                .drain(..)
-                .partition(|i| now.saturating_duration_since(i.since) < idle_timeout);
-            close.extend(expired.into_iter().map(|i| i.session));
-            *list = fresh;
-            session = list.pop().map(|i| i.session);
+        Checkout {
+            session: slot.idle.pop().map(|i| i.session),
+            close,
         }
-        Checkout { session, close }
     }
 
-    /// Returns a clean, idle session. Gives it back when the pool of `key`
-    /// already holds `pool_size` sessions (the caller closes it).
+    /// Returns a session; gives it back when the pool of `key` is full (the
+    /// caller closes it).
     pub fn checkin(&self, key: &Key, session: S, pool_size: usize, now: Instant) -> Option<S> {
-        let mut inner = self.lock();
-        let list = inner.idle.entry(key.clone()).or_default();
-        if list.len() >= pool_size {
+        let mut slot = self.slots.entry(key.name.clone()).or_insert_with(|| Slot {
+            fingerprint: key.fingerprint,
+            idle: Vec::new(),
+        });
+        if slot.fingerprint != key.fingerprint || slot.idle.len() >= pool_size {
             return Some(session);
         }
-        list.push(Idle {
+        slot.idle.push(Idle {
             session,
             since: now,
         });
@@ -173,22 +154,25 @@ impl<S> Pools<S> {
 
     /// Counts a connection opened for `name`.
     pub fn count_opened(&self, name: &str) {
-        self.lock().stats.entry(name.to_owned()).or_default().opened += 1;
+        self.stats.entry(name.to_owned()).or_default().opened += 1;
     }
 
-    /// Counts a delivery started on a pooled connection of `name`.
+    /// Counts a pooled session reused for `name`.
     pub fn count_reused(&self, name: &str) {
-        self.lock().stats.entry(name.to_owned()).or_default().reused += 1;
+        self.stats.entry(name.to_owned()).or_default().reused += 1;
     }
 
-    /// The counters of `name` (zero when never used).
+    /// The counters of `name`.
     pub fn stats(&self, name: &str) -> Stats {
-        self.lock().stats.get(name).copied().unwrap_or_default()
+        self.stats.get(name).map(|s| *s).unwrap_or_default()
     }
 
     /// How many idle sessions `key` holds.
     pub fn idle(&self, key: &Key) -> usize {
-        self.lock().idle.get(key).map_or(0, Vec::len)
+        self.slots
+            .get(&key.name)
+            .filter(|s| s.fingerprint == key.fingerprint)
+            .map_or(0, |s| s.idle.len())
     }
 }
 
