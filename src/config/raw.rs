@@ -252,7 +252,7 @@ pub struct RawServer {
     pub tls_name: Option<String>,
     /// SMTP: name sent in EHLO. Default: `system.hostname`.
     pub helo_name: Option<String>,
-    /// SMTP: most idle connections kept open to this server for reuse. Default 32.
+    /// SMTP: most idle connections kept open to this server for reuse. Default 100.
     pub pool_size: Option<usize>,
     /// SMTP: how long an idle pooled connection is kept. Default `"30s"`.
     pub pool_idle_timeout: Option<Dur>,
