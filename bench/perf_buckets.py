@@ -21,7 +21,8 @@ BUCKETS = [
     ("upstream RSET (pooled session check)", ["upstream::client::Session::reset"]),
     ("upstream DATA content + final reply", ["upstream::client::Session::transfer",
                                              "upstream::client::Session::write_content",
-                                             "upstream::client::Session::finish_data"]),
+                                             "upstream::client::Session::finish_data",
+                                             "upstream::stuffing::"]),
     ("upstream MAIL/RCPT/DATA commands", ["upstream::client::Session::command",
                                           "upstream::client::Session::recipients",
                                           "SmtpClient<T>>::cmd"]),
@@ -32,6 +33,10 @@ BUCKETS = [
     ("rewrite", ["smarthost::rewrite::"]),
     ("Received header + date", ["received_header", "util::rfc5322_date"]),
     ("policy (resolve/plan)", ["smarthost::policy::"]),
+    # Session::deliver's own frames: what the compiler inlined into it
+    # (mostly the DATA content write and the final reply).
+    ("upstream transaction (other, inlined)", ["upstream::client::Session::deliver",
+                                               "SmtpClient<T>>::read"]),
     ("delivery (other)", ["smarthost::delivery::", "smarthost::upstream::"]),
     ("client replies (write)", ["driver::write_out"]),
     ("DATA decoding", ["DataDecoder::feed"]),
@@ -44,7 +49,8 @@ BUCKETS = [
     # symbols are closures nested in it): exact names.
     ("accept + task spawn", ["accept4", "tokio::task::spawn", "=smarthost::server::Relay::accept_loop::{{closure}}",
                              "=smarthost::server::Relay::start_loop::{{closure}}", "=smarthost::server::Relay::accepted"]),
-    ("session driver (other: buffers...)", ["session::driver::run", "Relay::session"]),
+    ("session driver (other: buffers...)", ["smarthost::session::driver::", "Relay::session",
+                                            "smarthost::server::Relay::"]),
     ("tokio runtime (park, wake, timers)", ["tokio::runtime::", "epoll_wait", "futex", "syscall"]),
 ]
 
