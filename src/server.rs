@@ -460,6 +460,7 @@ impl Relay {
         }
         let new = Arc::new(new);
         self.config.store(new.clone());
+        self.upstreams.forget_tls_configs();
         self.resize_connections(new.limits.max_connections);
         let stale: Vec<AcceptLoop> = {
             let mut loops = self.lock_loops();

@@ -380,3 +380,33 @@ fn sighup_and_file_changes_reload_the_running_binary() {
     }
     assert_eq!(probe("four"), "Fourth <sender@relay.test>");
 }
+
+#[test]
+fn a_ca_file_replaced_under_the_same_path_takes_effect_on_reload() {
+    let pf = common::postfix::Postfix::builder()
+        .tls(common::postfix::TlsMode::StartTls)
+        .start();
+    let cas = tempfile::tempdir().unwrap();
+    let ca = cas.path().join("ca.pem");
+    // First a CA that did not sign Postfix's certificate.
+    let other = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    std::fs::write(&ca, other.cert.pem()).unwrap();
+    let cfg = simple_config("primary = \"up\"\n")
+        + &format!(
+            "[server.up]\nhost = \"127.0.0.1\"\nport = {}\nsecurity = \"starttls\"\ntls_name = \"localhost\"\nca_file = \"{}\"\n",
+            pf.port(),
+            ca.display()
+        );
+    let relay = TestRelay::start(&cfg);
+    let mut c = Raw::connect(relay.addr("main"));
+    c.expect("EHLO c", 250);
+    // The certificate check fails: the message falls back to the outbox.
+    assert!(send_one(&mut c, "untrusted").starts_with("250 "));
+    assert_eq!(relay.wait_captured(1, Duration::from_secs(5)).len(), 1);
+    // The right CA under the same path; the config text is unchanged.
+    std::fs::copy(common::relay::certs().join("ca.crt"), &ca).unwrap();
+    assert!(relay.reload_with(|t| t, true));
+    assert!(send_one(&mut c, "trusted now").starts_with("250 "));
+    assert_eq!(pf.wait_for_messages(1, Duration::from_secs(10)).len(), 1);
+    assert_eq!(relay.captured().len(), 1);
+}

@@ -144,6 +144,13 @@ impl Upstreams {
         }
     }
 
+    /// Forgets the cached TLS client configurations, so CA files are read
+    /// again (a reload calls this: a CA file replaced under the same path
+    /// then takes effect for new connections).
+    pub fn forget_tls_configs(&self) {
+        self.lock_connectors().clear();
+    }
+
     /// Connection counters of server `name`: (opened, reused).
     pub fn stats(&self, name: &str) -> (u64, u64) {
         let s = self.pools.stats(name);
