@@ -204,7 +204,9 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
             let (n, ev) = session.feed(&buf[pos..]);
             pos += n;
             // Large messages move to disk while they arrive.
-            if session.in_data() && Spooler::wants_at(limits.memory_threshold, session.body_len()) {
+            if session.in_transaction()
+                && Spooler::wants_at(limits.memory_threshold, session.body_len())
+            {
                 let sp = spooler
                     .get_or_insert_with(|| Spooler::new(&spool_dir, limits.memory_threshold));
                 if let Err(e) = sp.push(session.take_body()).await {
@@ -279,7 +281,9 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
             }
         }
         buf.drain(..pos.min(buf.len()));
-        if !session.in_data() {
+        // The spooled part of a message lives as long as its transaction:
+        // BDAT chunks arrive with commands (and replies) between them.
+        if !session.in_transaction() {
             spooler = None;
         }
         write_out(&mut conn, session, limits.command_timeout).await?;

@@ -278,6 +278,12 @@ impl Session {
         matches!(self.phase, Phase::Data(_) | Phase::Bdat { .. })
     }
 
+    /// Whether a mail transaction is open (from MAIL until its end): its
+    /// content may be spread over several BDAT chunks with commands between.
+    pub fn in_transaction(&self) -> bool {
+        self.tx.is_some()
+    }
+
     /// Whether the session is between commands (shutdown may close it now).
     pub fn idle(&self) -> bool {
         matches!(self.phase, Phase::Command) && self.line.is_empty()
