@@ -132,6 +132,8 @@ pub struct Relay {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Upstream server health (survives reloads).
     pub health: Arc<crate::health::Health>,
+    /// Password checks that may run at once (one per CPU).
+    pub auth_slots: Semaphore,
     loops: Mutex<HashMap<LoopKey, AcceptLoop>>,
     reloading: tokio::sync::Mutex<()>,
     listening: AtomicBool,
@@ -170,6 +172,7 @@ impl Relay {
             upstreams: Arc::new(crate::upstream::Upstreams::with_metrics(metrics.clone())),
             metrics,
             health: Arc::default(),
+            auth_slots: Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get())),
             loops: Mutex::new(HashMap::new()),
             reloading: tokio::sync::Mutex::new(()),
             listening: AtomicBool::new(false),

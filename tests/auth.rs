@@ -172,3 +172,42 @@ fn auth_exchange_over_a_raw_socket() {
     assert_eq!(c.reply(), "235 2.7.0 Authentication successful\r\n");
     c.expect("AUTH PLAIN", 503);
 }
+
+#[test]
+fn simultaneous_attempts_cannot_bypass_the_lockout() {
+    // 20 connections try a wrong password at the same moment: only
+    // auth_failures of them get their password checked.
+    let cfg = tls_config("[limits]\nauth_failures = 3\n").replace(
+        "tls = \"none\"\nauth = \"optional\"",
+        "tls = \"none\"\nauth = \"optional\"\nallow_plaintext_auth = true",
+    );
+    let relay = TestRelay::start(&cfg);
+    let addr = relay.addr("plain");
+    let bad = B64.encode("\0user\0wrong");
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(20));
+    let threads: Vec<_> = (0..20)
+        .map(|_| {
+            let (bad, barrier) = (bad.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                let mut c = Raw::connect(addr);
+                c.expect("EHLO c", 250);
+                barrier.wait();
+                c.cmd(&format!("AUTH PLAIN {bad}"))[..3].to_owned()
+            })
+        })
+        .collect();
+    let codes: Vec<String> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    assert!(codes.iter().all(|c| c == "535" || c == "421"), "{codes:?}");
+    let m = relay.relay.metrics.encode();
+    let checked: u32 = m
+        .lines()
+        .find_map(|l| l.strip_prefix("smarthost_auth_failures_total{listener=\"plain\"} "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(checked <= 3, "{checked} passwords checked: {codes:?}");
+    assert!(
+        codes.iter().filter(|c| *c == "421").count() >= 17,
+        "{codes:?}"
+    );
+}

@@ -5,7 +5,7 @@
 
 use super::reply;
 use super::state::{AuthResult, Envelope, Event, Session, TlsInfo};
-use super::throttle::FailureVerdict;
+use super::throttle::{Attempt, FailureVerdict};
 use crate::config::Config;
 use crate::delivery::{self, Outcome};
 use crate::message::{Message, Spooler};
@@ -335,9 +335,11 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
     }
 }
 
-/// Checks a password (on a blocking thread), applying and counting the
-/// per-address throttle: `auth_failures` counts failed checks,
-/// `auth_lockouts` the moments an address gets locked out.
+/// Checks a password, applying and counting the per-address throttle:
+/// `auth_failures` counts failed checks, `auth_lockouts` the moments an
+/// address gets locked out. The attempt is counted before the check (see
+/// `throttle`), and checks run on blocking threads, at most one per CPU at
+/// a time: an argon2id check takes ~19 MiB and tens of milliseconds.
 async fn authenticate(
     relay: &Relay,
     listener: &str,
@@ -350,41 +352,48 @@ async fn authenticate(
         listener: listener.to_owned(),
     };
     let ip = session.peer().ip();
-    if relay.throttle.is_locked(ip, Instant::now()) {
+    let (max, lockout) = (cfg.limits.auth_failures, cfg.limits.auth_lockout);
+    let was_locked = relay.throttle.is_locked(ip, Instant::now());
+    if relay.throttle.begin(ip, Instant::now(), max, lockout) == Attempt::LockedOut {
         tracing::warn!(%ip, "AUTH refused: address locked out");
+        if !was_locked {
+            // Too many attempts at once locked it just now.
+            relay.metrics.auth_lockouts.get_or_create(&ll).inc();
+        }
         return AuthResult::LockedOut;
     }
     // Unknown users are checked against a dummy hash so the answer takes
     // as long as for a known user.
-    let hash = cfg
-        .application_by_auth_user(user)
+    let app = cfg.application_by_auth_user(user);
+    let hash = app
         .and_then(|a| a.password_hash.clone())
         .unwrap_or_else(|| DUMMY_HASH.to_owned());
-    let known = cfg.application_by_auth_user(user).is_some();
-    let ok = tokio::task::spawn_blocking(move || crate::auth::verify_password(&hash, &password))
-        .await
-        .unwrap_or(false);
-    if ok && known {
-        relay.throttle.success(ip);
+    let ok = match relay.auth_slots.acquire().await {
+        Ok(_slot) => {
+            tokio::task::spawn_blocking(move || crate::auth::verify_password(&hash, &password))
+                .await
+                .unwrap_or(false)
+        }
+        Err(_) => false,
+    };
+    // A user name that is not an account may be a password typed into the
+    // wrong field: only known names are logged.
+    let shown = if app.is_some() { user } else { "<unknown>" };
+    if ok && app.is_some() {
+        relay.throttle.succeeded(ip);
         tracing::info!(%ip, user, "AUTH succeeded");
         return AuthResult::Ok;
     }
-    match relay.throttle.failure(
-        ip,
-        Instant::now(),
-        cfg.limits.auth_failures,
-        cfg.limits.auth_lockout,
-    ) {
+    relay.metrics.auth_failures.get_or_create(&ll).inc();
+    match relay.throttle.failed(ip, Instant::now(), max, lockout) {
         FailureVerdict::Delay(d) => {
-            relay.metrics.auth_failures.get_or_create(&ll).inc();
-            tracing::warn!(%ip, user, delay_ms = d.as_millis() as u64, "AUTH failed");
+            tracing::warn!(%ip, user = shown, delay_ms = d.as_millis() as u64, "AUTH failed");
             tokio::time::sleep(d).await;
             AuthResult::Failed
         }
         FailureVerdict::LockedOut => {
-            relay.metrics.auth_failures.get_or_create(&ll).inc();
             relay.metrics.auth_lockouts.get_or_create(&ll).inc();
-            tracing::warn!(%ip, user, lockout_s = cfg.limits.auth_lockout.as_secs(), "AUTH failed; address locked out");
+            tracing::warn!(%ip, user = shown, lockout_s = lockout.as_secs(), "AUTH failed; address locked out");
             AuthResult::LockedOut
         }
     }
