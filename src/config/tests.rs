@@ -254,6 +254,42 @@ fn validation_rules() {
             "open relay",
         ),
         (
+            "client_ips covering half the Internet",
+            "[application.b]\ntenant = \"t\"\nclient_ips = [\"10.0.0.0/8\", \"128.0.0.0/1\"]\n",
+            "application.b.client_ips[1]",
+            "open relay",
+        ),
+        (
+            "bound application on a wildcard listener without AUTH",
+            "[[listener]]\naddress = \"0.0.0.0:2526\"\nauth = \"none\"\napplication = \"a\"\n",
+            "listener[1].application",
+            "open relay",
+        ),
+        (
+            "bound application on a public address without AUTH",
+            "[[listener]]\naddress = \"192.0.2.7:2526\"\nauth = \"optional\"\napplication = \"a\"\n",
+            "listener[1].application",
+            "open relay",
+        ),
+        (
+            "networks of unrelated tenants overlap",
+            "[tenant.u]\n[application.b]\ntenant = \"t\"\nclient_ips = [\"10.0.0.0/8\"]\n[application.c]\ntenant = \"u\"\nclient_ips = [\"10.9.0.0/16\"]\n",
+            "application.c.client_ips[0]",
+            "unrelated tenants",
+        ),
+        (
+            "zero connect timeout",
+            "[server.x]\nhost = \"h\"\nconnect_timeout = \"0s\"\n",
+            "server.x.connect_timeout",
+            "greater than zero",
+        ),
+        (
+            "absurd duration",
+            "[limits]\ndata_timeout = \"200000000000000d\"\n",
+            "limits.data_timeout",
+            "longer than a year",
+        ),
+        (
             "the same network for two applications",
             "[application.b]\ntenant = \"t\"\nclient_ips = [\"10.0.0.0/8\"]\n[application.c]\ntenant = \"t\"\nclient_ips = [\"10.0.0.0/8\"]\n",
             "application.c.client_ips[0]",
@@ -554,4 +590,18 @@ fn a_config_without_listeners_is_refused() {
             "{errs:?}"
         );
     }
+}
+
+#[test]
+fn private_bindings_and_nested_networks_of_one_tenant_are_fine() {
+    let text = format!(
+        "{}\n[[listener]]\naddress = \"10.0.0.5:2526\"\nauth = \"none\"\napplication = \"a\"\n[tenant.w]\nparent = \"t\"\n[application.b]\ntenant = \"t\"\nclient_ips = [\"10.0.0.0/8\"]\n[application.c]\ntenant = \"w\"\nclient_ips = [\"10.9.0.0/16\", \"fd00::/8\"]\n",
+        base()
+    );
+    let c = load(&text).unwrap();
+    assert!(
+        c.warnings
+            .iter()
+            .any(|w| w.key == "listener[1].application")
+    );
 }

@@ -272,6 +272,15 @@ fn server(
             {
                 cx.err(file, &path.clone().key("helo_name"), "invalid EHLO name");
             }
+            for (key, d) in [
+                ("connect_timeout", s.connect_timeout),
+                ("command_timeout", s.command_timeout),
+                ("data_timeout", s.data_timeout),
+            ] {
+                if d.is_some_and(|d| d.get().is_zero()) {
+                    cx.err(file, &path.clone().key(key), "must be greater than zero");
+                }
+            }
             if s.pool_size == Some(0) {
                 cx.err(
                     file,
@@ -306,6 +315,13 @@ fn server(
     };
     if s.client_id.is_some() || s.client_secret.is_some() || s.token_url.is_some() {
         cx.err(file, path, "OAuth settings (client_id, client_secret, token_url) are not available in this version");
+    }
+    if s.limit.is_some() {
+        cx.warn(
+            file,
+            &path.clone().key("limit"),
+            "send limits are not enforced in this version: the server is used regardless of the limit",
+        );
     }
     if s.limit_counts.is_some() && s.limit.is_none() {
         cx.warn(
@@ -891,11 +907,15 @@ pub(super) fn validate(
         }
         for (i, c) in a.client_ips.iter().enumerate() {
             let p = path.clone().key("client_ips").index(i);
-            if c.is_everything() {
+            let broad = match c.addr() {
+                IpAddr::V4(_) => c.prefix() < 8,
+                IpAddr::V6(_) => c.prefix() < 16,
+            };
+            if broad && !c.is_private() {
                 cx.err(
                     file,
                     &p,
-                    format!("{c} matches every address: that would make an open relay"),
+                    format!("{c} spans public networks broader than a /8 (IPv6: /16): every client there could send as this application, an open relay"),
                 );
             }
             if let Some(other) = ip_owner.get(c) {
@@ -924,6 +944,31 @@ pub(super) fn validate(
                 allow_bare_lf: a.allow_bare_lf,
             },
         );
+    }
+    // Nested networks are how one tenant tells its applications apart
+    // (the longest prefix wins); across unrelated tenants they would let
+    // one tenant take over the other's clients.
+    let mut seen_nets: Vec<(&str, &str, Cidr)> = Vec::new();
+    for (name, l) in &raw_apps {
+        let Some(app) = cfg.applications.get(name) else {
+            continue;
+        };
+        for (i, c) in app.client_ips.iter().enumerate() {
+            for (other, other_tenant, oc) in &seen_nets {
+                let related = cfg.is_within(&app.tenant, other_tenant)
+                    || cfg.is_within(other_tenant, &app.tenant);
+                if c != oc && c.overlaps(oc) && !related {
+                    cx.err(
+                        l.file,
+                        &l.path.clone().key("client_ips").index(i),
+                        format!("network {c} overlaps {oc} of application {other:?} (tenant {other_tenant:?}); networks of unrelated tenants must not overlap"),
+                    );
+                }
+            }
+        }
+        for c in &app.client_ips {
+            seen_nets.push((name.as_str(), app.tenant.as_str(), *c));
+        }
     }
     cfg.auth_index = auth_users
         .into_iter()
@@ -1074,8 +1119,19 @@ pub(super) fn validate(
                 "has no effect with auth = \"none\"",
             );
         }
-        if r.application.is_some() && auth != ListenerAuth::Required && !address.ip().is_loopback()
-        {
+        let bind_net: Cidr = address
+            .ip()
+            .to_string()
+            .parse()
+            .unwrap_or_else(|_| "0.0.0.0/0".parse().expect("valid"));
+        let bound_open = r.application.is_some() && auth != ListenerAuth::Required;
+        if bound_open && (address.ip().is_unspecified() || !bind_net.is_private()) {
+            cx.err(
+                l.file,
+                &p.clone().key("application"),
+                format!("listener {address} binds application {:?} without requiring AUTH on a public or wildcard address: anyone who reaches it could send as the application (an open relay); bind a private or loopback address, require AUTH, or identify clients by client_ips instead", r.application.as_deref().unwrap_or_default()),
+            );
+        } else if bound_open && !address.ip().is_loopback() {
             cx.warn(
                 l.file,
                 &p.clone().key("application"),

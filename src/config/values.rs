@@ -158,6 +158,11 @@ impl FromStr for Dur {
             };
             total = total.saturating_add(part);
         }
+        // Far beyond any useful timeout, and small enough that adding it to
+        // a clock reading can never overflow.
+        if total > Duration::from_secs(366 * 86_400) {
+            return Err(format!("duration {s:?} is longer than a year"));
+        }
         Ok(Dur(total))
     }
 }
@@ -530,6 +535,35 @@ impl Cidr {
     pub fn is_everything(&self) -> bool {
         self.prefix == 0
     }
+    /// Whether this network lies inside `other`.
+    pub fn within(&self, other: &Cidr) -> bool {
+        self.prefix >= other.prefix && other.contains(self.addr)
+    }
+
+    /// Whether this network and `other` share any address.
+    pub fn overlaps(&self, other: &Cidr) -> bool {
+        self.within(other) || other.within(self)
+    }
+
+    /// Whether every address in the network is private: loopback, RFC 1918,
+    /// shared (100.64/10), link-local, unique-local IPv6.
+    pub fn is_private(&self) -> bool {
+        const PRIVATE: [&str; 9] = [
+            "127.0.0.0/8",
+            "10.0.0.0/8",
+            "172.16.0.0/12",
+            "192.168.0.0/16",
+            "100.64.0.0/10",
+            "169.254.0.0/16",
+            "::1/128",
+            "fc00::/7",
+            "fe80::/10",
+        ];
+        PRIVATE
+            .iter()
+            .any(|p| p.parse::<Cidr>().is_ok_and(|net| self.within(&net)))
+    }
+
     /// Whether every address in the network is a loopback address.
     pub fn is_loopback(&self) -> bool {
         match self.addr {
@@ -719,7 +753,16 @@ mod tests {
         ] {
             assert_eq!(s.parse::<Dur>().unwrap().0.as_millis(), v, "{s}");
         }
-        for s in ["", "s", "30", "30x", "1.5h", "h30"] {
+        for s in [
+            "",
+            "s",
+            "30",
+            "30x",
+            "1.5h",
+            "h30",
+            "367d",
+            "200000000000000d",
+        ] {
             assert!(s.parse::<Dur>().is_err(), "{s}");
         }
         assert_eq!(Dur(Duration::from_secs(300)).to_string(), "5m");
@@ -798,6 +841,12 @@ mod tests {
         let v6: Cidr = "2001:db8::/32".parse().unwrap();
         assert!(v6.contains("2001:db8:1::1".parse().unwrap()));
         assert!("::1".parse::<Cidr>().unwrap().is_loopback());
+        assert!("10.1.0.0/16".parse::<Cidr>().unwrap().is_private());
+        assert!("fd00:1::/32".parse::<Cidr>().unwrap().is_private());
+        assert!(!"0.0.0.0/1".parse::<Cidr>().unwrap().is_private());
+        assert!(!"192.0.2.0/24".parse::<Cidr>().unwrap().is_private());
+        assert!(c.overlaps(&"10.1.2.0/24".parse().unwrap()));
+        assert!(!c.overlaps(&"10.2.0.0/16".parse().unwrap()));
         assert!("127.0.0.0/8".parse::<Cidr>().unwrap().is_loopback());
         for bad in ["10.1.0.1/16", "10.0.0.0/33", "x/8", "10.0.0.0/x"] {
             assert!(bad.parse::<Cidr>().is_err(), "{bad}");

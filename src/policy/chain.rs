@@ -3,8 +3,8 @@
 //! (inherited from parents), then the system default server and the system
 //! fallback where the tenant may use system servers. No server appears twice.
 //!
-//! Skipping servers that are marked down or over their send limit happens
-//! at delivery time, on this list.
+//! Skipping servers that are marked down happens at delivery time, on
+//! this list (send limits are not enforced yet, see ARCHITECTURE.md).
 
 use super::Effective;
 use crate::config::values::normalize_address;
