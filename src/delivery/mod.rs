@@ -118,10 +118,37 @@ pub struct Context<'a> {
     pub health_settings: &'a crate::config::HealthSettings,
 }
 
-/// Whether the envelope or the (rewritten) header section holds non-ASCII
-/// text that only an SMTPUTF8 server may receive.
-fn needs_smtputf8(header: &[u8], mail_from: &str, rcpts: &[String]) -> bool {
-    !mail_from.is_ascii() || rcpts.iter().any(|r| !r.is_ascii()) || !header.is_ascii()
+/// Whether this hop needs SMTPUTF8: for non-ASCII envelope addresses,
+/// and for non-ASCII header text when the client declared SMTPUTF8. Raw
+/// 8-bit header bytes from a client that did not declare it (legacy
+/// Latin-1 subjects) are passed through, as Postfix does: requiring
+/// SMTPUTF8 for them would defer such mail for ever on servers without it.
+fn needs_smtputf8(declared: bool, header: &[u8], mail_from: &str, rcpts: &[String]) -> bool {
+    !mail_from.is_ascii() || rcpts.iter().any(|r| !r.is_ascii()) || (declared && !header.is_ascii())
+}
+
+/// A permanent refusal when every server failed only for lack of a
+/// capability the message needs: no server can ever take it, so asking the
+/// client to retry (451) would never end.
+fn capability_refusal(failovers: &[Failover]) -> Option<Outcome> {
+    let last = failovers.last()?;
+    if !failovers.iter().all(|f| f.class == "capability") {
+        return None;
+    }
+    let (code, enhanced) = if last.reason.contains("SIZE") {
+        (552, (5, 3, 4))
+    } else if last.reason.contains("SMTPUTF8") {
+        (554, (5, 6, 7))
+    } else {
+        (554, (5, 6, 3))
+    };
+    Some(Outcome::Refused {
+        server: last.server.clone(),
+        code,
+        enhanced: Some(enhanced),
+        reason: format!("no server can take this message: {}", last.reason),
+        failovers: failovers.to_vec(),
+    })
 }
 
 /// Delivers `msg` along `plan.chain`.
@@ -201,6 +228,9 @@ pub async fn deliver(plan: &Plan<'_>, msg: &Message, cx: &Context<'_>) -> Outcom
     if failovers.is_empty() && skipped > 0 {
         return Outcome::NoServer;
     }
+    if let Some(refused) = capability_refusal(&failovers) {
+        return refused;
+    }
     Outcome::Deferred { failovers }
 }
 
@@ -247,8 +277,12 @@ async fn hop(plan: &Plan<'_>, server: &Server, msg: &Message, cx: &Context<'_>) 
                 header: &header,
                 message: msg,
                 body_offset: rw.body_offset,
-                smtputf8: cx.envelope.smtputf8
-                    || needs_smtputf8(&header, &mail_from, &plan.deliver_to),
+                smtputf8: needs_smtputf8(
+                    cx.envelope.smtputf8,
+                    &header,
+                    &mail_from,
+                    &plan.deliver_to,
+                ),
                 body_8bit: cx.envelope.body_8bit,
             };
             cx.upstreams.send(&server.name, s, &out).await

@@ -38,6 +38,8 @@ pub struct DataDecoder {
     st: St,
     /// A bare CR or LF was seen.
     pub saw_bare: bool,
+    /// A byte above 127 was seen: the content is 8-bit.
+    pub saw_8bit: bool,
     /// Bytes of content written so far (after unstuffing and normalisation).
     pub size: u64,
     /// Stop writing to the sink after this many bytes (the rest is counted
@@ -51,6 +53,7 @@ impl DataDecoder {
         DataDecoder {
             st: St::Start,
             saw_bare: false,
+            saw_8bit: false,
             size: 0,
             limit,
         }
@@ -85,6 +88,9 @@ impl DataDecoder {
                     // Fast path: copy everything up to the next CR or LF.
                     let run = memchr2(b'\r', b'\n', &input[i..]).unwrap_or(input.len() - i);
                     if run > 0 {
+                        if !self.saw_8bit {
+                            self.saw_8bit = input[i..i + run].iter().any(|b| *b >= 0x80);
+                        }
                         self.emit(out, &input[i..i + run]);
                         i += run;
                         continue;
@@ -272,6 +278,12 @@ mod tests {
         let (out, _, bare) = decode(&input).unwrap();
         assert_eq!(&out[..body.len()], &body[..]);
         assert!(!bare);
+        let mut d = DataDecoder::new(u64::MAX);
+        d.feed(b"plain ascii\r\n.\r\n", &mut Vec::new());
+        assert!(!d.saw_8bit);
+        let mut d = DataDecoder::new(u64::MAX);
+        d.feed(&input, &mut Vec::new());
+        assert!(d.saw_8bit);
     }
 
     #[test]

@@ -16,13 +16,12 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use memchr::memchr;
 use smtp_proto::{
-    AUTH_LOGIN, AUTH_PLAIN, Error as ProtoError, MAIL_BODY_8BITMIME, MAIL_SMTPUTF8, Request,
+    AUTH_LOGIN, AUTH_PLAIN, Error as ProtoError, MAIL_BODY_BINARYMIME, MAIL_SMTPUTF8, Request,
 };
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 /// What the driver must do before feeding more input.
-#[derive(Debug)]
 pub enum Event {
     /// Write the pending output, drop any input that came after STARTTLS,
     /// run the TLS handshake and call [`Session::tls_started`].
@@ -39,6 +38,20 @@ pub enum Event {
     Message(Box<Envelope>),
     /// Write the pending output and close.
     Close,
+}
+
+impl std::fmt::Debug for Event {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Event::StartTls => f.write_str("StartTls"),
+            // Never the password, even in a debug dump.
+            Event::Authenticate { user, .. } => {
+                write!(f, "Authenticate {{ user: {user:?}, password: <redacted> }}")
+            }
+            Event::Message(env) => f.debug_tuple("Message").field(env).finish(),
+            Event::Close => f.write_str("Close"),
+        }
+    }
 }
 
 /// The envelope of a received message and what we know of its client.
@@ -114,6 +127,7 @@ struct Tx {
     rcpts: Vec<RecipientPlan>,
     /// BDAT: total size so far, and whether the message is being thrown away.
     bdat_size: u64,
+    bdat_started: bool,
     bdat_discard: bool,
     /// A bare CR/LF was seen in BDAT content; a CR ended the last chunk.
     bdat_bare: bool,
@@ -276,6 +290,7 @@ impl Session {
     /// timeout then, and lets the transfer finish on shutdown).
     pub fn in_data(&self) -> bool {
         matches!(self.phase, Phase::Data(_) | Phase::Bdat { .. })
+            || self.tx.as_ref().is_some_and(|t| t.bdat_started)
     }
 
     /// Whether a mail transaction is open (from MAIL until its end): its
@@ -384,6 +399,7 @@ impl Session {
                         }
                         if !tx.bdat_discard {
                             tx.bdat_bare |= normalize_crlf(chunk, &mut tx.bdat_cr, &mut self.body);
+                            tx.body_8bit = tx.body_8bit || chunk.iter().any(|b| *b >= 0x80);
                         }
                     }
                     if done && let Some(ev) = self.end_of_chunk(last) {
@@ -495,7 +511,7 @@ impl Session {
             Request::Data => match &self.tx {
                 None => self.reply(reply::bad_sequence("Need MAIL command")),
                 Some(tx) if tx.rcpts.is_empty() => self.reply(reply::no_valid_recipients()),
-                Some(tx) if tx.bdat_size > 0 => self.reply(reply::bad_sequence("DATA after BDAT")),
+                Some(tx) if tx.bdat_started => self.reply(reply::bad_sequence("DATA after BDAT")),
                 Some(_) => {
                     self.body.clear();
                     self.reply(reply::data_go_ahead());
@@ -507,10 +523,11 @@ impl Session {
                 is_last,
             } => {
                 // The chunk is read in every case, so the byte stream stays in step.
-                if let Some(tx) = self.tx.as_mut()
-                    && tx.rcpts.is_empty()
-                {
-                    tx.bdat_discard = true;
+                if let Some(tx) = self.tx.as_mut() {
+                    tx.bdat_started = true;
+                    if tx.rcpts.is_empty() {
+                        tx.bdat_discard = true;
+                    }
                 }
                 self.phase = Phase::Bdat {
                     left: chunk_size,
@@ -547,6 +564,10 @@ impl Session {
         if self.tx.is_some() {
             return self.reply(reply::bad_sequence("Nested MAIL command"));
         }
+        if from.flags & MAIL_BODY_BINARYMIME != 0 {
+            // Not offered: its content would need BDAT without CRLF rules.
+            return self.reply(reply::unsupported_parameter("BODY=BINARYMIME"));
+        }
         if from.size as u64 > self.cfg.limits.max_message_size {
             return self.reply(reply::message_too_big(self.cfg.limits.max_message_size));
         }
@@ -577,12 +598,16 @@ impl Session {
         };
         self.tx = Some(Tx {
             smtputf8: from.flags & MAIL_SMTPUTF8 != 0 || !address.is_ascii(),
-            body_8bit: from.flags & MAIL_BODY_8BITMIME != 0,
+            // Set from the content itself at its end: a declared
+            // BODY=8BITMIME on ASCII content needs no 8BITMIME upstream,
+            // undeclared 8-bit content (legacy clients) does.
+            body_8bit: false,
             mail_from: address,
             app,
             by,
             rcpts: Vec::new(),
             bdat_size: 0,
+            bdat_started: false,
             bdat_discard: false,
             bdat_bare: false,
             bdat_cr: false,
@@ -676,6 +701,9 @@ impl Session {
             self.reply(reply::bare_line_ending());
             return None;
         }
+        if let Some(tx) = self.tx.as_mut() {
+            tx.body_8bit = dec.saw_8bit;
+        }
         let env = self.envelope()?;
         self.phase = Phase::Waiting;
         Some(Event::Message(env))
@@ -747,6 +775,10 @@ impl Session {
     }
 
     fn auth_start(&mut self, mechanism: u64, initial: String) -> Option<Event> {
+        if self.helo.is_none() {
+            self.reply(reply::bad_sequence("Send EHLO first"));
+            return None;
+        }
         if self.auth_user.is_some() {
             self.reply(reply::bad_sequence("Already authenticated"));
             return None;

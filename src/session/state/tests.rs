@@ -184,6 +184,15 @@ fn reply_codes_for_each_command() {
         ),
         ("STARTTLS\r\n", &[220]),
         ("EHLO c\r\nAUTH PLAIN\r\n", &[250, 538]),
+        ("AUTH PLAIN\r\n", &[503]),
+        (
+            "EHLO c\r\nMAIL FROM:<a@b.test> BODY=BINARYMIME\r\n",
+            &[250, 555],
+        ),
+        (
+            "EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@y.test>\r\nBDAT 0\r\nDATA\r\n",
+            &[250, 250, 250, 250, 503],
+        ),
         ("QUIT\r\n", &[221]),
     ];
     for (input, want) in cases {
@@ -402,7 +411,8 @@ fn auth_plain_and_login() {
     assert_eq!(h.codes("MAIL FROM:<a@b.test>\r\n"), [250]);
 
     let mut h = Harness::new(cfg(""), "192.0.2.1:40000");
-    h.send(b"STARTTLS\r\nEHLO c\r\n");
+    h.send(b"STARTTLS\r\n");
+    h.send(b"EHLO c\r\n");
     let out = h.send(
         format!(
             "AUTH LOGIN\r\n{}\r\n{}\r\n",
@@ -419,13 +429,15 @@ fn auth_plain_and_login() {
 
     // PLAIN with the response on its own line; cancel; garbage.
     let mut h = Harness::new(cfg(""), "192.0.2.1:40000");
-    h.send(b"STARTTLS\r\nEHLO c\r\n");
+    h.send(b"STARTTLS\r\n");
+    h.send(b"EHLO c\r\n");
     assert_eq!(
         h.send(format!("AUTH PLAIN\r\n{}\r\n", plain("user", "pw")).as_bytes()),
         "334 \r\n235 2.7.0 Authentication successful\r\n"
     );
     let mut h = Harness::new(cfg(""), "192.0.2.1:40000");
-    h.send(b"STARTTLS\r\nEHLO c\r\n");
+    h.send(b"STARTTLS\r\n");
+    h.send(b"EHLO c\r\n");
     assert_eq!(h.codes("AUTH LOGIN\r\n*\r\n"), [334, 501]);
     assert_eq!(h.codes("AUTH PLAIN !!!notbase64\r\n"), [501]);
     assert_eq!(h.codes("AUTH CRAM-MD5\r\n"), [504]);
