@@ -8,7 +8,9 @@
 //! including folding and malformed lines.
 //!
 //! The header section ends at the first empty line, or — as in Postfix's
-//! cleanup — at the first line that is neither a field nor a continuation.
+//! cleanup — at the first line that is neither a field nor a continuation;
+//! in that case an empty line is written after the new header block, so
+//! every parser downstream agrees where the body begins.
 
 mod encode;
 
@@ -357,14 +359,15 @@ pub fn rewrite(raw: &[u8], spec: &RewriteSpec) -> Rewritten {
     if let Some(r) = new_reply_to.filter(|_| !reply_to_written) {
         push_field(&mut out, &r, eol);
     }
-    // A message with no header section at all: what follows must stay body.
-    if fields.is_empty()
-        && !out.is_empty()
-        && body_offset < raw.len()
+    // The header section ended at a line that is not a header (or there
+    // was none): end it explicitly, as Postfix does, so that no parser
+    // downstream can take that line for a broken header and read on into
+    // fields we did not rewrite.
+    if body_offset < raw.len()
         && !raw[body_offset..].starts_with(b"\n")
         && !raw[body_offset..].starts_with(b"\r\n")
     {
-        out.extend_from_slice(eol.as_bytes());
+        push_field(&mut out, eol.as_bytes(), eol);
     }
     Rewritten {
         header: out,

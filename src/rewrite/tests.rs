@@ -129,7 +129,7 @@ fn header_cases() {
             name: "a malformed line ends the header section and stays as it is",
             input: "From: app@legacy.test\r\nthis is not a header\r\nFrom: other@x.test\r\n\r\nx",
             spec: spec(Some("shop@acme.example"), None, None),
-            want: "From: <shop@acme.example>\r\nReply-To: <app@legacy.test>\r\nthis is not a header\r\nFrom: other@x.test",
+            want: "From: <shop@acme.example>\r\nReply-To: <app@legacy.test>",
             replaced: true,
         },
         Case {
@@ -367,4 +367,26 @@ fn a_last_field_without_line_ending_is_not_glued_to_ours() {
     let s = spec(Some("shop@acme.example"), None, None);
     let r = rewrite(b"X-A: 1\r\nSender: y@z.test", &s);
     assert_eq!(r.header, b"From: <shop@acme.example>\r\nX-A: 1\r\n");
+}
+
+#[test]
+fn a_non_header_line_gets_an_explicit_boundary_before_it() {
+    // Found in review: without the empty line, a lenient parser skipping
+    // the bad line would read the second From as a header.
+    let raw = b"From: app@legacy.test\r\nBad line\r\nFrom: spoof@z.test\r\n\r\nbody\r\n";
+    let (out, r) = apply(raw, &spec(Some("shop@acme.example"), None, None));
+    assert_eq!(
+        out,
+        "From: <shop@acme.example>\r\nReply-To: <app@legacy.test>\r\n\r\nBad line\r\nFrom: spoof@z.test\r\n\r\nbody\r\n"
+    );
+    assert_eq!(
+        &raw[r.body_offset..],
+        b"Bad line\r\nFrom: spoof@z.test\r\n\r\nbody\r\n"
+    );
+    // Headers with no empty line and a body straight after them.
+    let (out, _) = apply(b"Subject: hi\r\nThis is body\r\n", &RewriteSpec::default());
+    assert_eq!(out, "Subject: hi\r\n\r\nThis is body\r\n");
+    // A message that is only headers stays as it is.
+    let (out, _) = apply(b"Subject: hi\r\n", &RewriteSpec::default());
+    assert_eq!(out, "Subject: hi\r\n");
 }
