@@ -1,7 +1,7 @@
 //! Per-server health (PRODUCT §3.6): after `failures` consecutive
 //! server-level failures (connection, TLS, AUTH) a server is marked down
 //! and skipped for `cooldown`; then one delivery may try it again (half
-//! open) and a success brings it back. Message-level answers (4xx for one
+//! open): a success brings it back, a failure marks it down again at once. Message-level answers (4xx for one
 //! message, missing capabilities) say nothing about the server and do not
 //! count. Pure apart from the shared map; the time is passed in.
 //!
@@ -53,8 +53,10 @@ impl Health {
         let mut s = self.map.entry(server.to_owned()).or_default();
         s.failures += 1;
         if s.failures >= max_failures.max(1) {
-            s.down_until = Some(now + cooldown);
-            s.failures = 0;
+            s.down_until = now.checked_add(cooldown);
+            // Half open after the cool-down: the next failure marks it
+            // down again at once, a success clears it.
+            s.failures = max_failures.max(1) - 1;
             return true;
         }
         false
@@ -88,8 +90,11 @@ mod tests {
         assert!(h.failure("a", "auth", t0, 3, cd));
         assert!(h.is_down("a", t0 + Duration::from_secs(29)));
         assert!(!h.is_down("b", t0));
-        // After the cool-down it may be tried again.
+        // After the cool-down it may be tried again; one more failure
+        // marks it down again at once.
         assert!(!h.is_down("a", t0 + cd));
+        assert!(h.failure("a", "connection", t0 + cd, 3, cd));
+        assert!(h.is_down("a", t0 + cd));
         h.success("a");
         assert!(!h.failure("a", "connection", t0 + cd, 3, cd));
         // A success in between resets the count.

@@ -25,6 +25,9 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 
+/// Background tasks (DSNs) that may run at once and that shutdown waits for.
+const BACKGROUND_SLOTS: u32 = 1024;
+
 /// A bound listener socket and the address its `[[listener]]` names.
 #[derive(Debug)]
 pub struct Bound {
@@ -123,7 +126,13 @@ pub struct Relay {
     /// AUTH failure throttle per client address.
     pub throttle: AuthThrottle,
     conns: Arc<Semaphore>,
+    /// Permits in the semaphore, in use or not.
     max_conns: AtomicU32,
+    /// Permits to forget as sessions end (a reload lowered max_connections
+    /// while more sessions than the new limit were open).
+    conn_debt: AtomicU32,
+    /// Background work that must finish before exit (DSNs).
+    background: Arc<Semaphore>,
     ids: IdGen,
     shutdown: watch::Sender<bool>,
     /// SMTP upstream connection pools.
@@ -167,6 +176,8 @@ impl Relay {
             throttle: AuthThrottle::default(),
             conns: Arc::new(Semaphore::new(max as usize)),
             max_conns: AtomicU32::new(max),
+            conn_debt: AtomicU32::new(0),
+            background: Arc::new(Semaphore::new(BACKGROUND_SLOTS as usize)),
             ids: IdGen::default(),
             shutdown: watch::channel(false).0,
             upstreams: Arc::new(crate::upstream::Upstreams::with_metrics(metrics.clone())),
@@ -274,13 +285,23 @@ impl Relay {
             let _ = l.task.await;
         }
         // Every session holds a permit; all permits back means all done.
-        let max = self.max_conns.load(Ordering::SeqCst);
-        match tokio::time::timeout(grace, self.conns.acquire_many(max)).await {
+        // Then the DSNs those sessions started, within what is left.
+        let deadline = tokio::time::Instant::now() + grace;
+        // Permits still owed to a lowered max_connections will be forgotten,
+        // not returned: wait only for the others.
+        let max = self.max_conns.load(Ordering::SeqCst) - self.conn_debt.load(Ordering::SeqCst);
+        match tokio::time::timeout_at(deadline, self.conns.acquire_many(max)).await {
             Ok(_) => tracing::info!("all sessions finished"),
             Err(_) => tracing::warn!(
                 sessions = self.active_sessions(),
                 "grace period over; closing remaining sessions"
             ),
+        }
+        if tokio::time::timeout_at(deadline, self.background.acquire_many(BACKGROUND_SLOTS))
+            .await
+            .is_err()
+        {
+            tracing::warn!("grace period over; undelivered DSNs are lost");
         }
     }
 
@@ -313,6 +334,8 @@ impl Relay {
         // settings come from it, found by the address the loop serves.
         let cfg = self.config();
         let Some(l) = cfg.listeners.iter().find(|l| key.matches(l)).cloned() else {
+            // A reload removed this listener a moment ago.
+            tokio::spawn(refuse(tcp, reply::shutting_down()));
             return;
         };
         let permit = self.conns.clone().try_acquire_owned();
@@ -331,13 +354,13 @@ impl Relay {
         match permit {
             Ok(permit) => {
                 tokio::spawn(async move {
-                    self.session(cfg, l, tcp, peer).await;
-                    drop(permit);
+                    self.clone().session(cfg, l, tcp, peer).await;
+                    self.release_connection(permit);
                 });
             }
             Err(_) => {
                 tracing::warn!(listener = %l.name, %peer, "connection refused: max_connections reached");
-                tokio::spawn(refuse(tcp));
+                tokio::spawn(refuse(tcp, reply::too_many_connections()));
             }
         }
     }
@@ -486,15 +509,43 @@ impl Relay {
     }
 
     fn resize_connections(&self, max: usize) {
-        let new = max.min(Semaphore::MAX_PERMITS) as u32;
-        let old = self.max_conns.swap(new, Ordering::SeqCst);
-        if new > old {
-            self.conns.add_permits((new - old) as usize);
-        } else if new < old {
-            // Permits in use come back and stay; only free ones can go now.
-            let gone = self.conns.forget_permits((old - new) as usize);
-            self.max_conns.store(old - gone as u32, Ordering::SeqCst);
+        let target = max.min(Semaphore::MAX_PERMITS) as u32;
+        let debt = self.conn_debt.load(Ordering::SeqCst);
+        // The limit in effect once every debt is paid.
+        let effective = self.max_conns.load(Ordering::SeqCst) - debt;
+        if target >= effective {
+            let mut more = target - effective;
+            let cancel = more.min(debt);
+            self.conn_debt.fetch_sub(cancel, Ordering::SeqCst);
+            more -= cancel;
+            self.conns.add_permits(more as usize);
+            self.max_conns.fetch_add(more, Ordering::SeqCst);
+        } else {
+            // Free permits go now; those of sessions in progress go when
+            // their sessions end (release_connection).
+            let fewer = effective - target;
+            let gone = self.conns.forget_permits(fewer as usize) as u32;
+            self.max_conns.fetch_sub(gone, Ordering::SeqCst);
+            self.conn_debt.fetch_add(fewer - gone, Ordering::SeqCst);
         }
+    }
+
+    /// Gives a session's permit back, or forgets it while a lowered
+    /// max_connections is still being paid off.
+    fn release_connection(&self, permit: tokio::sync::OwnedSemaphorePermit) {
+        let paid = self
+            .conn_debt
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |d| d.checked_sub(1))
+            .is_ok();
+        if paid {
+            permit.forget();
+            self.max_conns.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// A slot for background work (a DSN) that shutdown waits for.
+    pub fn background_slot(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.background.clone().try_acquire_owned().ok()
     }
 
     /// Reloads and logs and counts the result.
@@ -524,6 +575,18 @@ impl Relay {
             }
         }
         ok
+    }
+
+    /// Closes expired idle upstream connections every few seconds until
+    /// shutdown.
+    pub async fn sweep_pools(self: Arc<Self>) {
+        let mut shutdown = self.shutdown_signal();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(5)) => self.upstreams.sweep(&self.config()),
+                _ = shutdown.changed() => return,
+            }
+        }
     }
 
     /// Watches the config files (content hash) and reloads when they
@@ -569,10 +632,10 @@ impl Relay {
     }
 }
 
-async fn refuse(mut tcp: TcpStream) {
+/// Answers a connection that will not be served with `r` and closes it.
+async fn refuse(mut tcp: TcpStream, r: reply::Reply) {
     let _ = tokio::time::timeout(Duration::from_secs(5), async {
-        tcp.write_all(reply::too_many_connections().to_wire().as_bytes())
-            .await?;
+        tcp.write_all(r.to_wire().as_bytes()).await?;
         tcp.shutdown().await
     })
     .await;
@@ -611,15 +674,21 @@ pub async fn run_until_signal(cfg: Config, opts: RunOptions) -> io::Result<()> {
         tokio::spawn(crate::admin::serve(l, relay.clone()));
     }
     tokio::spawn(relay.clone().watch(opts.probe_on_reload));
+    tokio::spawn(relay.clone().sweep_pools());
     crate::notify::ready();
     loop {
         tokio::select! {
             _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break }
             _ = int.recv() => { tracing::info!("SIGINT: shutting down"); break }
             _ = hup.recv() => {
-                crate::notify::reloading();
-                relay.reload_and_report(opts.probe_on_reload, "SIGHUP").await;
-                crate::notify::ready();
+                // In a task of its own: probing servers may take a while,
+                // and SIGTERM must not wait for it.
+                let relay = relay.clone();
+                tokio::spawn(async move {
+                    crate::notify::reloading();
+                    relay.reload_and_report(opts.probe_on_reload, "SIGHUP").await;
+                    crate::notify::ready();
+                });
             }
         }
     }

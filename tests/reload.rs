@@ -410,3 +410,38 @@ fn a_ca_file_replaced_under_the_same_path_takes_effect_on_reload() {
     assert_eq!(pf.wait_for_messages(1, Duration::from_secs(10)).len(), 1);
     assert_eq!(relay.captured().len(), 1);
 }
+
+#[test]
+fn lowering_max_connections_holds_once_sessions_end() {
+    let relay = TestRelay::start(&simple_config("[limits]\nmax_connections = 5\n"));
+    let addr = relay.addr("main");
+    let mut open: Vec<Raw> = (0..4).map(|_| Raw::connect(addr)).collect();
+    assert!(relay.reload_with(
+        |t| t.replace("max_connections = 5", "max_connections = 2"),
+        true
+    ));
+    let refused = |relay: &TestRelay| {
+        let mut c = Raw::connect_no_greeting(relay.addr("main"));
+        c.reply().starts_with("421 4.3.2")
+    };
+    assert!(refused(&relay), "4 open, limit 2");
+    // Two sessions end: two are still open, which is the limit.
+    for mut c in open.drain(..2) {
+        c.expect("QUIT", 221);
+    }
+    let end = Instant::now() + Duration::from_secs(5);
+    while relay.relay.active_sessions() > 2 && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(refused(&relay), "2 open, limit 2");
+    open.pop().unwrap().expect("QUIT", 221);
+    let end = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut c = Raw::connect_no_greeting(addr);
+        if c.reply().starts_with("220 ") {
+            break;
+        }
+        assert!(Instant::now() < end, "the freed slot never came back");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

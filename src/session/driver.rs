@@ -579,6 +579,8 @@ fn send_dsn(
     let id = relay.next_id();
     let upstreams = relay.upstreams.clone();
     let metrics = relay.metrics.clone();
+    // Shutdown waits for this task (within its grace period).
+    let slot = relay.background_slot();
     let health = relay.health.clone();
     tokio::spawn(async move {
         let Some(a) = cfg.applications.get(&app) else {
@@ -610,6 +612,7 @@ fn send_dsn(
             health: &health,
             health_settings: &cfg.health,
         };
+        let _slot = slot;
         match delivery::deliver(&dsn_plan, &dsn, &cx).await {
             Outcome::Delivered { server, .. } => {
                 tracing::info!(id = %id, to = %to, server = %server, "DSN delivered")

@@ -144,6 +144,23 @@ impl Upstreams {
         }
     }
 
+    /// Closes idle pooled sessions older than their server's
+    /// `pool_idle_timeout`, and every idle session of servers `cfg` no longer
+    /// has. The relay calls it periodically, so idle connections do not
+    /// linger (in CLOSE_WAIT) on servers that receive no more mail.
+    pub fn sweep(&self, cfg: &crate::config::Config) {
+        let closed = self.pools.sweep(Instant::now(), |name| {
+            match cfg.servers.get(name).map(|s| &s.kind) {
+                Some(crate::config::ServerKind::Smtp(s)) => Some(s.pool_idle_timeout),
+                _ => None,
+            }
+        });
+        if !closed.is_empty() {
+            tracing::debug!(closed = closed.len(), "closed idle upstream connections");
+        }
+        close_all(closed);
+    }
+
     /// Forgets the cached TLS client configurations, so CA files are read
     /// again (a reload calls this: a CA file replaced under the same path
     /// then takes effect for new connections).

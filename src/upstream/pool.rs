@@ -152,6 +152,29 @@ impl<S> Pools<S> {
         None
     }
 
+    /// Takes out every session idle longer than its server's idle timeout
+    /// (`idle_timeout(name)`; `None`: the server is gone, close them all).
+    pub fn sweep(&self, now: Instant, idle_timeout: impl Fn(&str) -> Option<Duration>) -> Vec<S> {
+        let mut close = Vec::new();
+        self.slots.retain(|name, slot| {
+            match idle_timeout(name) {
+                None => close.extend(slot.idle.drain(..).map(|i| i.session)),
+                Some(limit) => {
+                    let mut i = 0;
+                    while i < slot.idle.len() {
+                        if now.saturating_duration_since(slot.idle[i].since) >= limit {
+                            close.push(slot.idle.remove(i).session);
+                        } else {
+                            i += 1;
+                        }
+                    }
+                }
+            }
+            !slot.idle.is_empty()
+        });
+        close
+    }
+
     /// Counts a connection opened for `name`.
     pub fn count_opened(&self, name: &str) {
         self.stats.entry(name.to_owned()).or_default().opened += 1;
@@ -253,6 +276,24 @@ mod tests {
         let c = pools.checkout(&new, Duration::from_secs(30), t0);
         assert_eq!((c.session, c.close), (None, vec![1]));
         assert_eq!(pools.idle(&old), 0);
+    }
+
+    #[test]
+    fn sweep_closes_expired_and_orphaned_sessions() {
+        let pools: Pools<u32> = Pools::default();
+        let t0 = Instant::now();
+        let up = Key::new("up", &server());
+        let gone = Key::new("gone", &server());
+        pools.checkin(&up, 1, 5, t0);
+        pools.checkin(&up, 2, 5, t0 + Duration::from_secs(20));
+        pools.checkin(&gone, 3, 5, t0 + Duration::from_secs(20));
+        let mut closed = pools.sweep(t0 + Duration::from_secs(31), |name| {
+            (name == "up").then_some(Duration::from_secs(30))
+        });
+        closed.sort();
+        assert_eq!(closed, vec![1, 3]);
+        assert_eq!(pools.idle(&up), 1);
+        assert_eq!(pools.idle(&gone), 0);
     }
 
     #[test]
