@@ -16,6 +16,8 @@ fuzz_target!(|data: &[u8]| {
         reply_to: pick(2, "support@acme.example"),
         subject_prefix: pick(3, if sel & 0x80 != 0 { "[TEST]" } else { "[PRÜF] " }),
         original_recipients: if sel & (1 << 4) != 0 { vec!["a@b.example".into()] } else { Vec::new() },
+        add_date: pick(5, "Mon, 23 Nov 2026 01:02:03 +0000"),
+        add_message_id: pick(6, "<fuzz@relay.test>"),
     };
     let out = rewrite(msg, &spec);
     // The body starts where the header section ended in the input, and

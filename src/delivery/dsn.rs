@@ -4,8 +4,9 @@
 //!
 //! Who gets it ([`recipient`]): never anyone for a message that was itself
 //! a bounce (null sender); otherwise the tenant's `bounce_address`, else
-//! the sender the message was relayed as (before any server's fixed
-//! sender), else the system `bounce_address`.
+//! the application's or tenant's own sender, else the system
+//! `bounce_address`, else the system default sender, else the client's
+//! envelope sender.
 
 use super::RefusedRecipient;
 use crate::config::Config;
@@ -18,12 +19,22 @@ pub fn recipient(cfg: &Config, plan: &Plan<'_>) -> Option<String> {
     if plan.envelope_from.is_empty() {
         return None;
     }
+    // The application's or tenant's own sender is a mailbox of theirs; the
+    // system default sender is usually a no-reply address, so the system
+    // bounce address comes before it.
+    let own_sender = plan
+        .eff
+        .app
+        .sender
+        .as_ref()
+        .or_else(|| plan.eff.tenant_chain.iter().find_map(|t| t.sender.as_ref()));
     plan.eff
         .tenant_chain
         .iter()
         .find_map(|t| t.bounce_address.as_ref())
-        .or(plan.eff.sender)
+        .or(own_sender)
         .or(cfg.system.bounce_address.as_ref())
+        .or(cfg.system.default_sender.as_ref())
         .map(ToString::to_string)
         .or_else(|| Some(plan.envelope_from.clone()))
 }

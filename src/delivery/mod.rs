@@ -108,6 +108,8 @@ pub struct Context<'a> {
     pub received: &'a [u8],
     /// When the message was accepted (seconds since the epoch).
     pub received_at: i64,
+    /// `system.hostname` (for a Message-ID we add).
+    pub hostname: &'a str,
     /// SMTP connection pools.
     pub upstreams: &'a crate::upstream::Upstreams,
     /// Where failovers and latencies are counted.

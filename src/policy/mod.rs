@@ -374,6 +374,7 @@ impl<'c> Plan<'c> {
                 .and_then(|t| t.subject_prefix.as_ref())
                 .map(|p| p.as_str().to_owned()),
             original_recipients: self.redirected.clone(),
+            ..RewriteSpec::default()
         }
     }
 }

@@ -34,6 +34,11 @@ pub struct RewriteSpec {
     /// Test mode: the original recipients that were redirected, recorded in
     /// `X-Original-To:`.
     pub original_recipients: Vec<String>,
+    /// `Date:` value to add when the message has none (RFC 6409 §8.2).
+    pub add_date: Option<String>,
+    /// `Message-ID:` value (with angle brackets) to add when the message
+    /// has none (RFC 6409 §8.3).
+    pub add_message_id: Option<String>,
 }
 
 /// The result of [`rewrite`].
@@ -354,6 +359,19 @@ pub fn rewrite(raw: &[u8], spec: &RewriteSpec) -> Rewritten {
         {
             push_field(&mut out, r, eol);
             reply_to_written = true;
+        }
+    }
+    for (name, value) in [
+        ("Date", &spec.add_date),
+        ("Message-ID", &spec.add_message_id),
+    ] {
+        if let Some(v) = value
+            .as_deref()
+            .filter(|_| !fields.iter().any(|f| f.is(raw, name)))
+        {
+            if !v.chars().any(char::is_control) {
+                push_field(&mut out, format!("{name}: {v}{eol}").as_bytes(), eol);
+            }
         }
     }
     if let Some(r) = new_reply_to.filter(|_| !reply_to_written) {

@@ -390,3 +390,19 @@ fn a_non_header_line_gets_an_explicit_boundary_before_it() {
     let (out, _) = apply(b"Subject: hi\r\n", &RewriteSpec::default());
     assert_eq!(out, "Subject: hi\r\n");
 }
+
+#[test]
+fn date_and_message_id_are_added_only_when_missing() {
+    let s = RewriteSpec {
+        add_date: Some("Mon, 23 Nov 2026 01:02:03 +0000".into()),
+        add_message_id: Some("<id1@relay.test>".into()),
+        ..Default::default()
+    };
+    let (out, _) = apply(b"Subject: s\r\n\r\nbody", &s);
+    assert_eq!(
+        head(&out),
+        "Subject: s\r\nDate: Mon, 23 Nov 2026 01:02:03 +0000\r\nMessage-ID: <id1@relay.test>"
+    );
+    let (out, _) = apply(b"Message-Id: <own@app>\r\nDATE: x\r\n\r\nbody", &s);
+    assert_eq!(head(&out), "Message-Id: <own@app>\r\nDATE: x");
+}

@@ -314,14 +314,19 @@ const MAX_REASON: usize = 300;
 /// every occurrence of `secret` (three characters or more; shorter ones
 /// would mangle the text and cannot be told apart from it) is redacted.
 pub fn sanitize(text: &str, secret: Option<&str>) -> String {
-    let redacted;
-    let text = match secret {
-        Some(s) if s.chars().count() >= 3 && text.contains(s) => {
-            redacted = text.replace(s, "<redacted>");
-            redacted.as_str()
+    let mut owned = text.to_owned();
+    if let Some(s) = secret.filter(|s| s.chars().count() >= 3) {
+        // The password itself, and its base64 form (AUTH LOGIN sends it
+        // so; a server echoing the exchange would show that).
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(s);
+        for form in [s, b64.trim_end_matches('=')] {
+            if owned.contains(form) {
+                owned = owned.replace(form, "<redacted>");
+            }
         }
-        _ => text,
-    };
+    }
+    let text = owned.as_str();
     let mut out = String::with_capacity(text.len().min(MAX_REASON));
     let mut last_space = false;
     for c in text.chars() {
@@ -416,6 +421,11 @@ mod tests {
             "bad password <redacted> given"
         );
         assert_eq!(sanitize("ab", Some("a")), "ab");
+        // aHVudGVyMg== is base64 of hunter2 (AUTH LOGIN).
+        assert_eq!(
+            sanitize("535 bad aHVudGVyMg== here", Some("hunter2")),
+            "535 bad <redacted>== here"
+        );
         let long = "x".repeat(1000);
         assert_eq!(sanitize(&long, None).chars().count(), MAX_REASON + 1);
     }
