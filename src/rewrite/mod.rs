@@ -365,13 +365,12 @@ pub fn rewrite(raw: &[u8], spec: &RewriteSpec) -> Rewritten {
         ("Date", &spec.add_date),
         ("Message-ID", &spec.add_message_id),
     ] {
+        let missing = !fields.iter().any(|f| f.is(raw, name));
         if let Some(v) = value
             .as_deref()
-            .filter(|_| !fields.iter().any(|f| f.is(raw, name)))
+            .filter(|v| missing && !v.chars().any(char::is_control))
         {
-            if !v.chars().any(char::is_control) {
-                push_field(&mut out, format!("{name}: {v}{eol}").as_bytes(), eol);
-            }
+            push_field(&mut out, format!("{name}: {v}{eol}").as_bytes(), eol);
         }
     }
     if let Some(r) = new_reply_to.filter(|_| !reply_to_written) {

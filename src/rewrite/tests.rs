@@ -329,6 +329,8 @@ fn bodies_are_never_touched() {
         reply_to: Some("r@acme.example".into()),
         subject_prefix: Some("[TEST] ".into()),
         original_recipients: vec!["x@y.test".into()],
+        add_date: Some("Mon, 23 Nov 2026 01:02:03 +0000".into()),
+        add_message_id: Some("<id@relay.test>".into()),
     };
     for h in headers {
         for b in &bodies {
