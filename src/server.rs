@@ -611,10 +611,20 @@ impl Relay {
             let Some(path) = cfg.files.first().cloned() else {
                 return;
             };
-            let hash = tokio::task::spawn_blocking(move || crate::config::source_hash(&path))
-                .await
-                .unwrap_or_default();
-            if hash == cfg.hash || failed.as_deref() == Some(hash.as_str()) {
+            // The config files and every file they refer to (certificates,
+            // CA and secret files).
+            let referenced = cfg.referenced.clone();
+            let hash = tokio::task::spawn_blocking(move || {
+                format!(
+                    "{}/{}",
+                    crate::config::source_hash(&path),
+                    crate::config::files_hash(&referenced)
+                )
+            })
+            .await
+            .unwrap_or_default();
+            let current = format!("{}/{}", cfg.hash, cfg.referenced_hash);
+            if hash == current || failed.as_deref() == Some(hash.as_str()) {
                 pending = None;
                 continue;
             }

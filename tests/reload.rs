@@ -445,3 +445,54 @@ fn lowering_max_connections_holds_once_sessions_end() {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+#[test]
+fn the_watcher_notices_a_replaced_certificate() {
+    let cfg = common::relay::tls_config("[reload]\ninterval = \"200ms\"\n")
+        .replace("path = \"outbox\"", "path = \"{dir}/outbox\"");
+    // A copy of the test certificate that the test can replace.
+    let staging = tempfile::tempdir().unwrap();
+    let crt = staging.path().join("cert.pem");
+    let key = staging.path().join("key.pem");
+    std::fs::copy(common::relay::certs().join("localhost.crt"), &crt).unwrap();
+    std::fs::copy(common::relay::certs().join("localhost.key"), &key).unwrap();
+    let cfg = cfg
+        .replace("{certs}/localhost.crt", crt.to_str().unwrap())
+        .replace("{certs}/localhost.key", key.to_str().unwrap());
+    let p = Proc::start(&cfg);
+    let fingerprint = || {
+        common::relay::python(
+            p.addr("smtps").port(),
+            r#"
+import socket, hashlib
+s = socket.create_connection((HOST, PORT), timeout=10)
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+t = ctx.wrap_socket(s, server_hostname="localhost")
+print(hashlib.sha256(t.getpeercert(binary_form=True)).hexdigest())
+"#,
+            &[],
+        )
+        .trim()
+        .to_owned()
+    };
+    let first = fingerprint();
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    write_atomic(&key, &ck.signing_key.serialize_pem());
+    write_atomic(&crt, &ck.cert.pem());
+    let end = Instant::now() + Duration::from_secs(10);
+    while !p
+        .log()
+        .iter()
+        .any(|l| l.contains("config reloaded") && l.contains("file change"))
+    {
+        assert!(
+            Instant::now() < end,
+            "the certificate change was not noticed:\n{}",
+            p.log().join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_ne!(fingerprint(), first);
+}

@@ -541,6 +541,22 @@ fn content_hash<'a>(files: impl IntoIterator<Item = (&'a str, &'a str)>) -> Stri
         .collect()
 }
 
+/// The content hash of `paths` (files a config refers to); a file that
+/// cannot be read counts as empty, so its appearing is a change too.
+pub fn files_hash(paths: &[PathBuf]) -> String {
+    let contents: Vec<(String, String)> = paths
+        .iter()
+        .map(|p| {
+            let bytes = super::values::read_limited(p, MAX_FILE).unwrap_or_default();
+            (
+                p.display().to_string(),
+                String::from_utf8_lossy(&bytes).into_owned(),
+            )
+        })
+        .collect();
+    content_hash(contents.iter().map(|(n, t)| (n.as_str(), t.as_str())))
+}
+
 /// The content hash of the config file at `path` and every file its
 /// `include` globs match now — the same value [`Config::hash`] has when
 /// these files are loaded. Reload uses it to notice changes (content, not

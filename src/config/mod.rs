@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use load::{DEFAULT_CONFIG, load_default, load_file, load_str, source_hash};
+pub use load::{DEFAULT_CONFIG, files_hash, load_default, load_file, load_str, source_hash};
 pub use raw::{
     BlacklistAction, DeliveryMode, LimitCounts, ListenerAuth, ListenerTls, LogFormat, Security,
     UpstreamAuth,
@@ -89,6 +89,11 @@ pub struct Config {
     pub routes: Vec<Route>,
     /// Things that are allowed but probably not meant (printed by check-config).
     pub warnings: Vec<ConfigError>,
+    /// Files the config refers to: certificates, keys, CA and secret files.
+    /// A reload re-reads them; the file watcher watches them too.
+    pub referenced: Vec<PathBuf>,
+    /// SHA-256 over the content of `referenced` at load time.
+    pub referenced_hash: String,
     auth_index: HashMap<String, String>,
     ip_index: Vec<(Cidr, String)>,
 }

@@ -140,8 +140,9 @@ pub struct RawLimits {
     pub command_timeout: Option<Dur>,
     /// Time allowed for the whole DATA/BDAT phase. Default `"10m"`.
     pub data_timeout: Option<Dur>,
-    /// Longest command or text line in bytes. Default 4096 (RFC 5321 asks
-    /// for at least 512 for commands and 1000 for text lines).
+    /// Longest command line in bytes (RFC 5321 asks for at least 512).
+    /// Default 4096. Message lines are not limited: the body is relayed as
+    /// it is, and an upstream's refusal is passed back.
     pub max_line_length: Option<usize>,
     /// Messages larger than this are spooled to a temporary file instead of
     /// memory. Default `"1MB"`.
@@ -180,8 +181,9 @@ pub struct RawHealth {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawReload {
-    /// Reload when the content of the config file or an included file
-    /// changes (checked every `interval`). Default `true`. SIGHUP always reloads.
+    /// Reload when the content of the config file, an included file, or a
+    /// certificate, key, CA or secret file they name changes (checked every
+    /// `interval`). Default `true`. SIGHUP always reloads.
     pub watch: Option<bool>,
     /// How often the files are checked. Default `"2s"`.
     pub interval: Option<Dur>,

@@ -31,6 +31,8 @@ struct Ctx<'s, 't> {
     src: &'s Sources<'t>,
     errors: Vec<ConfigError>,
     warnings: Vec<ConfigError>,
+    /// Files the config refers to (certificates, keys, CA and secret files).
+    referenced: Vec<PathBuf>,
 }
 
 impl Ctx<'_, '_> {
@@ -242,7 +244,10 @@ fn server(
                 );
             }
             let password = match &s.password {
-                Some(p) => match p.resolve(&cx.src.base_dir(file)) {
+                Some(p) => match {
+                    cx.referenced.extend(p.file_path(&cx.src.base_dir(file)));
+                    p.resolve(&cx.src.base_dir(file))
+                } {
                     Ok(sec) => Some(sec),
                     Err(m) => {
                         cx.err(file, &path.clone().key("password"), m);
@@ -253,7 +258,10 @@ fn server(
             };
             let ca_file = s.ca_file.as_ref().map(|p| cx.resolve_path(file, p));
             if let Some(ca) = &ca_file
-                && let Err(m) = crate::tls::read_certs(ca)
+                && let Err(m) = {
+                    cx.referenced.push(ca.clone());
+                    crate::tls::read_certs(ca)
+                }
             {
                 cx.err(file, &path.clone().key("ca_file"), m);
             }
@@ -381,6 +389,7 @@ pub(super) fn validate(
         src,
         errors,
         warnings: Vec::new(),
+        referenced: Vec::new(),
     };
 
     // [system]
@@ -482,6 +491,8 @@ pub(super) fn validate(
     let tls = doc.tls.as_ref().and_then(|l| {
         let cert = cx.resolve_path(l.file, &l.value.certificate);
         let key = cx.resolve_path(l.file, &l.value.private_key);
+        cx.referenced.push(cert.clone());
+        cx.referenced.push(key.clone());
         match crate::tls::server_config(&cert, &key) {
             Ok(server_config) => Some(TlsSettings {
                 certificate: cert,
@@ -505,7 +516,10 @@ pub(super) fn validate(
             }
         };
         let token = match &l.value.token {
-            Some(t) => match t.resolve(&cx.src.base_dir(l.file)) {
+            Some(t) => match {
+                cx.referenced.extend(t.file_path(&cx.src.base_dir(l.file)));
+                t.resolve(&cx.src.base_dir(l.file))
+            } {
                 Ok(s) => Some(s),
                 Err(m) => {
                     cx.err(l.file, &l.path.clone().key("token"), m);
@@ -666,6 +680,8 @@ pub(super) fn validate(
         applications: BTreeMap::new(),
         routes: Vec::new(),
         warnings: Vec::new(),
+        referenced: Vec::new(),
+        referenced_hash: String::new(),
         auth_index: HashMap::new(),
         ip_index: Vec::new(),
     };
@@ -1175,6 +1191,10 @@ pub(super) fn validate(
 
     if cx.errors.is_empty() {
         cfg.warnings = cx.warnings;
+        cx.referenced.sort();
+        cx.referenced.dedup();
+        cfg.referenced_hash = super::load::files_hash(&cx.referenced);
+        cfg.referenced = cx.referenced;
         Ok(cfg)
     } else {
         Err(ConfigErrors(cx.errors))

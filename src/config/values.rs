@@ -662,6 +662,14 @@ pub enum SecretSource {
 }
 
 impl SecretSource {
+    /// The file the secret is read from, if it is `{ file = ... }`.
+    pub fn file_path(&self, base: &Path) -> Option<std::path::PathBuf> {
+        match self {
+            SecretSource::File { file } => Some(base.join(file)),
+            _ => None,
+        }
+    }
+
     /// Reads the secret. This is the only I/O in this module; it happens
     /// while the config is loaded, never later.
     pub fn resolve(&self, base: &Path) -> Result<Secret, String> {
