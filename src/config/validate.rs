@@ -42,6 +42,25 @@ impl Ctx<'_, '_> {
     fn warn(&mut self, file: usize, path: &KeyPath, msg: impl Into<String>) {
         self.warnings.push(self.src.error(file, path, msg));
     }
+    /// Reads a secret, remembering its file (if any) for the watcher and
+    /// reporting a failure at `path`.
+    fn secret(
+        &mut self,
+        file: usize,
+        path: &KeyPath,
+        source: &super::values::SecretSource,
+    ) -> Option<super::values::Secret> {
+        let base = self.src.base_dir(file);
+        self.referenced.extend(source.file_path(&base));
+        match source.resolve(&base) {
+            Ok(s) => Some(s),
+            Err(m) => {
+                self.err(file, path, m);
+                None
+            }
+        }
+    }
+
     fn resolve_path(&self, file: usize, p: &str) -> PathBuf {
         let p = Path::new(p);
         if p.is_absolute() {
@@ -243,19 +262,10 @@ fn server(
                     "control characters are not allowed",
                 );
             }
-            let password = match &s.password {
-                Some(p) => match {
-                    cx.referenced.extend(p.file_path(&cx.src.base_dir(file)));
-                    p.resolve(&cx.src.base_dir(file))
-                } {
-                    Ok(sec) => Some(sec),
-                    Err(m) => {
-                        cx.err(file, &path.clone().key("password"), m);
-                        None
-                    }
-                },
-                None => None,
-            };
+            let password = s
+                .password
+                .as_ref()
+                .and_then(|p| cx.secret(file, &path.clone().key("password"), p));
             let ca_file = s.ca_file.as_ref().map(|p| cx.resolve_path(file, p));
             if let Some(ca) = &ca_file
                 && let Err(m) = {
@@ -515,19 +525,11 @@ pub(super) fn validate(
                 return None;
             }
         };
-        let token = match &l.value.token {
-            Some(t) => match {
-                cx.referenced.extend(t.file_path(&cx.src.base_dir(l.file)));
-                t.resolve(&cx.src.base_dir(l.file))
-            } {
-                Ok(s) => Some(s),
-                Err(m) => {
-                    cx.err(l.file, &l.path.clone().key("token"), m);
-                    None
-                }
-            },
-            None => None,
-        };
+        let token = l
+            .value
+            .token
+            .as_ref()
+            .and_then(|t| cx.secret(l.file, &l.path.clone().key("token"), t));
         Some(Admin { address, token })
     });
     let rlog = doc
