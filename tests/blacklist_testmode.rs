@@ -67,22 +67,7 @@ fn drop_and_reject() {
 #[test]
 fn location_rejects_and_redirects_in_test_mode() {
     let relay = TestRelay::start(&config());
-    let sock = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(async {
-            let s = tokio::net::TcpSocket::new_v4().unwrap();
-            s.bind("127.0.0.2:0".parse().unwrap()).unwrap();
-            s.connect(relay.addr("main"))
-                .await
-                .unwrap()
-                .into_std()
-                .unwrap()
-        });
-    sock.set_nonblocking(false).unwrap();
-    let mut c = Raw::from_stream(sock);
-    assert!(c.reply().starts_with("220"));
+    let mut c = Raw::connect_from(relay.addr("main"), "127.0.0.2");
     c.expect("EHLO c", 250);
     c.expect("MAIL FROM:<till@legacy.test>", 250);
     assert_eq!(

@@ -73,26 +73,6 @@ fn send(c: &mut Raw, to: &[&str]) {
     assert!(c.reply().starts_with("250 "));
 }
 
-fn from_127_0_0_2(relay: &TestRelay) -> Raw {
-    let sock = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(async {
-            let s = tokio::net::TcpSocket::new_v4().unwrap();
-            s.bind("127.0.0.2:0".parse().unwrap()).unwrap();
-            s.connect(relay.addr("main"))
-                .await
-                .unwrap()
-                .into_std()
-                .unwrap()
-        });
-    sock.set_nonblocking(false).unwrap();
-    let mut c = Raw::from_stream(sock);
-    assert!(c.reply().starts_with("220"));
-    c
-}
-
 #[test]
 fn counters_after_deliveries_failovers_drops_and_redirects() {
     let relay = TestRelay::start(&config());
@@ -129,7 +109,7 @@ fn counters_after_deliveries_failovers_drops_and_redirects() {
     send(&mut c, &["former@example.com"]); // every recipient dropped
     c.expect("QUIT", 221);
     // Two from "till", in test mode: three recipients redirected, one allowed.
-    let mut t = from_127_0_0_2(&relay);
+    let mut t = Raw::connect_from(relay.addr("main"), "127.0.0.2");
     t.expect("EHLO c", 250);
     send(&mut t, &["c1@example.com", "c2@example.com"]);
     send(&mut t, &["c3@example.com", "boss@relay.test"]);

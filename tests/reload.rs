@@ -182,24 +182,7 @@ fn a_new_certificate_applies_to_new_handshakes() {
     let cfg = common::relay::tls_config("");
     let relay = TestRelay::start(&cfg);
     let port = relay.port("smtps");
-    let subject = || {
-        common::relay::python(
-            port,
-            r#"
-import socket
-s = socket.create_connection((HOST, PORT), timeout=10)
-ctx = ssl.create_default_context()
-ctx.check_hostname = False
-ctx.verify_mode = ssl.CERT_NONE
-t = ctx.wrap_socket(s, server_hostname="localhost")
-import hashlib
-print(hashlib.sha256(t.getpeercert(binary_form=True)).hexdigest())
-"#,
-            &[],
-        )
-        .trim()
-        .to_owned()
-    };
+    let subject = || common::relay::peer_certificate_sha256(port);
     let first = subject();
     // A fresh self-signed certificate for localhost.
     let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
@@ -460,23 +443,7 @@ fn the_watcher_notices_a_replaced_certificate() {
         .replace("{certs}/localhost.crt", crt.to_str().unwrap())
         .replace("{certs}/localhost.key", key.to_str().unwrap());
     let p = Proc::start(&cfg);
-    let fingerprint = || {
-        common::relay::python(
-            p.addr("smtps").port(),
-            r#"
-import socket, hashlib
-s = socket.create_connection((HOST, PORT), timeout=10)
-ctx = ssl.create_default_context()
-ctx.check_hostname = False
-ctx.verify_mode = ssl.CERT_NONE
-t = ctx.wrap_socket(s, server_hostname="localhost")
-print(hashlib.sha256(t.getpeercert(binary_form=True)).hexdigest())
-"#,
-            &[],
-        )
-        .trim()
-        .to_owned()
-    };
+    let fingerprint = || common::relay::peer_certificate_sha256(p.addr("smtps").port());
     let first = fingerprint();
     let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
     write_atomic(&key, &ck.signing_key.serialize_pem());

@@ -4,29 +4,6 @@
 mod common;
 
 use common::relay::{Raw, TestRelay, simple_config};
-use std::net::{SocketAddr, TcpStream};
-
-fn from_127_0_0_2(addr: SocketAddr) -> Raw {
-    // Connect from another loopback address to look like another client.
-    let sock = connect_from(addr, "127.0.0.2:0".parse().unwrap());
-    let mut raw = Raw::from_stream(sock);
-    assert!(raw.reply().starts_with("220 "));
-    raw
-}
-
-fn connect_from(addr: SocketAddr, local: SocketAddr) -> TcpStream {
-    let s = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(async {
-            let sock = tokio::net::TcpSocket::new_v4().unwrap();
-            sock.bind(local).unwrap();
-            sock.connect(addr).await.unwrap().into_std().unwrap()
-        });
-    s.set_nonblocking(false).unwrap();
-    s
-}
 
 #[test]
 fn unidentified_client_cannot_relay() {
@@ -41,7 +18,7 @@ fn unidentified_client_cannot_relay() {
         "550 5.7.1 Relaying denied: client not recognised\r\n"
     );
     // From the application's address it works.
-    let mut ok = from_127_0_0_2(relay.addr("main"));
+    let mut ok = Raw::connect_from(relay.addr("main"), "127.0.0.2");
     ok.expect("EHLO c", 250);
     ok.expect("MAIL FROM:<a@legacy.test>", 250);
 }

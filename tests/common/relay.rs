@@ -346,6 +346,26 @@ impl Raw {
         }
     }
 
+    /// Connects from the loopback address `from` (e.g. 127.0.0.2, to look
+    /// like another client) and reads the greeting.
+    pub fn connect_from(addr: SocketAddr, from: &str) -> Raw {
+        let local: SocketAddr = format!("{from}:0").parse().unwrap();
+        let stream = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async {
+                let sock = tokio::net::TcpSocket::new_v4().unwrap();
+                sock.bind(local).unwrap();
+                sock.connect(addr).await.unwrap().into_std().unwrap()
+            });
+        stream.set_nonblocking(false).unwrap();
+        let mut r = Raw::from_stream(stream);
+        let g = r.reply();
+        assert!(g.starts_with("220 "), "greeting: {g}");
+        r
+    }
+
     /// Wraps an already connected socket (nothing is read).
     pub fn from_stream(stream: TcpStream) -> Raw {
         stream
@@ -476,4 +496,23 @@ client_ips = ["127.0.0.1"]
 {extra}
 "#
     )
+}
+
+/// SHA-256 (hex) of the certificate the TLS listener on `port` presents.
+pub fn peer_certificate_sha256(port: u16) -> String {
+    python(
+        port,
+        r#"
+import socket, hashlib
+s = socket.create_connection((HOST, PORT), timeout=10)
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+t = ctx.wrap_socket(s, server_hostname="localhost")
+print(hashlib.sha256(t.getpeercert(binary_form=True)).hexdigest())
+"#,
+        &[],
+    )
+    .trim()
+    .to_owned()
 }
