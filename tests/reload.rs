@@ -285,19 +285,10 @@ fn sighup_and_file_changes_reload_the_running_binary() {
     let text = std::fs::read_to_string(&path).unwrap();
     write_atomic(&path, &text.replace("First", "Second"));
     p.signal("HUP");
-    let end = Instant::now() + Duration::from_secs(10);
-    while !p
-        .log()
-        .iter()
-        .any(|l| l.contains("config reloaded") && l.contains("SIGHUP"))
-    {
-        assert!(
-            Instant::now() < end,
-            "no reload logged:\n{}",
-            p.log().join("\n")
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    p.wait_log("no reload logged", Duration::from_secs(10), |log| {
+        log.iter()
+            .any(|l| l.contains("config reloaded") && l.contains("SIGHUP"))
+    });
     assert_eq!(probe("two"), "Second <sender@relay.test>");
     // A file change, with watching switched on by the change itself.
     let text = std::fs::read_to_string(&path).unwrap();
@@ -308,36 +299,22 @@ fn sighup_and_file_changes_reload_the_running_binary() {
             .replace("watch = false", "watch = true"),
     );
     p.signal("HUP");
-    let end = Instant::now() + Duration::from_secs(10);
-    while p
-        .log()
-        .iter()
-        .filter(|l| l.contains("config reloaded") && l.contains("SIGHUP"))
-        .count()
-        < 2
-    {
-        assert!(
-            Instant::now() < end,
-            "second SIGHUP not handled:\n{}",
-            p.log().join("\n")
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    p.wait_log(
+        "second SIGHUP not handled",
+        Duration::from_secs(10),
+        |log| {
+            log.iter()
+                .filter(|l| l.contains("config reloaded") && l.contains("SIGHUP"))
+                .count()
+                >= 2
+        },
+    );
     let text = std::fs::read_to_string(&path).unwrap();
     write_atomic(&path, &text.replace("Third", "Fourth"));
-    let end = Instant::now() + Duration::from_secs(10);
-    while !p
-        .log()
-        .iter()
-        .any(|l| l.contains("config reloaded") && l.contains("file change"))
-    {
-        assert!(
-            Instant::now() < end,
-            "no reload on file change:\n{}",
-            p.log().join("\n")
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    p.wait_log("no reload on file change", Duration::from_secs(10), |log| {
+        log.iter()
+            .any(|l| l.contains("config reloaded") && l.contains("file change"))
+    });
     assert_eq!(probe("three"), "Fourth <sender@relay.test>");
     // A broken edit is reported with file, line and key, and changes nothing.
     let text = std::fs::read_to_string(&path).unwrap();
@@ -348,19 +325,10 @@ fn sighup_and_file_changes_reload_the_running_binary() {
             "display_name = \"Fourth\"\nprimary = \"nowhere\"",
         ),
     );
-    let end = Instant::now() + Duration::from_secs(10);
-    while !p
-        .log()
-        .iter()
-        .any(|l| l.contains("config reload refused") && l.contains("application.app.primary"))
-    {
-        assert!(
-            Instant::now() < end,
-            "no refusal logged:\n{}",
-            p.log().join("\n")
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    p.wait_log("no refusal logged", Duration::from_secs(10), |log| {
+        log.iter()
+            .any(|l| l.contains("config reload refused") && l.contains("application.app.primary"))
+    });
     assert_eq!(probe("four"), "Fourth <sender@relay.test>");
 }
 
@@ -448,18 +416,13 @@ fn the_watcher_notices_a_replaced_certificate() {
     let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
     write_atomic(&key, &ck.signing_key.serialize_pem());
     write_atomic(&crt, &ck.cert.pem());
-    let end = Instant::now() + Duration::from_secs(10);
-    while !p
-        .log()
-        .iter()
-        .any(|l| l.contains("config reloaded") && l.contains("file change"))
-    {
-        assert!(
-            Instant::now() < end,
-            "the certificate change was not noticed:\n{}",
-            p.log().join("\n")
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    p.wait_log(
+        "the certificate change was not noticed",
+        Duration::from_secs(10),
+        |log| {
+            log.iter()
+                .any(|l| l.contains("config reloaded") && l.contains("file change"))
+        },
+    );
     assert_ne!(fingerprint(), first);
 }

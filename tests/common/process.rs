@@ -94,6 +94,20 @@ impl Proc {
         self.log.lock().unwrap().clone()
     }
 
+    /// Waits (bounded by `timeout`) until the log so far satisfies `done`;
+    /// otherwise panics with `what` and the whole log.
+    pub fn wait_log(&self, what: &str, timeout: Duration, done: impl Fn(&[String]) -> bool) {
+        let end = Instant::now() + timeout;
+        loop {
+            let log = self.log();
+            if done(&log) {
+                return;
+            }
+            assert!(Instant::now() < end, "{what}:\n{}", log.join("\n"));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Peak resident memory (VmHWM) in KiB.
     pub fn peak_rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
