@@ -23,11 +23,6 @@ pub struct Health {
     map: DashMap<String, State>,
 }
 
-/// Whether a failure class says something about the server itself.
-pub fn counts(class: &str) -> bool {
-    matches!(class, "connection" | "tls" | "auth")
-}
-
 impl Health {
     /// Whether `server` is marked down at `now` (its cool-down not over).
     pub fn is_down(&self, server: &str, now: Instant) -> bool {
@@ -37,19 +32,16 @@ impl Health {
             .is_some_and(|until| now < until)
     }
 
-    /// Records a failure of class `class`; returns true when this marked
-    /// the server down.
+    /// Records a server-level failure (the caller checked
+    /// [`crate::outcome::Failover::counts_for_health`]); returns true when
+    /// this marked the server down.
     pub fn failure(
         &self,
         server: &str,
-        class: &str,
         now: Instant,
         max_failures: u32,
         cooldown: Duration,
     ) -> bool {
-        if !counts(class) {
-            return false;
-        }
         let mut s = self.map.entry(server.to_owned()).or_default();
         s.failures += 1;
         if s.failures >= max_failures.max(1) {
@@ -80,26 +72,22 @@ mod tests {
         let h = Health::default();
         let t0 = Instant::now();
         let cd = Duration::from_secs(30);
-        assert!(!h.failure("a", "connection", t0, 3, cd));
-        assert!(
-            !h.failure("a", "temporary", t0, 3, cd),
-            "a 4xx for one message does not count"
-        );
-        assert!(!h.failure("a", "tls", t0, 3, cd));
+        assert!(!h.failure("a", t0, 3, cd));
+        assert!(!h.failure("a", t0, 3, cd));
         assert!(!h.is_down("a", t0));
-        assert!(h.failure("a", "auth", t0, 3, cd));
+        assert!(h.failure("a", t0, 3, cd));
         assert!(h.is_down("a", t0 + Duration::from_secs(29)));
         assert!(!h.is_down("b", t0));
         // After the cool-down it may be tried again; one more failure
         // marks it down again at once.
         assert!(!h.is_down("a", t0 + cd));
-        assert!(h.failure("a", "connection", t0 + cd, 3, cd));
+        assert!(h.failure("a", t0 + cd, 3, cd));
         assert!(h.is_down("a", t0 + cd));
         h.success("a");
-        assert!(!h.failure("a", "connection", t0 + cd, 3, cd));
+        assert!(!h.failure("a", t0 + cd, 3, cd));
         // A success in between resets the count.
         h.success("a");
-        assert!(!h.failure("a", "connection", t0 + cd, 2, cd));
-        assert!(h.failure("a", "connection", t0 + cd, 2, cd));
+        assert!(!h.failure("a", t0 + cd, 2, cd));
+        assert!(h.failure("a", t0 + cd, 2, cd));
     }
 }

@@ -18,12 +18,20 @@ const MIN_THRESHOLD: u64 = 64 << 10;
 /// Size of the pieces read back from the spool file.
 const CHUNK: u64 = 256 << 10;
 
+/// The part of a message that lives in a file: `len` bytes from `base`.
+#[derive(Debug, Clone)]
+struct Tail {
+    file: Arc<std::fs::File>,
+    base: u64,
+    len: u64,
+}
+
 /// Message content, complete.
 #[derive(Debug)]
 pub struct Message {
     /// The first bytes (all of them for small messages).
     pub head: Vec<u8>,
-    tail: Option<(Arc<std::fs::File>, u64)>,
+    tail: Option<Tail>,
 }
 
 impl Message {
@@ -35,9 +43,45 @@ impl Message {
         }
     }
 
+    /// The message stored in `file` as `len` bytes from `base` (a queue
+    /// file): the first `head_len` bytes are read into memory (they hold the
+    /// header section), the rest stays in the file. Blocking.
+    pub fn from_file(
+        file: Arc<std::fs::File>,
+        base: u64,
+        len: u64,
+        head_len: u64,
+    ) -> io::Result<Message> {
+        let n = head_len.min(len);
+        let mut head = vec![0u8; n as usize];
+        file.read_exact_at(&mut head, base)?;
+        let tail = (len > n).then(|| Tail {
+            file,
+            base: base + n,
+            len: len - n,
+        });
+        Ok(Message { head, tail })
+    }
+
+    /// Writes the whole content to `w`. Blocking (for blocking threads).
+    pub fn write_to(&self, w: &mut impl io::Write) -> io::Result<()> {
+        w.write_all(&self.head)?;
+        if let Some(t) = &self.tail {
+            let mut buf = vec![0u8; CHUNK.min(t.len) as usize];
+            let mut at = 0;
+            while at < t.len {
+                let n = CHUNK.min(t.len - at) as usize;
+                t.file.read_exact_at(&mut buf[..n], t.base + at)?;
+                w.write_all(&buf[..n])?;
+                at += n as u64;
+            }
+        }
+        Ok(())
+    }
+
     /// Total size in bytes.
     pub fn len(&self) -> u64 {
-        self.head.len() as u64 + self.tail.as_ref().map_or(0, |t| t.1)
+        self.head.len() as u64 + self.tail.as_ref().map_or(0, |t| t.len)
     }
 
     /// Whether the message has no bytes.
@@ -64,8 +108,8 @@ impl Message {
     pub async fn ends_with_crlf(&self) -> io::Result<bool> {
         match &self.tail {
             None => Ok(self.head.ends_with(b"\r\n") || self.head.is_empty()),
-            Some((f, len)) if *len >= 2 => {
-                let (f, at) = (f.clone(), len - 2);
+            Some(t) if t.len >= 2 => {
+                let (f, at) = (t.file.clone(), t.base + t.len - 2);
                 let last = tokio::task::spawn_blocking(move || {
                     let mut b = [0u8; 2];
                     f.read_exact_at(&mut b, at).map(|_| b)
@@ -74,11 +118,11 @@ impl Message {
                 .map_err(io::Error::other)??;
                 Ok(&last == b"\r\n")
             }
-            Some((f, _)) => {
-                let f = f.clone();
+            Some(t) => {
+                let (f, at) = (t.file.clone(), t.base);
                 let last = tokio::task::spawn_blocking(move || {
                     let mut b = [0u8; 1];
-                    f.read_exact_at(&mut b, 0).map(|_| b[0])
+                    f.read_exact_at(&mut b, at).map(|_| b[0])
                 })
                 .await
                 .map_err(io::Error::other)??;
@@ -91,7 +135,7 @@ impl Message {
 /// Pieces of a message's content, in order.
 pub struct Chunks<'a> {
     head: Option<&'a [u8]>,
-    tail: Option<(Arc<std::fs::File>, u64)>,
+    tail: Option<Tail>,
     offset: u64,
     buf: Vec<u8>,
 }
@@ -104,14 +148,14 @@ impl Chunks<'_> {
         {
             return Ok(Some(h));
         }
-        let Some((file, len)) = self.tail.clone() else {
+        let Some(Tail { file, base, len }) = self.tail.clone() else {
             return Ok(None);
         };
         if self.offset >= len {
             return Ok(None);
         }
         let n = CHUNK.min(len - self.offset) as usize;
-        let at = self.offset;
+        let at = base + self.offset;
         let mut buf = std::mem::take(&mut self.buf);
         buf.resize(n, 0);
         let buf =
@@ -130,7 +174,7 @@ pub struct Spooler {
     dir: PathBuf,
     threshold: usize,
     head: Vec<u8>,
-    tail: Option<(Arc<std::fs::File>, u64)>,
+    tail: Option<Tail>,
 }
 
 fn header_complete(head: &[u8]) -> bool {
@@ -176,15 +220,19 @@ impl Spooler {
             })
             .await
             .map_err(io::Error::other)??;
-            self.tail = Some((Arc::new(f), 0));
+            self.tail = Some(Tail {
+                file: Arc::new(f),
+                base: 0,
+                len: 0,
+            });
         }
-        if let Some((f, len)) = self.tail.as_mut() {
-            let (file, at) = (f.clone(), *len);
+        if let Some(t) = self.tail.as_mut() {
+            let (file, at) = (t.file.clone(), t.len);
             let n = chunk.len() as u64;
             tokio::task::spawn_blocking(move || file.write_all_at(&chunk, at))
                 .await
                 .map_err(io::Error::other)??;
-            *len += n;
+            t.len += n;
         }
         Ok(())
     }

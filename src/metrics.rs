@@ -76,6 +76,13 @@ pub struct FailoverLabels {
     pub class: &'static str,
 }
 
+/// `{class}`: a failure class (`crate::outcome::FailureClass`) or `no_server`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClassLabel {
+    /// The class.
+    pub class: &'static str,
+}
+
 /// `{server}`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ServerLabel {
@@ -186,6 +193,14 @@ pub struct Metrics {
     pub config_loaded: Gauge,
     /// 1, with the version.
     pub build_info: Family<BuildLabels, Gauge>,
+    /// Messages in the queue.
+    pub queue_depth: Gauge,
+    /// Age of the oldest queued message, in seconds.
+    pub queue_oldest_age: Gauge,
+    /// Delivery attempts made from the queue.
+    pub queue_attempts: Counter,
+    /// Queue attempts deferred, by the failure class of each server tried.
+    pub queue_deferrals: Family<ClassLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -219,8 +234,32 @@ impl Metrics {
             config_info: Family::default(),
             config_loaded: Gauge::default(),
             build_info: Family::default(),
+            queue_depth: Gauge::default(),
+            queue_oldest_age: Gauge::default(),
+            queue_attempts: Counter::default(),
+            queue_deferrals: Family::default(),
             registry: Registry::default(),
         };
+        r.register(
+            "queue_depth",
+            "Messages in the queue",
+            m.queue_depth.clone(),
+        );
+        r.register(
+            "queue_oldest_age_seconds",
+            "Age of the oldest queued message in seconds",
+            m.queue_oldest_age.clone(),
+        );
+        r.register(
+            "queue_attempts",
+            "Delivery attempts made from the queue",
+            m.queue_attempts.clone(),
+        );
+        r.register(
+            "queue_deferrals",
+            "Queue delivery attempts deferred, by failure class of each server tried",
+            m.queue_deferrals.clone(),
+        );
         r.register(
             "connections",
             "Client connections by listener and outcome (accepted, refused at max_connections)",
@@ -421,6 +460,13 @@ impl Metrics {
                     });
                 }
             }
+        }
+        for class in crate::outcome::FailureClass::ALL
+            .iter()
+            .map(|c| c.as_str())
+            .chain(["no_server"])
+        {
+            let _ = self.queue_deferrals.get_or_create(&ClassLabel { class });
         }
         for s in cfg.servers.values() {
             let sl = ServerLabel {

@@ -13,7 +13,6 @@ use crate::session::driver::{self, Conn};
 use crate::session::reply;
 use crate::session::state::Session;
 use crate::session::throttle::AuthThrottle;
-use crate::util::IdGen;
 use arc_swap::ArcSwap;
 use std::collections::HashMap;
 use std::io;
@@ -24,9 +23,6 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
-
-/// Background tasks (DSNs) that may run at once and that shutdown waits for.
-const BACKGROUND_SLOTS: u32 = 1024;
 
 /// A bound listener socket and the address its `[[listener]]` names.
 #[derive(Debug)]
@@ -84,7 +80,7 @@ pub enum ReloadError {
         /// The server.
         server: String,
         /// Failure class.
-        class: &'static str,
+        class: crate::outcome::FailureClass,
         /// What happened.
         reason: String,
     },
@@ -122,7 +118,7 @@ struct AcceptLoop {
 
 /// State shared by every session of a running relay.
 pub struct Relay {
-    config: ArcSwap<Config>,
+    config: Arc<ArcSwap<Config>>,
     /// AUTH failure throttle per client address.
     pub throttle: AuthThrottle,
     conns: Arc<Semaphore>,
@@ -131,10 +127,9 @@ pub struct Relay {
     /// Permits to forget as sessions end (a reload lowered max_connections
     /// while more sessions than the new limit were open).
     conn_debt: AtomicU32,
-    /// Background work that must finish before exit (DSNs).
-    background: Arc<Semaphore>,
-    ids: IdGen,
     shutdown: watch::Sender<bool>,
+    /// The delivery engine (direct mode and the queue).
+    pub engine: Arc<crate::delivery::engine::Engine>,
     /// SMTP upstream connection pools.
     pub upstreams: Arc<crate::upstream::Upstreams>,
     /// Every metric.
@@ -171,18 +166,26 @@ impl Relay {
         let max = cfg.limits.max_connections.min(Semaphore::MAX_PERMITS) as u32;
         let metrics = Arc::new(crate::metrics::Metrics::new());
         metrics.prime(&cfg, crate::util::unix_now());
+        let config = Arc::new(ArcSwap::from_pointee(cfg));
+        let upstreams = Arc::new(crate::upstream::Upstreams::with_metrics(metrics.clone()));
+        let health: Arc<crate::health::Health> = Arc::default();
+        let engine = Arc::new(crate::delivery::engine::Engine::new(
+            config.clone(),
+            upstreams.clone(),
+            metrics.clone(),
+            health.clone(),
+        ));
         Arc::new(Relay {
-            config: ArcSwap::from_pointee(cfg),
+            config,
             throttle: AuthThrottle::default(),
             conns: Arc::new(Semaphore::new(max as usize)),
             max_conns: AtomicU32::new(max),
             conn_debt: AtomicU32::new(0),
-            background: Arc::new(Semaphore::new(BACKGROUND_SLOTS as usize)),
-            ids: IdGen::default(),
             shutdown: watch::channel(false).0,
-            upstreams: Arc::new(crate::upstream::Upstreams::with_metrics(metrics.clone())),
+            engine,
+            upstreams,
             metrics,
-            health: Arc::default(),
+            health,
             auth_slots: Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get())),
             loops: Mutex::new(HashMap::new()),
             reloading: tokio::sync::Mutex::new(()),
@@ -197,7 +200,22 @@ impl Relay {
 
     /// A new message id.
     pub fn next_id(&self) -> String {
-        self.ids.next()
+        self.engine.next_id()
+    }
+
+    /// Opens the queue in the spool and recovers what it holds (once; a
+    /// second call does nothing). `run` calls it before serving, so a spool
+    /// that cannot be opened stops the start.
+    pub async fn open_queue(&self) -> io::Result<()> {
+        if self.engine.queue().is_some() {
+            return Ok(());
+        }
+        let cfg = self.config();
+        let q = tokio::task::spawn_blocking(move || crate::queue::Queue::open(&cfg))
+            .await
+            .map_err(io::Error::other)??;
+        self.engine.set_queue(Arc::new(q));
+        Ok(())
     }
 
     /// Receives `true` once shutdown begins.
@@ -269,6 +287,14 @@ impl Relay {
     /// Accepts on every bound listener until shutdown, then waits up to
     /// the grace period for sessions in progress to finish.
     pub async fn serve(self: &Arc<Self>, bound: Vec<Bound>, grace: Duration) {
+        if let Err(e) = self.open_queue().await {
+            tracing::error!(error = %e, spool = %self.config().system.spool.display(), "cannot open the queue; queued delivery refuses mail with 451");
+        }
+        let queue_task = self
+            .engine
+            .queue()
+            .cloned()
+            .map(|q| tokio::spawn(q.run(self.engine.clone(), self.shutdown_signal(), grace)));
         for b in bound {
             self.start_loop(b);
         }
@@ -297,11 +323,10 @@ impl Relay {
                 "grace period over; closing remaining sessions"
             ),
         }
-        if tokio::time::timeout_at(deadline, self.background.acquire_many(BACKGROUND_SLOTS))
-            .await
-            .is_err()
-        {
-            tracing::warn!("grace period over; undelivered DSNs are lost");
+        // Queue deliveries in flight finish within the grace period; the
+        // rest stays in the spool.
+        if let Some(t) = queue_task {
+            let _ = tokio::time::timeout_at(deadline + Duration::from_secs(1), t).await;
         }
     }
 
@@ -543,11 +568,6 @@ impl Relay {
         }
     }
 
-    /// A slot for background work (a DSN) that shutdown waits for.
-    pub fn background_slot(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
-        self.background.clone().try_acquire_owned().ok()
-    }
-
     /// Reloads and logs and counts the result.
     pub async fn reload_and_report(self: &Arc<Self>, probe: bool, why: &str) -> bool {
         let result = self.reload(probe).await;
@@ -673,6 +693,7 @@ pub async fn run_until_signal(cfg: Config, opts: RunOptions) -> io::Result<()> {
     };
     tracing::info!(config = %cfg.source, hash = %cfg.hash, "smarthost started");
     let relay = Relay::new(cfg);
+    relay.open_queue().await?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;

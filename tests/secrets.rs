@@ -62,6 +62,7 @@ fn sentinel_secrets_appear_nowhere() {
     let cfg = format!(
         r#"
 [system]
+delivery = "direct"
 hostname = "relay.test"
 default_server = "up"
 fallback_server = "second"

@@ -54,7 +54,7 @@ async fn wrong_password_fails_over_as_auth_without_leaking_it() {
         assert!(f.reason.contains("535"), "{f:?}");
         assert!(!f.reason.contains("wrong-password-123"), "{f:?}");
         let probed = probe(&Upstreams::default(), "up", &s).await.unwrap_err();
-        assert_eq!(probed.class, "auth");
+        assert_eq!(probed.class.as_str(), "auth");
     }
 }
 

@@ -56,7 +56,10 @@ async fn probe_all_keeps_order_and_reports_failures() {
     assert_eq!(results.len(), 2);
     assert_eq!(results[0].0, "dead");
     let f = results[0].1.as_ref().unwrap_err();
-    assert_eq!((f.server.as_str(), f.class), ("dead", "connection"));
+    assert_eq!(
+        (f.server.as_str(), f.class.as_str()),
+        ("dead", "connection")
+    );
     assert_eq!(results[1].0, "alive");
     assert!(results[1].1.is_ok());
 }
@@ -88,7 +91,7 @@ async fn test_message_relays_and_reports() {
     )
     .await;
     assert!(dead.session.is_none());
-    assert!(matches!(dead.result, Err(TestFailure::Failed(f)) if f.class == "connection"));
+    assert!(matches!(dead.result, Err(TestFailure::Failed(f)) if f.class.as_str() == "connection"));
 }
 
 fn config(dir: &std::path::Path, servers: &str) -> std::path::PathBuf {

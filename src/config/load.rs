@@ -7,8 +7,8 @@
 //! from the TOML spans, looked up by key path.
 
 use super::raw::{
-    RawAdmin, RawApplication, RawHealth, RawLimits, RawListener, RawLog, RawReload, RawRoute,
-    RawServer, RawSystem, RawTenant, RawTls,
+    QueueSettings, RawAdmin, RawApplication, RawHealth, RawLimits, RawListener, RawLog, RawReload,
+    RawRoute, RawServer, RawSystem, RawTenant, RawTls,
 };
 use super::{Config, ConfigError, ConfigErrors};
 use serde::de::DeserializeOwned;
@@ -167,6 +167,7 @@ pub(super) struct RawDoc {
     pub log: Option<Located<RawLog>>,
     pub health: Option<Located<RawHealth>>,
     pub reload: Option<Located<RawReload>>,
+    pub queue: Option<Located<QueueSettings>>,
     pub servers: Vec<(String, Located<RawServer>)>,
     pub tenants: Vec<(String, Located<RawTenant>)>,
     pub applications: Vec<(String, Located<RawApplication>)>,
@@ -299,6 +300,7 @@ fn collect(src: &Sources<'_>, file: usize, doc: &mut RawDoc, errors: &mut Vec<Co
             "log" => doc.log = entity(src, file, &path, value, errors).map(located!()),
             "health" => doc.health = entity(src, file, &path, value, errors).map(located!()),
             "reload" => doc.reload = entity(src, file, &path, value, errors).map(located!()),
+            "queue" => doc.queue = entity(src, file, &path, value, errors).map(located!()),
             "listener" | "route" => {
                 let DeValue::Array(items) = value.get_ref() else {
                     errors.push(src.error(file, &path, format!("expected an array of tables: write [[{k}]]")));
@@ -349,7 +351,7 @@ fn collect(src: &Sources<'_>, file: usize, doc: &mut RawDoc, errors: &mut Vec<Co
             other => errors.push(src.error(
                 file,
                 &path,
-                format!("unknown key `{other}`, expected one of include, system, listener, tls, limits, admin, log, health, reload, server, tenant, application, route"),
+                format!("unknown key `{other}`, expected one of include, system, listener, tls, limits, admin, log, health, reload, queue, server, tenant, application, route"),
             )),
         }
     }

@@ -20,8 +20,8 @@ use std::time::Duration;
 
 pub use load::{DEFAULT_CONFIG, files_hash, load_default, load_file, load_str, source_hash};
 pub use raw::{
-    BlacklistAction, DeliveryMode, LimitCounts, ListenerAuth, ListenerTls, LogFormat, Security,
-    UpstreamAuth,
+    BlacklistAction, DeliveryMode, LimitCounts, ListenerAuth, ListenerTls, LogFormat,
+    QueueSettings, Security, UpstreamAuth,
 };
 use values::{BlacklistEntry, Cidr, EmailAddress, HeaderText, Limit, Secret};
 
@@ -79,6 +79,8 @@ pub struct Config {
     pub health: HealthSettings,
     /// `[reload]`.
     pub reload: ReloadSettings,
+    /// `[queue]`.
+    pub queue: QueueSettings,
     /// Every `[server.NAME]`.
     pub servers: BTreeMap<String, Server>,
     /// Every `[tenant.NAME]`.

@@ -19,8 +19,9 @@ pub struct RawSystem {
     pub hostname: Option<HeaderText>,
     /// `false` refuses all sending with a 4xx, whatever tenants configure.
     pub enabled: Option<bool>,
-    /// `"direct"` or `"queue"` (see ARCHITECTURE.md: queue mode is accepted
-    /// and delivers directly until the durable queue lands).
+    /// `"queue"` (default: the message is fsynced to the spool before the
+    /// client's 250 and delivered in the background with retries) or
+    /// `"direct"` (the client's reply waits for the upstream's answer).
     pub delivery: Option<DeliveryMode>,
     /// Directory for the queue and persistent state (relative to the config).
     pub spool: Option<String>,
@@ -175,6 +176,34 @@ pub struct RawHealth {
     /// How long a server that is down is skipped before it is tried again.
     /// Default `"30s"`.
     pub cooldown: Option<Dur>,
+}
+
+/// `[queue]`: retries of queued messages (PRODUCT §3.8). Each key is
+/// declared once, here, with its default; the validated config uses this
+/// type as it is.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueSettings {
+    /// First retry after about this long (jittered by ±20%). Default `"1m"`.
+    pub min_backoff: Dur,
+    /// Retries back off exponentially (doubling) up to this. Default `"1h"`.
+    pub max_backoff: Dur,
+    /// A message still not delivered after this long gets a DSN and leaves
+    /// the queue. Default `"5d"`.
+    pub max_age: Dur,
+    /// Deliveries from the queue that may run at once. Default 100.
+    pub concurrency: u32,
+}
+
+impl Default for QueueSettings {
+    fn default() -> Self {
+        QueueSettings {
+            min_backoff: Dur(std::time::Duration::from_secs(60)),
+            max_backoff: Dur(std::time::Duration::from_secs(3600)),
+            max_age: Dur(std::time::Duration::from_secs(5 * 86400)),
+            concurrency: 100,
+        }
+    }
 }
 
 /// `[reload]`: hot reload (PRODUCT §3.9).

@@ -477,7 +477,7 @@ fn defaults_apply() {
     };
     assert_eq!((s.port, s.security), (587, Security::Auto));
     assert_eq!(s.helo_name, "relay.test");
-    assert_eq!(c.system.delivery, DeliveryMode::Direct);
+    assert_eq!(c.system.delivery, DeliveryMode::Queue);
     assert_eq!(c.listeners[0].name, "127.0.0.1:2525");
 }
 

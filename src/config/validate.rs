@@ -407,14 +407,7 @@ pub(super) fn validate(
         Some(l) => (l.file, l.path.clone(), l.value.clone()),
         None => (0, KeyPath::new(["system"]), Default::default()),
     };
-    let delivery = rs.delivery.unwrap_or(DeliveryMode::Direct);
-    if delivery == DeliveryMode::Queue {
-        cx.warn(
-            sys_file,
-            &sys_path.clone().key("delivery"),
-            "delivery = \"queue\" is not implemented yet; messages are relayed directly (the client's reply waits for the upstream)",
-        );
-    }
+    let delivery = rs.delivery.unwrap_or(DeliveryMode::Queue);
     let system = System {
         hostname: rs
             .hostname
@@ -565,6 +558,34 @@ pub(super) fn validate(
             "must be greater than zero",
         );
     }
+    let queue = doc
+        .queue
+        .as_ref()
+        .map(|l| l.value.clone())
+        .unwrap_or_default();
+    if let Some(l) = &doc.queue {
+        if queue.min_backoff.get().is_zero() {
+            cx.err(
+                l.file,
+                &l.path.clone().key("min_backoff"),
+                "must be greater than zero",
+            );
+        }
+        if queue.max_backoff < queue.min_backoff {
+            cx.err(
+                l.file,
+                &l.path.clone().key("max_backoff"),
+                "must not be less than min_backoff",
+            );
+        }
+        if queue.concurrency == 0 {
+            cx.err(
+                l.file,
+                &l.path.clone().key("concurrency"),
+                "must be at least 1",
+            );
+        }
+    }
     let rr = doc
         .reload
         .as_ref()
@@ -677,6 +698,7 @@ pub(super) fn validate(
         log,
         health,
         reload,
+        queue,
         servers,
         tenants,
         applications: BTreeMap::new(),

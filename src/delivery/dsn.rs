@@ -59,7 +59,17 @@ pub struct Report<'a> {
     pub to: &'a str,
     /// The original header section (included as text/rfc822-headers).
     pub original_header: &'a [u8],
+    /// What happened, for the human-readable part: the text after
+    /// "Your message ID ".
+    pub summary: &'a str,
 }
+
+/// The summary when a server accepted the message for some recipients.
+pub const SUMMARY_PARTIAL: &str =
+    "was delivered to some recipients, but these were\r\nrefused permanently:";
+
+/// The summary when the queue gave up on recipients.
+pub const SUMMARY_FAILED: &str = "could not be delivered to the following recipients:";
 
 fn clean(s: &str) -> String {
     s.chars().filter(|c| !c.is_control()).take(500).collect()
@@ -68,7 +78,7 @@ fn clean(s: &str) -> String {
 /// The status code for `Status:`: the upstream's enhanced code, else one
 /// found at the start of its text, else `5.0.0`.
 fn status(r: &RefusedRecipient) -> String {
-    if let Some((a, b, c)) = r.enhanced.filter(|e| e.0 == 5) {
+    if let Some((a, b, c)) = r.enhanced.filter(|e| e.0 == 5 || e.0 == 4) {
         return format!("{a}.{b}.{c}");
     }
     let esc = r.reason.split_whitespace().next().filter(|w| {
@@ -103,14 +113,13 @@ pub fn build(r: &Report<'_>) -> Vec<u8> {
          \r\n\
          This is the mail system at host {host}.\r\n\
          \r\n\
-         Your message {id} was delivered to some recipients, but the server\r\n\
-         {server} refused the following ones permanently:\r\n\
+         Your message {id} {summary}\r\n\
          \r\n",
         host = r.hostname,
         to = r.to,
         date = rfc5322_date(r.now),
         id = r.id,
-        server = clean(r.server),
+        summary = r.summary,
     );
     for f in r.refused {
         let _ = write!(
@@ -193,6 +202,7 @@ mod tests {
             refused: &refused,
             to: "shop@acme.example",
             original_header: b"From: a@b.test\r\nSubject: Order\r\n",
+            summary: SUMMARY_PARTIAL,
         };
         let bytes = build(&r);
         let text = String::from_utf8(bytes.clone()).unwrap();

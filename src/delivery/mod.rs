@@ -1,45 +1,28 @@
 //! Delivery of one message along its server chain (PRODUCT §2 steps 4–5,
-//! §3.6): the rewrite is computed for each hop's server, then the hop is
-//! tried; temporary and connection failures move on to the next server,
-//! permanent recipient refusals do not.
+//! §3.6): the rewrite is computed for each hop's server, then the hop goes
+//! to that server's kind; temporary and connection failures move on to the
+//! next server, permanent recipient refusals do not.
 //!
-//! The capture outbox lives in `capture`; SMTP upstreams in `upstream`.
+//! * [`engine`] — the delivery service the session hands a submission to:
+//!   direct mode delivers now, queue mode makes it durable first; both use
+//!   [`deliver`] here, the one chain walk.
+//! * `capture` — the capture outbox kind; SMTP upstreams live in `upstream`.
+//! * `dsn` — delivery status notifications.
+//!
+//! Upstream kinds are dispatched in exactly one place, [`hop`].
 
 pub mod capture;
 pub mod dsn;
+pub mod engine;
 
 use crate::config::{Server, ServerKind};
 use crate::message::Message;
 use crate::metrics::{FailoverLabels, ServerLabel};
+pub use crate::outcome::{Capability, Failover, FailureClass, HopResult, RefusedRecipient};
 use crate::policy::Plan;
 use crate::rewrite;
 use crate::session::state::Envelope;
-use serde::Serialize;
 use std::time::Instant;
-
-/// Why a hop failed and the next server was tried.
-#[derive(Debug, Clone, Serialize)]
-pub struct Failover {
-    /// The server that failed.
-    pub server: String,
-    /// Failure class: `connection`, `temporary`, `tls`, `auth`, `capability`, `local`.
-    pub class: &'static str,
-    /// What happened (sanitised; no secrets).
-    pub reason: String,
-}
-
-/// A recipient an upstream refused permanently although others were accepted.
-#[derive(Debug, Clone, Serialize)]
-pub struct RefusedRecipient {
-    /// The recipient.
-    pub rcpt: String,
-    /// The upstream's code.
-    pub code: u16,
-    /// The upstream's enhanced status code, if it gave one.
-    pub enhanced: Option<(u8, u16, u16)>,
-    /// The upstream's text.
-    pub reason: String,
-}
 
 /// The result of a delivery attempt over the whole chain.
 #[derive(Debug, Clone)]
@@ -48,7 +31,7 @@ pub enum Outcome {
     Delivered {
         /// The server that accepted it.
         server: String,
-        /// Servers tried before it.
+        /// Servers tried or skipped before it.
         failovers: Vec<Failover>,
         /// Recipients the accepting server refused permanently.
         refused: Vec<RefusedRecipient>,
@@ -65,42 +48,64 @@ pub enum Outcome {
         enhanced: Option<(u8, u16, u16)>,
         /// Its text.
         reason: String,
-        /// Servers tried before it.
+        /// Servers tried or skipped before it.
         failovers: Vec<Failover>,
     },
-    /// Every server failed temporarily.
+    /// Every server failed temporarily (or was skipped).
     Deferred {
-        /// Each server's failure, in order.
+        /// Each server's failure, in order (skipped servers have class
+        /// `down` or `limit`).
         failovers: Vec<Failover>,
     },
-    /// The chain was empty (no server may take the message now).
-    NoServer,
+    /// The chain was empty, or every server in it was skipped (down): no
+    /// server may take the message now.
+    NoServer {
+        /// The skipped servers and why.
+        skipped: Vec<Failover>,
+    },
 }
 
-/// The result of one hop.
-#[derive(Debug)]
-pub enum HopResult {
-    /// Accepted for some recipients; `refused` were refused permanently.
-    Accepted {
-        /// Permanently refused recipients.
-        refused: Vec<RefusedRecipient>,
-    },
-    /// Refused permanently for every recipient (or the message as a whole).
-    Permanent {
-        /// Code.
-        code: u16,
-        /// Enhanced status code.
-        enhanced: Option<(u8, u16, u16)>,
-        /// Text.
-        reason: String,
-    },
-    /// Try the next server.
-    Failover(Failover),
+impl Outcome {
+    /// The `outcome` label and log value.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Outcome::Delivered { .. } => "delivered",
+            Outcome::NothingToDeliver => "dropped",
+            Outcome::Refused { .. } => "refused",
+            Outcome::Deferred { .. } => "deferred",
+            Outcome::NoServer { .. } => "no_server",
+        }
+    }
+
+    /// Servers tried or skipped on the way.
+    pub fn failovers(&self) -> &[Failover] {
+        match self {
+            Outcome::Delivered { failovers, .. }
+            | Outcome::Refused { failovers, .. }
+            | Outcome::Deferred { failovers } => failovers,
+            Outcome::NoServer { skipped } => skipped,
+            Outcome::NothingToDeliver => &[],
+        }
+    }
+
+    /// The server that accepted or refused the message.
+    pub fn server(&self) -> Option<&str> {
+        match self {
+            Outcome::Delivered { server, .. } | Outcome::Refused { server, .. } => Some(server),
+            _ => None,
+        }
+    }
+
+    /// How long the servers asked not to be tried again (the longest
+    /// `Retry-After` any of them sent).
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        self.failovers().iter().filter_map(|f| f.retry_after).max()
+    }
 }
 
-/// What the delivery code needs to know of the message besides its bytes.
+/// What one attempt needs besides the plan and the message.
 pub struct Context<'a> {
-    /// Message id.
+    /// Message id (also the queue id).
     pub id: &'a str,
     /// The session's envelope.
     pub envelope: &'a Envelope,
@@ -110,6 +115,9 @@ pub struct Context<'a> {
     pub received_at: i64,
     /// `system.hostname` (for a Message-ID we add).
     pub hostname: &'a str,
+    /// The recipients to deliver to in this attempt: the plan's, less those
+    /// already delivered or failed (queue retries).
+    pub rcpts: &'a [String],
     /// SMTP connection pools.
     pub upstreams: &'a crate::upstream::Upstreams,
     /// Where failovers and latencies are counted.
@@ -134,15 +142,19 @@ fn needs_smtputf8(declared: bool, header: &[u8], mail_from: &str, rcpts: &[Strin
 /// client to retry (451) would never end.
 fn capability_refusal(failovers: &[Failover]) -> Option<Outcome> {
     let last = failovers.last()?;
-    if !failovers.iter().all(|f| f.class == "capability") {
+    let FailureClass::Capability(need) = last.class else {
+        return None;
+    };
+    if !failovers
+        .iter()
+        .all(|f| matches!(f.class, FailureClass::Capability(_)))
+    {
         return None;
     }
-    let (code, enhanced) = if last.reason.contains("SIZE") {
-        (552, (5, 3, 4))
-    } else if last.reason.contains("SMTPUTF8") {
-        (554, (5, 6, 7))
-    } else {
-        (554, (5, 6, 3))
+    let (code, enhanced) = match need {
+        Capability::Size => (552, (5, 3, 4)),
+        Capability::Smtputf8 => (554, (5, 6, 7)),
+        Capability::EightBitMime => (554, (5, 6, 3)),
     };
     Some(Outcome::Refused {
         server: last.server.clone(),
@@ -153,20 +165,20 @@ fn capability_refusal(failovers: &[Failover]) -> Option<Outcome> {
     })
 }
 
-/// Delivers `msg` along `plan.chain`.
+/// Delivers `msg` along `plan.chain` to `cx.rcpts`.
 pub async fn deliver(plan: &Plan<'_>, msg: &Message, cx: &Context<'_>) -> Outcome {
-    if plan.deliver_to.is_empty() {
+    if cx.rcpts.is_empty() {
         return Outcome::NothingToDeliver;
     }
-    if plan.chain.is_empty() {
-        return Outcome::NoServer;
-    }
     let mut failovers = Vec::new();
-    let mut skipped = 0;
     for (i, server) in plan.chain.iter().enumerate() {
         if cx.health.is_down(&server.name, Instant::now()) {
             tracing::debug!(id = cx.id, server = %server.name, "skipping a server marked down");
-            skipped += 1;
+            failovers.push(Failover::new(
+                &server.name,
+                FailureClass::Down,
+                "marked down after repeated failures",
+            ));
             continue;
         }
         let started = Instant::now();
@@ -203,7 +215,7 @@ pub async fn deliver(plan: &Plan<'_>, msg: &Message, cx: &Context<'_>) -> Outcom
                 };
             }
             HopResult::Failover(f) => {
-                tracing::warn!(id = cx.id, server = %f.server, class = f.class, reason = %f.reason, "hop failed, trying the next server");
+                tracing::warn!(id = cx.id, server = %f.server, class = %f.class, reason = %f.reason, "hop failed, trying the next server");
                 let to_server = plan
                     .chain
                     .get(i + 1)
@@ -213,22 +225,24 @@ pub async fn deliver(plan: &Plan<'_>, msg: &Message, cx: &Context<'_>) -> Outcom
                     .get_or_create(&FailoverLabels {
                         from_server: f.server.clone(),
                         to_server,
-                        class: f.class,
+                        class: f.class.as_str(),
                     })
                     .inc();
                 let (h, now) = (cx.health_settings, Instant::now());
-                if cx
-                    .health
-                    .failure(&server.name, f.class, now, h.failures, h.cooldown)
+                if f.counts_for_health()
+                    && cx.health.failure(&server.name, now, h.failures, h.cooldown)
                 {
-                    tracing::warn!(server = %server.name, cooldown_s = h.cooldown.as_secs(), "server marked down after repeated failures");
+                    tracing::warn!(server = %server.name, cooldown_s = h.cooldown.as_secs(), reason = %f.reason, "server marked down after repeated failures");
                 }
                 failovers.push(f);
             }
         }
     }
-    if failovers.is_empty() && skipped > 0 {
-        return Outcome::NoServer;
+    if failovers
+        .iter()
+        .all(|f| matches!(f.class, FailureClass::Down))
+    {
+        return Outcome::NoServer { skipped: failovers };
     }
     if let Some(refused) = capability_refusal(&failovers) {
         return refused;
@@ -236,8 +250,15 @@ pub async fn deliver(plan: &Plan<'_>, msg: &Message, cx: &Context<'_>) -> Outcom
     Outcome::Deferred { failovers }
 }
 
+/// One hop: the rewrite for this server, then the one dispatch over the
+/// upstream kinds.
 async fn hop(plan: &Plan<'_>, server: &Server, msg: &Message, cx: &Context<'_>) -> HopResult {
-    let spec = plan.rewrite_spec(server);
+    let mut spec = plan.rewrite_spec(server);
+    // RFC 6409 §8: a submission without Date or Message-ID gets them; the
+    // same values on every hop, since they derive from the message id and
+    // its arrival time.
+    spec.add_date = Some(crate::util::rfc5322_date(cx.received_at));
+    spec.add_message_id = Some(format!("<{}@{}>", cx.id, cx.hostname));
     let rw = rewrite::rewrite(&msg.head, &spec);
     let mail_from = rewrite::envelope_sender(&plan.envelope_from, &spec);
     let mut header = Vec::with_capacity(cx.received.len() + rw.header.len());
@@ -249,7 +270,7 @@ async fn hop(plan: &Plan<'_>, server: &Server, msg: &Message, cx: &Context<'_>) 
                 id: cx.id,
                 received_at: cx.received_at,
                 mail_from: &mail_from,
-                rcpt_to: &plan.deliver_to,
+                rcpt_to: cx.rcpts,
                 original_mail_from: &plan.envelope_from,
                 recipients: &plan.recipients,
                 application: &plan.eff.app.name,
@@ -265,26 +286,21 @@ async fn hop(plan: &Plan<'_>, server: &Server, msg: &Message, cx: &Context<'_>) 
                 Ok(_) => HopResult::Accepted {
                     refused: Vec::new(),
                 },
-                Err(e) => HopResult::Failover(Failover {
-                    server: server.name.clone(),
-                    class: "local",
-                    reason: format!("cannot write to {}: {e}", c.path.display()),
-                }),
+                Err(e) => HopResult::Failover(Failover::new(
+                    &server.name,
+                    FailureClass::Local,
+                    format!("cannot write to {}: {e}", c.path.display()),
+                )),
             }
         }
         ServerKind::Smtp(s) => {
             let out = crate::upstream::Outgoing {
                 mail_from: &mail_from,
-                rcpt_to: &plan.deliver_to,
+                rcpt_to: cx.rcpts,
                 header: &header,
                 message: msg,
                 body_offset: rw.body_offset,
-                smtputf8: needs_smtputf8(
-                    cx.envelope.smtputf8,
-                    &header,
-                    &mail_from,
-                    &plan.deliver_to,
-                ),
+                smtputf8: needs_smtputf8(cx.envelope.smtputf8, &header, &mail_from, cx.rcpts),
                 body_8bit: cx.envelope.body_8bit,
             };
             cx.upstreams.send(&server.name, s, &out).await

@@ -16,11 +16,11 @@ use crate::config::{
     Application, BlacklistAction, Config, Listener, Server, Tenant, TestMode, TestModeSetting,
 };
 use crate::rewrite::RewriteSpec;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
 
 /// How an application was recognised.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum IdentifiedBy {
     /// SMTP AUTH user name.
@@ -75,9 +75,29 @@ impl std::fmt::Display for ListOrigin {
     }
 }
 
+impl ListOrigin {
+    /// The metrics `list` label: `system` or the tenant's name.
+    pub fn label(&self) -> String {
+        match self {
+            ListOrigin::System => "system".to_owned(),
+            ListOrigin::Tenant(t) => t.clone(),
+        }
+    }
+}
+
 impl Serialize for ListOrigin {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for ListOrigin {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Ok(match s.strip_prefix("tenant ") {
+            Some(t) => ListOrigin::Tenant(t.to_owned()),
+            None => ListOrigin::System,
+        })
     }
 }
 
@@ -180,7 +200,7 @@ pub fn check_mail(cfg: &Config, eff: &Effective<'_>) -> Result<(), Refusal> {
 }
 
 /// What happens to one recipient.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "action")]
 pub enum RcptVerdict {
     /// `250 2.1.5`: delivered as addressed.
@@ -255,7 +275,7 @@ pub fn check_rcpt(cfg: &Config, eff: &Effective<'_>, rcpt: &str) -> RcptVerdict 
 }
 
 /// One accepted recipient and what policy made of it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecipientPlan {
     /// As the client gave it.
     pub original: String,

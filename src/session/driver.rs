@@ -7,10 +7,8 @@ use super::reply;
 use super::state::{AuthResult, Envelope, Event, Session, TlsInfo};
 use super::throttle::{Attempt, FailureVerdict};
 use crate::config::Config;
-use crate::delivery::{self, Outcome};
 use crate::message::{Message, Spooler};
-use crate::metrics::{AppLabels, ListLabels, ListenerLabel, MessageLabels, TlsLabels};
-use crate::policy;
+use crate::metrics::{ListLabels, ListenerLabel, TlsLabels};
 use crate::server::Relay;
 use crate::util;
 use std::io;
@@ -260,7 +258,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
                         None => Ok(Message::in_memory(rest)),
                     };
                     let r = match msg {
-                        Ok(msg) => deliver(relay, &cfg, env, &msg).await,
+                        Ok(msg) => deliver(relay, &cfg, env, msg).await,
                         Err(e) => {
                             tracing::error!(error = %e, "cannot spool a message to disk");
                             reply::local_error()
@@ -275,7 +273,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
                 let l = ListLabels {
                     tenant: a.tenant.clone(),
                     application: app,
-                    list: list_label(&list),
+                    list: list.label(),
                 };
                 relay.metrics.recipients_rejected.get_or_create(&l).inc();
             }
@@ -402,233 +400,37 @@ async fn authenticate(
 /// An argon2id hash of a random password nobody knows.
 const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$lNk2UO7CQcwBk9zQ8hlNXA$T9HyHENESuJe5oqz5Cobuqf9NzVKn+2ghNMzqAflZBI";
 
+/// Hands a complete message to the delivery engine and returns its verdict.
 async fn deliver(
     relay: &Relay,
     cfg: &Arc<Config>,
     env: Box<Envelope>,
-    msg: &Message,
+    msg: Message,
 ) -> reply::Reply {
-    let env: &Envelope = &env;
-    let started = Instant::now();
     let id = relay.next_id();
-    let Some(app) = cfg.applications.get(&env.application) else {
-        return reply::local_error();
-    };
-    let eff = policy::resolve(cfg, app);
-    let plan = policy::plan(cfg, eff, &env.mail_from, env.recipients.clone());
     let now = util::unix_now();
-    let received = received_header(cfg, env, &id, &plan.deliver_to, now);
-    let cx = delivery::Context {
-        id: &id,
-        envelope: env,
-        received: &received,
+    let rcpts = crate::delivery::engine::Job {
+        id: id.clone(),
         received_at: now,
-        hostname: &cfg.system.hostname,
-        upstreams: &relay.upstreams,
-        metrics: &relay.metrics,
-        health: &relay.health,
-        health_settings: &cfg.health,
-    };
-    let m = &relay.metrics;
-    let app_labels = AppLabels {
-        tenant: plan.eff.tenant.name.clone(),
-        application: plan.eff.app.name.clone(),
-    };
-    m.messages_received.get_or_create(&app_labels).inc();
-    for r in &plan.recipients {
-        if let policy::RcptVerdict::Drop { list, .. } = &r.verdict {
-            let l = ListLabels {
-                tenant: app_labels.tenant.clone(),
-                application: app_labels.application.clone(),
-                list: list_label(list),
-            };
-            m.recipients_dropped.get_or_create(&l).inc();
-        }
+        envelope: (*env).clone(),
+        received: String::new(),
+        dsn: None,
     }
-    if !plan.redirected.is_empty() {
-        m.test_mode_redirects
-            .get_or_create(&app_labels)
-            .inc_by(plan.redirected.len() as u64);
-    }
-    let outcome = delivery::deliver(&plan, msg, &cx).await;
-    if let Outcome::Delivered {
-        server, refused, ..
-    } = &outcome
-        && !refused.is_empty()
-    {
-        send_dsn(
-            relay,
+    .deliver_to();
+    let received =
+        String::from_utf8_lossy(&received_header(cfg, &env, &id, &rcpts, now)).into_owned();
+    let job = crate::delivery::engine::Job {
+        id,
+        received_at: now,
+        envelope: *env,
+        received,
+        dsn: None,
+    };
+    relay
+        .engine
+        .submit(
             cfg,
-            env,
-            &plan,
-            (&id, now),
-            server,
-            refused.clone(),
-            msg,
-        );
-    }
-    let dropped = plan
-        .recipients
-        .iter()
-        .filter(|r| matches!(r.verdict, policy::RcptVerdict::Drop { .. }))
-        .count();
-    let (result, server, failovers, reply) = match &outcome {
-        Outcome::Delivered {
-            server, failovers, ..
-        } => (
-            "delivered",
-            server.as_str(),
-            failovers.as_slice(),
-            reply::delivered(&id),
-        ),
-        Outcome::NothingToDeliver => (
-            "dropped",
-            "",
-            &[][..],
-            reply::accepted_nothing_to_deliver(&id),
-        ),
-        Outcome::Refused {
-            server,
-            code,
-            enhanced,
-            reason,
-            failovers,
-        } => (
-            "refused",
-            server.as_str(),
-            failovers.as_slice(),
-            reply::upstream_permanent(*code, *enhanced, reason),
-        ),
-        Outcome::Deferred { failovers } => (
-            "deferred",
-            "",
-            failovers.as_slice(),
-            reply::all_servers_failed(failovers.len()),
-        ),
-        Outcome::NoServer => ("no_server", "", &[][..], reply::no_server_available()),
-    };
-    let failed_over: Vec<&str> = failovers.iter().map(|f| f.server.as_str()).collect();
-    m.messages
-        .get_or_create(&MessageLabels {
-            tenant: app_labels.tenant.clone(),
-            application: app_labels.application.clone(),
-            server: if server.is_empty() {
-                "none".to_owned()
-            } else {
-                server.to_owned()
-            },
-            outcome: result,
-        })
-        .inc();
-    let refused = match &outcome {
-        Outcome::Delivered { refused, .. } => refused.len(),
-        _ => 0,
-    };
-    tracing::info!(
-        id = %id,
-        application = %plan.eff.app.name,
-        tenant = %plan.eff.tenant.name,
-        server,
-        failovers = failed_over.len(),
-        failed_over = %failed_over.join(","),
-        outcome = result,
-        refused,
-        size = msg.len(),
-        rcpts = plan.deliver_to.len(),
-        dropped,
-        redirected = plan.redirected.len(),
-        duration_ms = started.elapsed().as_millis() as u64,
-        "delivery"
-    );
-    reply
-}
-
-/// Sends a DSN about `refused` in the background (the client already has
-/// its answer); a DSN that cannot be delivered is logged.
-#[allow(clippy::too_many_arguments)]
-fn send_dsn(
-    relay: &Relay,
-    cfg: &Arc<Config>,
-    env: &Envelope,
-    plan: &policy::Plan<'_>,
-    (original_id, arrival): (&str, i64),
-    server: &str,
-    refused: Vec<delivery::RefusedRecipient>,
-    msg: &Message,
-) {
-    let Some(to) = delivery::dsn::recipient(cfg, plan) else {
-        tracing::info!(
-            server,
-            refused = refused.len(),
-            "no DSN for a message with a null sender"
-        );
-        return;
-    };
-    let header_end = crate::rewrite::rewrite(&msg.head, &Default::default()).body_offset;
-    let original_header = msg.head[..header_end].to_vec();
-    let remote_host = match cfg.servers.get(server).map(|s| &s.kind) {
-        Some(crate::config::ServerKind::Smtp(s)) => Some(s.host.clone()),
-        _ => None,
-    };
-    let (cfg, env, app, server) = (
-        cfg.clone(),
-        env.clone(),
-        plan.eff.app.name.clone(),
-        server.to_owned(),
-    );
-    let original_id = original_id.to_owned();
-    let id = relay.next_id();
-    let upstreams = relay.upstreams.clone();
-    let metrics = relay.metrics.clone();
-    // Shutdown waits for this task (within its grace period).
-    let slot = relay.background_slot();
-    let health = relay.health.clone();
-    tokio::spawn(async move {
-        let Some(a) = cfg.applications.get(&app) else {
-            return;
-        };
-        let eff = policy::resolve(&cfg, a);
-        let orig = policy::plan(&cfg, eff, &env.mail_from, env.recipients.clone());
-        let dsn_plan = orig.dsn_plan(to.clone(), &server);
-        let now = util::unix_now();
-        let bytes = delivery::dsn::build(&delivery::dsn::Report {
-            hostname: &cfg.system.hostname,
-            id: &original_id,
-            arrival,
-            now,
-            server: &server,
-            remote_host: remote_host.as_deref(),
-            refused: &refused,
-            to: &to,
-            original_header: &original_header,
-        });
-        let dsn = Message::in_memory(bytes);
-        let cx = delivery::Context {
-            id: &id,
-            envelope: &env,
-            received: b"",
-            received_at: now,
-            hostname: &cfg.system.hostname,
-            upstreams: &upstreams,
-            metrics: &metrics,
-            health: &health,
-            health_settings: &cfg.health,
-        };
-        let _slot = slot;
-        match delivery::deliver(&dsn_plan, &dsn, &cx).await {
-            Outcome::Delivered { server, .. } => {
-                tracing::info!(id = %id, to = %to, server = %server, "DSN delivered")
-            }
-            other => {
-                tracing::error!(id = %id, to = %to, outcome = ?other, "DSN could not be delivered")
-            }
-        }
-    });
-}
-
-fn list_label(list: &policy::ListOrigin) -> String {
-    match list {
-        policy::ListOrigin::System => "system".to_owned(),
-        policy::ListOrigin::Tenant(t) => t.clone(),
-    }
+            crate::delivery::engine::Submission { job, message: msg },
+        )
+        .await
 }

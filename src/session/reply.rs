@@ -134,6 +134,19 @@ pub fn chunk_ok(bytes: usize) -> Reply {
 pub fn delivered(id: &str) -> Reply {
     Reply::new(250, Some((2, 0, 0)), format!("OK: delivered as {id}"))
 }
+/// `250 2.0.0 Ok: queued as ID`: durable in the queue (PRODUCT §4.1; the
+/// id is the one `smarthost queue list` shows).
+pub fn queued(id: &str) -> Reply {
+    Reply::new(250, Some((2, 0, 0)), format!("Ok: queued as {id}"))
+}
+/// `452 4.3.1` the spool is full: nothing was accepted, try again later.
+pub fn insufficient_storage() -> Reply {
+    Reply::new(
+        452,
+        Some((4, 3, 1)),
+        "Insufficient system storage, try again later",
+    )
+}
 /// `250 2.0.0` accepted, but every recipient was dropped by policy.
 pub fn accepted_nothing_to_deliver(id: &str) -> Reply {
     Reply::new(250, Some((2, 0, 0)), format!("OK: accepted as {id}"))

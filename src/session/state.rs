@@ -54,39 +54,7 @@ impl std::fmt::Debug for Event {
     }
 }
 
-/// The envelope of a received message and what we know of its client.
-#[derive(Debug, Clone)]
-pub struct Envelope {
-    /// MAIL FROM as sent (empty: null sender).
-    pub mail_from: String,
-    /// Every accepted recipient with its policy verdict.
-    pub recipients: Vec<RecipientPlan>,
-    /// The application.
-    pub application: String,
-    /// How it was identified.
-    pub identified_by: IdentifiedBy,
-    /// The client asked for SMTPUTF8 (or used non-ASCII addresses).
-    pub smtputf8: bool,
-    /// The client declared BODY=8BITMIME.
-    pub body_8bit: bool,
-    /// EHLO/HELO name.
-    pub helo: String,
-    /// AUTH user, if authenticated.
-    pub auth_user: Option<String>,
-    /// Negotiated TLS, if any.
-    pub tls: Option<TlsInfo>,
-    /// Client address.
-    pub peer: SocketAddr,
-}
-
-/// A negotiated TLS session.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsInfo {
-    /// e.g. `TLSv1.3`.
-    pub version: String,
-    /// e.g. `TLS13_AES_256_GCM_SHA384`.
-    pub cipher: String,
-}
+pub use crate::envelope::{Envelope, TlsInfo};
 
 /// Result of a password check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

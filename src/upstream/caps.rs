@@ -5,6 +5,7 @@
 
 use super::Outgoing;
 use super::classify::UpstreamError;
+use crate::outcome::Capability;
 use smtp_proto::response::generate::BitToString;
 use smtp_proto::{EXT_8BIT_MIME, EXT_SIZE, EXT_SMTP_UTF8, EhloResponse};
 
@@ -71,20 +72,25 @@ pub fn check_capabilities(
 ) -> Result<(), UpstreamError> {
     if msg.smtputf8 && !caps.has_capability(EXT_SMTP_UTF8) {
         return Err(UpstreamError::Capability(
+            Capability::Smtputf8,
             "the message needs SMTPUTF8, which the server does not offer".into(),
         ));
     }
     if msg.body_8bit && !caps.has_capability(EXT_8BIT_MIME) {
         return Err(UpstreamError::Capability(
+            Capability::EightBitMime,
             "the message has 8-bit content and the server does not offer 8BITMIME".into(),
         ));
     }
     let size = msg.size();
     if caps.has_capability(EXT_SIZE) && caps.size > 0 && size > caps.size as u64 {
-        return Err(UpstreamError::Capability(format!(
-            "the message ({size} bytes) exceeds the server's SIZE limit ({} bytes)",
-            caps.size
-        )));
+        return Err(UpstreamError::Capability(
+            Capability::Size,
+            format!(
+                "the message ({size} bytes) exceeds the server's SIZE limit ({} bytes)",
+                caps.size
+            ),
+        ));
     }
     Ok(())
 }

@@ -11,7 +11,7 @@
 //! the pool do, based on the [`Class`].
 
 use super::client::SmtpError;
-use crate::delivery::Failover;
+use crate::outcome::{Capability, Failover, FailureClass};
 use std::fmt;
 use std::io;
 
@@ -113,8 +113,8 @@ pub enum UpstreamError {
     #[error("AUTH {0} is not available with this server")]
     NoAuthMechanism(&'static str),
     /// The message needs an extension the server lacks, or exceeds its SIZE.
-    #[error("{0}")]
-    Capability(String),
+    #[error("{1}")]
+    Capability(Capability, String),
     /// The message could not be read from memory or the spool file.
     #[error("reading the message: {0}")]
     Local(io::Error),
@@ -140,7 +140,7 @@ impl UpstreamError {
             UpstreamError::NoAuth
             | UpstreamError::NoAuthMechanism(_)
             | UpstreamError::AuthWithoutTls => Stage::Auth,
-            UpstreamError::Capability(_) => Stage::Mail,
+            UpstreamError::Capability(..) => Stage::Mail,
             UpstreamError::Local(_) => Stage::Data,
         }
     }
@@ -156,7 +156,7 @@ impl UpstreamError {
             UpstreamError::NoAuth
             | UpstreamError::NoAuthMechanism(_)
             | UpstreamError::AuthWithoutTls => Class::Auth,
-            UpstreamError::Capability(_) => Class::Capability,
+            UpstreamError::Capability(..) => Class::Capability,
             UpstreamError::Local(_) => Class::Local,
         }
     }
@@ -180,7 +180,7 @@ impl UpstreamError {
             Some(r) => r.code == 421,
             None => !matches!(
                 self,
-                UpstreamError::Capability(_)
+                UpstreamError::Capability(..)
                     | UpstreamError::NoAuth
                     | UpstreamError::NoAuthMechanism(_)
                     | UpstreamError::AuthWithoutTls
@@ -191,11 +191,11 @@ impl UpstreamError {
     /// This error as a [`Failover`] for `server`, its text sanitised and
     /// `secret` (the AUTH password) removed.
     pub fn to_failover(&self, server: &str, secret: Option<&str>) -> Failover {
-        Failover {
-            server: server.to_owned(),
-            class: self.class().failover_class(),
-            reason: sanitize(&self.to_string(), secret),
-        }
+        let class = match self {
+            UpstreamError::Capability(need, _) => FailureClass::Capability(*need),
+            _ => self.class().failover_class(),
+        };
+        Failover::new(server, class, sanitize(&self.to_string(), secret))
     }
 }
 
@@ -237,17 +237,18 @@ pub enum Class {
 }
 
 impl Class {
-    /// The `Failover::class` string. A permanent class only reaches a
+    /// The [`FailureClass`] of a failover. A permanent class only reaches a
     /// failover for replies outside a transaction, which are about the
-    /// server, not the message: they count as `connection`.
-    pub fn failover_class(self) -> &'static str {
+    /// server, not the message: they count as `connection`. (Capability
+    /// errors carry which capability; see [`UpstreamError::to_failover`].)
+    pub fn failover_class(self) -> FailureClass {
         match self {
-            Class::Connection | Class::Permanent => "connection",
-            Class::Temporary => "temporary",
-            Class::Tls => "tls",
-            Class::Auth => "auth",
-            Class::Capability => "capability",
-            Class::Local => "local",
+            Class::Connection | Class::Permanent => FailureClass::Connection,
+            Class::Temporary => FailureClass::Temporary,
+            Class::Tls => FailureClass::Tls,
+            Class::Auth => FailureClass::Auth,
+            Class::Capability => FailureClass::Capability(Capability::Size),
+            Class::Local => FailureClass::Local,
         }
     }
 }
@@ -441,7 +442,7 @@ mod tests {
             },
         );
         let f = e.to_failover("up", Some("s3cret"));
-        assert_eq!(f.class, "auth");
+        assert_eq!(f.class, FailureClass::Auth);
         assert!(!f.reason.contains("s3cret"), "{}", f.reason);
     }
 }

@@ -2,4 +2,5 @@ pub mod faults;
 pub mod postfix;
 pub mod process;
 pub mod relay;
+pub mod sink;
 pub mod upstream;

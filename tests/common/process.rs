@@ -26,7 +26,7 @@ impl Proc {
     /// binary on it; waits (bounded) until every listener is up.
     pub fn start(toml: &str) -> Proc {
         let dir = tempfile::tempdir().unwrap();
-        let text = toml
+        let text = super::relay::direct_by_default(toml)
             .replace("{dir}", dir.path().to_str().unwrap())
             .replace("{certs}", super::relay::certs().to_str().unwrap());
         let path = dir.path().join("smarthost.toml");

@@ -24,6 +24,23 @@ pub fn certs() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("certs")
 }
 
+/// `toml` with `delivery = "direct"` in `[system]` unless it names a
+/// delivery mode: the behaviour tests written for direct mode (the client's
+/// reply reflects the upstream) keep testing it; queue tests say
+/// `delivery = "queue"`.
+pub fn direct_by_default(toml: &str) -> String {
+    if toml.contains("delivery =") {
+        return toml.to_owned();
+    }
+    match toml.find("[system]\n") {
+        Some(i) => {
+            let at = i + "[system]\n".len();
+            format!("{}delivery = \"direct\"\n{}", &toml[..at], &toml[at..])
+        }
+        None => format!("{toml}\n[system]\ndelivery = \"direct\"\n"),
+    }
+}
+
 /// A minimal config: one plaintext listener `main` on port 0 where loopback
 /// clients are the application `app` of tenant `t`, delivering to a
 /// capture outbox in `{dir}/outbox`. `extra` is appended.
@@ -31,6 +48,7 @@ pub fn simple_config(extra: &str) -> String {
     format!(
         r#"
 [system]
+delivery = "direct"
 hostname = "relay.test"
 default_server = "outbox"
 
@@ -109,7 +127,7 @@ impl TestRelay {
     pub fn start(toml: &str) -> TestRelay {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = tempfile::tempdir().unwrap();
-        let text = toml
+        let text = direct_by_default(toml)
             .replace("{dir}", dir.path().to_str().unwrap())
             .replace("{certs}", certs().to_str().unwrap());
         let path = dir.path().join("smarthost.toml");

@@ -166,7 +166,7 @@ pub fn failover(r: HopResult) -> Failover {
 /// Asserts a failover of `class` and returns it.
 pub fn failover_of(class: &str, r: HopResult) -> Failover {
     let f = failover(r);
-    assert_eq!(f.class, class, "wrong failover class: {f:?}");
+    assert_eq!(f.class.as_str(), class, "wrong failover class: {f:?}");
     assert_eq!(f.server, "up");
     f
 }
