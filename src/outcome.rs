@@ -151,6 +151,9 @@ pub enum HopResult {
     Accepted {
         /// Permanently refused recipients.
         refused: Vec<RefusedRecipient>,
+        /// Recipients refused with 4xx, to be retried (queue mode only;
+        /// see `upstream::Outgoing::partial`).
+        deferred: Vec<RefusedRecipient>,
     },
     /// Refused permanently for every recipient (or the message as a whole).
     Permanent {

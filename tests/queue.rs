@@ -156,44 +156,87 @@ fn mixed_result_delivers_now_reports_5xx_once_and_retries_4xx() {
         &["ok@example.com", "perm@example.com", "temp@example.com"],
     ));
     let q = queue(&relay);
-    // The 4xx recipient keeps the message in the queue.
-    wait_until("a deferred attempt", WAIT, || {
-        q.show(&id).is_ok_and(|m| {
-            m.recipients
-                .iter()
-                .any(|r| r.address == "temp@example.com" && r.state == RcptStatus::Deferred)
-        })
-    });
-    sink.accept_temp(true);
-    // ok and temp delivered (once each), perm in exactly one DSN.
-    let got = sink.wait(WAIT, |g| {
-        let to = |a: &str| g.iter().filter(|m| m.rcpts.iter().any(|r| r == a)).count();
-        to("ok@example.com") == 1 && to("temp@example.com") == 1 && to("app@relay.test") == 1
-    });
-    wait_until("the queue to empty", WAIT, || q.depth() == 0);
-    let dsns: Vec<_> = got.iter().filter(|m| m.mail_from.is_empty()).collect();
-    assert_eq!(dsns.len(), 1, "one DSN");
-    let dsn = String::from_utf8_lossy(&dsns[0].data);
+    // At once: ok delivered, perm in one DSN (to the application's
+    // sender), temp deferred and kept in the queue.
+    let got = sink.wait(WAIT, |g| g.len() == 2);
+    assert_eq!(got[0].rcpts, ["ok@example.com"]);
+    assert_eq!(got[1].mail_from, "", "a DSN has a null sender");
+    assert_eq!(got[1].rcpts, ["app@relay.test"]);
+    let dsn = String::from_utf8_lossy(&got[1].data);
     assert!(
         dsn.contains("Final-Recipient: rfc822; perm@example.com"),
         "{dsn}"
     );
-    assert!(
-        !dsn.contains("Final-Recipient: rfc822; temp@example.com"),
-        "{dsn}"
-    );
-    assert!(
-        !dsn.contains("Final-Recipient: rfc822; ok@example.com"),
-        "{dsn}"
-    );
+    assert!(!dsn.contains("rfc822; temp@example.com"), "{dsn}");
+    assert!(!dsn.contains("rfc822; ok@example.com"), "{dsn}");
+    let m = q.show(&id).unwrap();
+    let state = |a: &str| m.recipients.iter().find(|r| r.address == a).unwrap().state;
+    assert_eq!(state("ok@example.com"), RcptStatus::Delivered);
+    assert_eq!(state("perm@example.com"), RcptStatus::Failed);
+    assert_eq!(state("temp@example.com"), RcptStatus::Deferred);
+    // Later: temp alone, once.
+    sink.accept_temp(true);
+    let got = sink.wait(WAIT, |g| g.len() == 3);
+    assert_eq!(got[2].rcpts, ["temp@example.com"]);
+    wait_until("the queue to empty", WAIT, || q.depth() == 0);
     std::thread::sleep(Duration::from_millis(600));
-    let all = sink.got();
-    let count = |a: &str| {
-        all.iter()
-            .filter(|m| m.rcpts.iter().any(|r| r == a))
-            .count()
-    };
-    assert_eq!((count("ok@example.com"), count("temp@example.com")), (1, 1));
+    assert_eq!(sink.got().len(), 3, "nothing sent twice");
+}
+
+#[test]
+fn mixed_result_against_postfix() {
+    use common::postfix::Postfix;
+    let pf = Postfix::builder()
+        .reject_recipient("gone@example.com")
+        .defer_recipient("busy@example.com")
+        .start();
+    let relay = TestRelay::start(&config(pf.port(), ""));
+    let id = queued_id(&send(
+        &relay,
+        "mixed-postfix",
+        &["rcpt@example.com", "gone@example.com", "busy@example.com"],
+    ));
+    // The good recipient's copy and one DSN for the 5xx recipient.
+    let got = pf.wait_for_messages(2, WAIT);
+    let (msg, dsn): (Vec<_>, Vec<_>) = got.iter().partition(|m| !m.mail_from.is_empty());
+    assert_eq!(msg.len(), 1);
+    assert_eq!(msg[0].rcpt_to, ["rcpt@example.com"]);
+    assert_eq!(dsn.len(), 1);
+    let text = String::from_utf8_lossy(&dsn[0].data);
+    assert!(
+        text.contains(
+            "Final-Recipient: rfc822; gone@example.com\r\nAction: failed\r\nStatus: 5.1.1"
+        ),
+        "{text}"
+    );
+    assert!(!text.contains("busy@example.com>:"), "{text}");
+    // The 4xx recipient waits in the queue with Postfix's answer, retried.
+    let q = queue(&relay);
+    wait_until("a retry of the 4xx recipient", WAIT, || {
+        q.show(&id).is_ok_and(|m| m.attempts >= 2)
+    });
+    let m = q.show(&id).unwrap();
+    assert_eq!(m.recipients.len(), 3);
+    let busy = m
+        .recipients
+        .iter()
+        .find(|r| r.address == "busy@example.com")
+        .unwrap();
+    assert_eq!(busy.state, RcptStatus::Deferred);
+    assert!(
+        busy.last_error.as_deref().unwrap_or("").contains("450 "),
+        "{busy:?}"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        pf.received().len(),
+        2,
+        "no copy twice: {:?}",
+        pf.received()
+            .iter()
+            .map(|m| m.rcpt_to.clone())
+            .collect::<Vec<_>>()
+    );
 }
 
 #[test]

@@ -218,7 +218,7 @@ impl Engine {
         let started = Instant::now();
         let job = &sub.job;
         let rcpts = job.deliver_to();
-        let a = self.attempt(cfg, job, &sub.message, &rcpts).await;
+        let a = self.attempt(cfg, job, &sub.message, &rcpts, false).await;
         self.count_outcome(cfg, job, &a.outcome);
         self.log_final(job, &a.outcome, sub.message.len(), started);
         if let Outcome::Delivered {
@@ -257,13 +257,15 @@ impl Engine {
 
     /// One attempt to deliver `msg` to `rcpts` along the chain the current
     /// config gives `job` (recomputed on every attempt: a server removed by
-    /// a reload is simply no longer in it).
+    /// a reload is simply no longer in it). With `partial` (the queue), a
+    /// server's 4xx for some recipients defers only those.
     pub async fn attempt(
         &self,
         cfg: &Config,
         job: &Job,
         msg: &Message,
         rcpts: &[String],
+        partial: bool,
     ) -> Attempted {
         let Some(app) = cfg.applications.get(&job.envelope.application) else {
             // A reload removed the application: its chain is unknown now.
@@ -307,6 +309,7 @@ impl Engine {
             received_at: job.received_at,
             hostname: &cfg.system.hostname,
             rcpts,
+            partial,
             upstreams: &self.upstreams,
             metrics: &self.metrics,
             health: &self.health,

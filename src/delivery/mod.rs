@@ -35,6 +35,8 @@ pub enum Outcome {
         failovers: Vec<Failover>,
         /// Recipients the accepting server refused permanently.
         refused: Vec<RefusedRecipient>,
+        /// Recipients it refused temporarily (queue mode): retried.
+        deferred: Vec<RefusedRecipient>,
     },
     /// Policy dropped every recipient: nothing to send, the client gets 250.
     NothingToDeliver,
@@ -118,6 +120,8 @@ pub struct Context<'a> {
     /// The recipients to deliver to in this attempt: the plan's, less those
     /// already delivered or failed (queue retries).
     pub rcpts: &'a [String],
+    /// A 4xx for some recipients defers only those (queue mode).
+    pub partial: bool,
     /// SMTP connection pools.
     pub upstreams: &'a crate::upstream::Upstreams,
     /// Where failovers and latencies are counted.
@@ -186,7 +190,7 @@ pub async fn deliver(plan: &Plan<'_>, msg: &Message, cx: &Context<'_>) -> Outcom
         let elapsed = started.elapsed();
         tracing::debug!(id = cx.id, server = %server.name, elapsed_ms = elapsed.as_millis() as u64, ?result, "hop");
         match result {
-            HopResult::Accepted { refused } => {
+            HopResult::Accepted { refused, deferred } => {
                 cx.health.success(&server.name);
                 cx.metrics
                     .upstream_latency
@@ -198,6 +202,7 @@ pub async fn deliver(plan: &Plan<'_>, msg: &Message, cx: &Context<'_>) -> Outcom
                     server: server.name.clone(),
                     failovers,
                     refused,
+                    deferred,
                 };
             }
             HopResult::Permanent {
@@ -285,6 +290,7 @@ async fn hop(plan: &Plan<'_>, server: &Server, msg: &Message, cx: &Context<'_>) 
             match capture::store(&c.path, cx.id, &header, msg, rw.body_offset, &env).await {
                 Ok(_) => HopResult::Accepted {
                     refused: Vec::new(),
+                    deferred: Vec::new(),
                 },
                 Err(e) => HopResult::Failover(Failover::new(
                     &server.name,
@@ -302,6 +308,7 @@ async fn hop(plan: &Plan<'_>, server: &Server, msg: &Message, cx: &Context<'_>) 
                 body_offset: rw.body_offset,
                 smtputf8: needs_smtputf8(cx.envelope.smtputf8, &header, &mail_from, cx.rcpts),
                 body_8bit: cx.envelope.body_8bit,
+                partial: cx.partial,
             };
             cx.upstreams.send(&server.name, s, &out).await
         }

@@ -382,7 +382,7 @@ impl Queue {
         let outcome = if rcpts.is_empty() {
             Outcome::NothingToDeliver
         } else {
-            engine.attempt(&cfg, &job, &msg, &rcpts).await.outcome
+            engine.attempt(&cfg, &job, &msg, &rcpts, true).await.outcome
         };
         let attempt_no = attempts + 1;
         engine.metrics.queue_attempts.inc();
@@ -408,19 +408,38 @@ impl Queue {
                 }
                 match &outcome {
                     Outcome::Delivered {
+                        server,
                         refused: server_refused,
+                        deferred,
                         ..
-                    } => match server_refused.iter().find(|f| f.rcpt == r.address) {
-                        Some(f) => {
+                    } => {
+                        if let Some(f) = server_refused.iter().find(|f| f.rcpt == r.address) {
                             r.state = RcptStatus::Failed;
-                            r.last_error = Some(format!("{} {}", f.code, f.reason));
+                            r.last_error = Some(format!("{server}: {} {}", f.code, f.reason));
                             refused.push(f.clone());
-                        }
-                        None => {
+                        } else if let Some(f) = deferred.iter().find(|f| f.rcpt == r.address) {
+                            r.last_error = Some(format!("{server}: {} {}", f.code, f.reason));
+                            if expired {
+                                r.state = RcptStatus::Failed;
+                                expired_rcpts.push(RefusedRecipient {
+                                    rcpt: r.address.clone(),
+                                    code: 451,
+                                    enhanced: Some((4, 4, 7)),
+                                    reason: format!(
+                                        "message expired after {attempt_no} attempts in {}s; last error: {} {}",
+                                        age.as_secs(),
+                                        f.code,
+                                        f.reason
+                                    ),
+                                });
+                            } else {
+                                r.state = RcptStatus::Deferred;
+                            }
+                        } else {
                             r.state = RcptStatus::Delivered;
                             r.last_error = None;
                         }
-                    },
+                    }
                     Outcome::Refused {
                         code,
                         enhanced,
@@ -724,6 +743,7 @@ fn final_outcome(state: &State, last: Outcome) -> Outcome {
             server: String::new(),
             failovers: last.failovers().to_vec(),
             refused: Vec::new(),
+            deferred: Vec::new(),
         };
     }
     last

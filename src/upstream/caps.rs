@@ -141,6 +141,7 @@ mod tests {
             body_offset: 0,
             smtputf8,
             body_8bit,
+            partial: false,
         }
     }
 

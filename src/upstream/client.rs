@@ -74,6 +74,8 @@ pub enum TxOutcome {
     Accepted {
         /// Recipients refused with 5xx.
         refused: Vec<RefusedRecipient>,
+        /// Recipients refused with 4xx (only with `Outgoing::partial`).
+        deferred: Vec<RefusedRecipient>,
         /// The reply to the final `.`.
         reply: Reply,
     },
@@ -107,7 +109,46 @@ impl Tx {
 struct Recipients {
     accepted: usize,
     refused: Vec<RefusedRecipient>,
+    deferred: Vec<RefusedRecipient>,
     first_refusal: Option<Reply>,
+    first_deferral: Option<Reply>,
+}
+
+impl Recipients {
+    /// Files a negative RCPT reply. `Err` when it ends the transaction: a
+    /// 4xx without `partial`, or anything that is not a recipient's answer.
+    fn file(&mut self, rcpt: &str, reply: Reply, partial: bool) -> Result<(), Reply> {
+        let entry = |reply: &Reply| RefusedRecipient {
+            rcpt: rcpt.to_owned(),
+            code: reply.code,
+            enhanced: super::classify::enhanced(reply),
+            reason: super::classify::sanitize(&reply.message, None),
+        };
+        match reply_class(Stage::Rcpt, reply.code) {
+            Class::Permanent => {
+                self.refused.push(entry(&reply));
+                self.first_refusal.get_or_insert(reply);
+                Ok(())
+            }
+            Class::Temporary if partial => {
+                self.deferred.push(entry(&reply));
+                self.first_deferral.get_or_insert(reply);
+                Ok(())
+            }
+            _ => Err(reply),
+        }
+    }
+
+    /// When no recipient was accepted: a 4xx for one of them makes the
+    /// whole message temporary, else the first 5xx refuses it.
+    fn none_accepted(self) -> TxOutcome {
+        match (self.first_deferral, self.first_refusal) {
+            (Some(d), _) => TxOutcome::Failed(UpstreamError::reply(Stage::Rcpt, d)),
+            (None, r) => TxOutcome::Refused(
+                r.unwrap_or_else(|| local_reply(554, [5, 5, 1], "no valid recipients")),
+            ),
+        }
+    }
 }
 
 /// Opens a session to `server`: TCP, TLS per `security`, greeting, EHLO,
@@ -507,17 +548,14 @@ impl Session {
             Ok(r) if is_positive(&r) => {}
             Ok(r) => return self.abort(Stage::Mail, r).await,
         }
-        let rcpts = match self.recipients(msg.rcpt_to).await {
+        let rcpts = match self.recipients(msg.rcpt_to, msg.partial).await {
             Ok(r) => r,
             Err(tx) => return tx,
         };
         if rcpts.accepted == 0 {
             let reusable = self.reset().await.is_ok();
-            let reply = rcpts
-                .first_refusal
-                .unwrap_or_else(|| local_reply(554, [5, 5, 1], "no valid recipients"));
             return Tx {
-                outcome: TxOutcome::Refused(reply),
+                outcome: rcpts.none_accepted(),
                 reusable,
             };
         }
@@ -526,7 +564,8 @@ impl Session {
             Ok(r) if r.code == 354 => {}
             Ok(r) => return self.abort(Stage::Data, r).await,
         }
-        self.finish_data(server, msg, rcpts.refused).await
+        self.finish_data(server, msg, rcpts.refused, rcpts.deferred)
+            .await
     }
 
     /// The same transaction with PIPELINING (RFC 2920): MAIL, every RCPT
@@ -620,15 +659,7 @@ impl Session {
             };
             if is_positive(&reply) {
                 rcpts.accepted += 1;
-            } else if reply_class(Stage::Rcpt, reply.code) == Class::Permanent {
-                rcpts.refused.push(RefusedRecipient {
-                    rcpt: rcpt.clone(),
-                    code: reply.code,
-                    enhanced: super::classify::enhanced(&reply),
-                    reason: super::classify::sanitize(&reply.message, None),
-                });
-                rcpts.first_refusal.get_or_insert(reply);
-            } else {
+            } else if let Err(reply) = rcpts.file(rcpt, reply, msg.partial) {
                 return if in_data {
                     abandoned(Stage::Rcpt, reply)
                 } else {
@@ -637,30 +668,29 @@ impl Session {
             }
         }
         if rcpts.accepted == 0 {
-            let reply = rcpts
-                .first_refusal
-                .unwrap_or_else(|| local_reply(554, [5, 5, 1], "no valid recipients"));
             if in_data {
                 return Tx {
-                    outcome: TxOutcome::Refused(reply),
+                    outcome: rcpts.none_accepted(),
                     reusable: false,
                 };
             }
             let reusable = self.reset().await.is_ok();
             return Tx {
-                outcome: TxOutcome::Refused(reply),
+                outcome: rcpts.none_accepted(),
                 reusable,
             };
         }
         if !in_data {
             return self.abort(Stage::Data, data_reply).await;
         }
-        self.finish_data(server, msg, rcpts.refused).await
+        self.finish_data(server, msg, rcpts.refused, rcpts.deferred)
+            .await
     }
 
-    /// RCPT TO for each recipient on its own. 5xx refusals are collected;
-    /// any other failure ends the transaction (the `Err` is its outcome).
-    async fn recipients(&mut self, rcpt_to: &[String]) -> Result<Recipients, Tx> {
+    /// RCPT TO for each recipient on its own. 5xx refusals (and 4xx ones
+    /// when `partial`) are collected; any other failure ends the
+    /// transaction (the `Err` is its outcome).
+    async fn recipients(&mut self, rcpt_to: &[String], partial: bool) -> Result<Recipients, Tx> {
         let mut out = Recipients::default();
         for rcpt in rcpt_to {
             let reply = if safe_address(rcpt) {
@@ -673,15 +703,7 @@ impl Session {
             };
             if is_positive(&reply) {
                 out.accepted += 1;
-            } else if reply_class(Stage::Rcpt, reply.code) == Class::Permanent {
-                out.refused.push(RefusedRecipient {
-                    rcpt: rcpt.clone(),
-                    code: reply.code,
-                    enhanced: super::classify::enhanced(&reply),
-                    reason: super::classify::sanitize(&reply.message, None),
-                });
-                out.first_refusal.get_or_insert(reply);
-            } else {
+            } else if let Err(reply) = out.file(rcpt, reply, partial) {
                 return Err(self.abort(Stage::Rcpt, reply).await);
             }
         }
@@ -694,6 +716,7 @@ impl Session {
         server: &SmtpServer,
         msg: &Outgoing<'_>,
         refused: Vec<RefusedRecipient>,
+        deferred: Vec<RefusedRecipient>,
     ) -> Tx {
         let reply = match self.transfer(server, msg).await {
             Err(e) => return Tx::failed(e, false),
@@ -701,7 +724,11 @@ impl Session {
         };
         if is_positive(&reply) {
             return Tx {
-                outcome: TxOutcome::Accepted { refused, reply },
+                outcome: TxOutcome::Accepted {
+                    refused,
+                    deferred,
+                    reply,
+                },
                 reusable: true,
             };
         }

@@ -51,6 +51,10 @@ pub struct Outgoing<'a> {
     pub smtputf8: bool,
     /// The message has 8-bit content (BODY=8BITMIME).
     pub body_8bit: bool,
+    /// A 4xx for one recipient defers only that recipient (queue mode,
+    /// which keeps per-recipient state) instead of failing the whole
+    /// message over (direct mode: one reply for the client).
+    pub partial: bool,
 }
 
 impl Outgoing<'_> {
@@ -241,9 +245,13 @@ fn died_before_mail(outcome: &TxOutcome) -> bool {
 /// A transaction's outcome as the delivery code sees it.
 fn hop_result(name: &str, secret: Option<&str>, outcome: TxOutcome) -> HopResult {
     match outcome {
-        TxOutcome::Accepted { refused, reply } => {
+        TxOutcome::Accepted {
+            refused,
+            deferred,
+            reply,
+        } => {
             tracing::debug!(server = name, reply = %sanitize(&reply.message, secret), "upstream accepted");
-            HopResult::Accepted { refused }
+            HopResult::Accepted { refused, deferred }
         }
         TxOutcome::Refused(r) => HopResult::Permanent {
             code: r.code,

@@ -159,6 +159,7 @@ pub async fn test_message(
         body_offset: 0,
         smtputf8,
         body_8bit,
+        partial: false,
     };
     let tx = session.deliver(server, &out).await;
     let report = session.report().clone();
@@ -166,7 +167,7 @@ pub async fn test_message(
         session.quit().await;
     }
     let (refused, result) = match tx.outcome {
-        TxOutcome::Accepted { refused, reply } => (
+        TxOutcome::Accepted { refused, reply, .. } => (
             refused,
             Ok(format!(
                 "{} {}",

@@ -108,6 +108,8 @@ pub struct Mail<'a> {
     pub smtputf8: bool,
     /// 8-bit body.
     pub body_8bit: bool,
+    /// 4xx recipients deferred alone (queue mode).
+    pub partial: bool,
 }
 
 impl<'a> Mail<'a> {
@@ -120,6 +122,7 @@ impl<'a> Mail<'a> {
             message,
             smtputf8: false,
             body_8bit: false,
+            partial: false,
         }
     }
 
@@ -133,6 +136,7 @@ impl<'a> Mail<'a> {
             body_offset: 0,
             smtputf8: self.smtputf8,
             body_8bit: self.body_8bit,
+            partial: self.partial,
         };
         up.send(name, server, &out).await
     }
@@ -150,7 +154,7 @@ pub async fn send_once(server: &SmtpServer, message: &[u8], to: &[&str]) -> HopR
 /// The accepted result's refused recipients; panics on anything else.
 pub fn accepted(r: HopResult) -> Vec<RefusedRecipient> {
     match r {
-        HopResult::Accepted { refused } => refused,
+        HopResult::Accepted { refused, .. } => refused,
         other => panic!("expected Accepted, got {other:?}"),
     }
 }
