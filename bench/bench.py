@@ -41,11 +41,12 @@ REPO = os.path.dirname(BENCH)
 LIFETIME = 1800  # seconds: timeout(1) backstop for every process we start
 
 KIB = 1024
-PATHS = ["a", "b", "c-proxy", "c-queue"]
+PATHS = ["a", "b", "q", "c-proxy", "c-queue"]
 EXTRA_PATHS = ["b-quiet", "b-pool4", "b-1worker"]
 PATH_TEXT = {
     "a": "loadgen -> smtp-sink (ceiling)",
     "b": "smarthost direct, 4 rewrites, default settings (info logs, pool_size 100)",
+    "q": "smarthost queue mode (fsync before 250, group commit), otherwise as b",
     "c-proxy": "Postfix before-queue proxy (smtpd_proxy_filter = sink)",
     "c-queue": "Postfix queue + relayhost = sink",
     "b-quiet": "as b, log level warn (no line per delivery and session)",
@@ -292,15 +293,17 @@ class Sink:
 
 class Smarthost:
     def __init__(self, binary, work, sink_port, name="smarthost", pool_size=100,
-                 log_level="info", max_connections=2000, env=None):
+                 log_level="info", max_connections=2000, env=None, delivery="direct"):
         self.port = free_port()
         d = os.path.join(work, name)
         os.makedirs(os.path.join(d, "spool"), exist_ok=True)
+        self.queue_dir = os.path.join(d, "spool", "queue")
         self.config = os.path.join(d, "smarthost.toml")
         with open(self.config, "w") as f:
             f.write(fill("smarthost.toml.in", SPOOL=os.path.join(d, "spool"),
                          PORT=self.port, SINK_PORT=sink_port, POOL_SIZE=pool_size,
-                         LOG_LEVEL=log_level, MAX_CONNECTIONS=max_connections))
+                         LOG_LEVEL=log_level, MAX_CONNECTIONS=max_connections,
+                         DELIVERY=delivery))
         self.err = os.path.join(d, "stderr")
         self.proc = Proc(name, [binary, "run", "--config", self.config],
                          stderr=open(self.err, "wb"), env=env)
@@ -413,6 +416,10 @@ class Bench:
         self.smarthost = Smarthost(args.smarthost, work, self.sink.port,
                                    pool_size=args.pool_size, log_level="info")
         self.smarthosts["b"] = self.smarthost
+        if "q" in args.paths:
+            self.smarthosts["q"] = Smarthost(args.smarthost, work, self.sink.port,
+                                             name="smarthost-queue", pool_size=args.pool_size,
+                                             log_level="info", delivery="queue")
         # Variants of (b) for the profile: no per-delivery log lines, the
         # old upstream pool_size of 4, one worker thread.
         if "b-quiet" in args.paths:
@@ -461,18 +468,24 @@ class Bench:
         n = r["messages"]
         # Every accepted message must reach the sink: at once for the
         # synchronous paths, eventually for the queue.
-        wait = 120 if path == "c-queue" else 5
+        queued = path in ("c-queue", "q")
+        wait = 120 if queued else 5
         done = self.sink.wait_for(before + n, wait)
         r["sink_ok"] = done is not None
         if done is None:
             r["sink_missing"] = before + n - self.sink.messages()
-        if path == "c-queue" and done is not None:
+        if queued and done is not None:
             r["drain_s"] = round(done - t0, 4)
             r["drain_rate"] = round(n / max(done - t0, 1e-9), 1)
         if path == "c-queue":
             # Let the queue settle completely before the next run.
             deadline = time.monotonic() + 60
             while self.postfix.queued() and time.monotonic() < deadline:
+                time.sleep(0.02)
+        if path == "q":
+            deadline = time.monotonic() + 60
+            qd = self.smarthosts["q"].queue_dir
+            while os.path.isdir(qd) and os.listdir(qd) and time.monotonic() < deadline:
                 time.sleep(0.02)
         # CPU time per message (microseconds), measured after the sink has
         # every message, so c-queue includes its background delivery.
@@ -589,7 +602,7 @@ def report(args, results, mem, env):
     p("Throughput and submit latency (median over rounds; msg/s range = min..max of the rounds)")
     p("")
     p("| workload | path | msg/s | range | p50 ms | p99 ms | errors | client µs/msg | relay µs/msg "
-      "| sink µs/msg | cores busy | c-queue drained msg/s |")
+      "| sink µs/msg | cores busy | drained msg/s (queues) |")
     p("|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for w in args.workloads:
         for path in args.paths:
@@ -598,7 +611,7 @@ def report(args, results, mem, env):
                 continue
             rates = [r["rate"] for r in rs]
             errs = sum(r["errors"] for r in rs) + sum(0 if r["sink_ok"] else 1 for r in rs)
-            drain = med([r.get("drain_rate") for r in rs]) if path == "c-queue" else None
+            drain = med([r.get("drain_rate") for r in rs]) if path in ("c-queue", "q") else None
             cu, ru, su = (med([r.get(k) for r in rs]) for k in ("client_us", "relay_us", "sink_us"))
             busy = sum(x or 0 for x in (cu, ru, su)) * med(rates) / 1e6
             p(f"| {wname(w)} | {path} | {fmt(med(rates), 0)} | {min(rates):.0f}..{max(rates):.0f} | "
@@ -647,9 +660,22 @@ def report(args, results, mem, env):
         bq = per_round(lambda i: R("b", i)["rate"] / R("c-queue", i)["rate"])
         bd = per_round(lambda i: R("b", i)["rate"] / R("c-queue", i)["drain_rate"])
         dp = per_round(lambda i: R("b", i)["p99_ms"] - R("a", i)["p99_ms"])
-        ratios[w] = dict(ba=ba, bp=bp, bq=bq, bd=bd, dp99=dp)
+        qb = per_round(lambda i: R("q", i)["rate"] / R("b", i)["rate"])
+        qdb = per_round(lambda i: R("q", i)["drain_rate"] / R("b", i)["rate"])
+        qc = per_round(lambda i: R("q", i)["rate"] / R("c-queue", i)["rate"])
+        qp99 = per_round(lambda i: R("q", i)["p99_ms"] / R("b", i)["p99_ms"])
+        ratios[w] = dict(ba=ba, bp=bp, bq=bq, bd=bd, dp99=dp, qb=qb, qdb=qdb, qc=qc, qp99=qp99)
         p(f"| {wname(w)} | {fmt(ba, 2)} | {fmt(bp, 2)} | {fmt(bq, 2)} | {fmt(bd, 2)} | {fmt(dp, 2)} |")
     p("")
+    if "q" in args.paths:
+        p("Queue mode (median of the per-round ratios)")
+        p("")
+        p("| workload | q/b accepted | q drained/b | q/c-queue accepted | p99(q)/p99(b) |")
+        p("|---|---:|---:|---:|---:|")
+        for w in args.workloads:
+            r = ratios[w]
+            p(f"| {wname(w)} | {fmt(r['qb'], 2)} | {fmt(r['qdb'], 2)} | {fmt(r['qc'], 2)} | {fmt(r['qp99'], 2)} |")
+        p("")
     # Targets
     p("Targets")
     p("")
@@ -660,6 +686,11 @@ def report(args, results, mem, env):
         checks.append(("10 sessions x 4 KiB, 1/conn: b/a >= 0.7", r["ba"], r["ba"] is not None and r["ba"] >= 0.7))
         checks.append(("10 sessions x 4 KiB, 1/conn: b >= 1.5 x c-proxy", r["bp"], r["bp"] is not None and r["bp"] >= 1.5))
         checks.append(("10 sessions x 4 KiB, 1/conn: p99(b) - p99(a) <= 2 ms", r["dp99"], r["dp99"] is not None and r["dp99"] <= 2.0))
+        if "q" in args.paths:
+            checks.append(("10 sessions x 4 KiB, 1/conn: q accepted >= 0.5 x b", r["qb"], r["qb"] is not None and r["qb"] >= 0.5))
+            checks.append(("10 sessions x 4 KiB, 1/conn: q accepted >= 4 x c-queue", r["qc"], r["qc"] is not None and r["qc"] >= 4.0))
+            checks.append(("10 sessions x 4 KiB, 1/conn: q drained >= 0.8 x b", r["qdb"], r["qdb"] is not None and r["qdb"] >= 0.8))
+            checks.append(("10 sessions x 4 KiB, 1/conn: p99(q) <= 3 x p99(b)", r["qp99"], r["qp99"] is not None and r["qp99"] <= 3.0))
     for w in args.workloads:
         if w[0] == 100 and w in ratios:
             rs = results.get((w, "b"), [])
