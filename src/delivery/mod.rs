@@ -216,6 +216,7 @@ pub async fn deliver(plan: &Plan<'_>, msg: &Message, cx: &Context<'_>) -> Outcom
                         class: f.class,
                     })
                     .inc();
+                cx.health.note_error(&server.name, &f.reason);
                 let (h, now) = (cx.health_settings, Instant::now());
                 if cx
                     .health

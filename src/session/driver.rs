@@ -540,6 +540,16 @@ async fn deliver(
         duration_ms = started.elapsed().as_millis() as u64,
         "delivery"
     );
+    relay.deliveries.push(crate::admin::types::DeliveryRecord {
+        at: now,
+        id: id.clone(),
+        application: plan.eff.app.name.clone(),
+        tenant: plan.eff.tenant.name.clone(),
+        server: server.to_owned(),
+        outcome: result.to_owned(),
+        failed_over: failed_over.iter().map(|s| (*s).to_owned()).collect(),
+        rcpts: plan.deliver_to.len(),
+    });
     reply
 }
 
