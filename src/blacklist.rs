@@ -360,3 +360,168 @@ impl RuntimeLists {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{self, ListOrigin, RcptVerdict};
+
+    const CFG: &str = r#"
+[system]
+default_server = "outbox"
+blacklist = ["@file.example"]
+
+[[listener]]
+address = "127.0.0.1:2525"
+auth = "none"
+
+[server.outbox]
+kind = "capture"
+path = "outbox"
+
+[tenant.head]
+blacklist = ["old@head.example"]
+blacklist_action = "reject"
+
+[tenant.store]
+parent = "head"
+
+[tenant.other]
+
+[application.till]
+tenant = "store"
+client_ips = ["127.0.0.1"]
+"#;
+
+    fn entry(e: &str, scope: Scope, action: Option<BlacklistAction>) -> RuntimeEntry {
+        RuntimeEntry {
+            entry: e.parse().unwrap(),
+            scope,
+            action,
+            added_at: 0,
+        }
+    }
+
+    #[test]
+    fn runtime_entries_merge_with_the_file_lists() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = crate::config::load_str(CFG, "t.toml", dir.path()).unwrap();
+        let eff = policy::resolve(&cfg, &cfg.applications["till"]);
+        let rt = RuntimeBlacklist {
+            entries: vec![
+                entry("@rt.example", Scope::System, None),
+                entry(
+                    "x@file.example",
+                    Scope::System,
+                    Some(BlacklistAction::Reject),
+                ),
+                entry("new@head.example", Scope::Tenant("head".into()), None),
+                entry("a@other.example", Scope::Tenant("other".into()), None),
+            ],
+        };
+        let check = |r: &str| policy::check_rcpt_with(&cfg, &eff, r, &rt);
+        // A system runtime entry with the list's action (drop).
+        assert_eq!(
+            check("Someone@RT.example"),
+            RcptVerdict::Drop {
+                list: ListOrigin::System,
+                entry: "@rt.example".into()
+            }
+        );
+        // Its own action wins over the file entry's drop.
+        assert!(matches!(
+            check("x@file.example"),
+            RcptVerdict::Reject { .. }
+        ));
+        assert!(matches!(check("y@file.example"), RcptVerdict::Drop { .. }));
+        // A parent tenant's runtime entry applies to its location, with
+        // the parent list's action.
+        assert_eq!(
+            check("new@head.example"),
+            RcptVerdict::Reject {
+                list: ListOrigin::Tenant("head".into()),
+                entry: "new@head.example".into()
+            }
+        );
+        // Another tenant's entry does not.
+        assert_eq!(check("a@other.example"), RcptVerdict::Deliver);
+        // Without runtime entries, only the file.
+        assert_eq!(
+            policy::check_rcpt(&cfg, &eff, "someone@rt.example"),
+            RcptVerdict::Deliver
+        );
+
+        let listed = list(&cfg, &rt, Some("head"));
+        assert_eq!(
+            listed
+                .iter()
+                .map(|l| (l.entry.as_str(), l.source.as_str()))
+                .collect::<Vec<_>>(),
+            vec![
+                ("old@head.example", "file"),
+                ("new@head.example", "runtime")
+            ]
+        );
+        assert_eq!(listed[1].action, BlacklistAction::Reject);
+    }
+
+    #[tokio::test]
+    async fn add_and_remove_persist_and_refuse_file_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = crate::config::load_str(CFG, "t.toml", dir.path()).unwrap();
+        let spool = dir.path().join("spool");
+        {
+            let lists = RuntimeLists::load(Arc::new(Store::open(&spool).unwrap())).unwrap();
+            lists
+                .add(&cfg, "A@B.example", Scope::System, None, "test")
+                .await
+                .unwrap();
+            assert!(matches!(
+                lists
+                    .add(&cfg, "@file.example", Scope::System, None, "test")
+                    .await,
+                Err(ChangeError::AlreadyInFile { .. })
+            ));
+            assert!(matches!(
+                lists
+                    .add(
+                        &cfg,
+                        "a@b.example",
+                        Scope::Tenant("nope".into()),
+                        None,
+                        "test"
+                    )
+                    .await,
+                Err(ChangeError::UnknownTenant(_))
+            ));
+            assert!(matches!(
+                lists
+                    .remove(&cfg, "@file.example", Scope::System, "test")
+                    .await,
+                Err(ChangeError::FileEntry { .. })
+            ));
+            assert!(matches!(
+                lists
+                    .remove(&cfg, "a@b.example", Scope::Tenant("head".into()), "test")
+                    .await,
+                Err(ChangeError::NotFound { .. })
+            ));
+        }
+        let lists = RuntimeLists::load(Arc::new(Store::open(&spool).unwrap())).unwrap();
+        let snap = lists.snapshot();
+        assert_eq!(snap.entries.len(), 1);
+        assert_eq!(
+            (
+                &snap.entries[0].entry,
+                &snap.entries[0].scope,
+                snap.entries[0].action
+            ),
+            (&"a@b.example".parse().unwrap(), &Scope::System, None)
+        );
+        lists
+            .remove(&cfg, "a@b.example", Scope::System, "test")
+            .await
+            .unwrap();
+        assert!(lists.snapshot().entries.is_empty());
+    }
+}

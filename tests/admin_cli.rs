@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use smarthost::admin::types::{
     BoxFut, ControlError, QueueControl, QueueEntry, QueueRecipient, QueueSummary,
 };
-use std::path::PathBuf;
+use std::path::Path;
 use std::process::Output;
 use std::sync::{Arc, Mutex};
 
@@ -70,7 +70,7 @@ fn stderr(o: &Output) -> String {
 }
 
 /// Runs a command; checks the token is not in its output.
-fn run(config: &PathBuf, args: &[&str]) -> Output {
+fn run(config: &Path, args: &[&str]) -> Output {
     let o = cli(config, args);
     assert!(
         !stdout(&o).contains(TOKEN) && !stderr(&o).contains(TOKEN),

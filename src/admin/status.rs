@@ -39,31 +39,30 @@ th{background:#eee}.up{color:#070}.failing{color:#a60}.down{color:#b00;font-weig
 .banner{background:#fe8;border:1px solid #cb4;padding:.5em;margin:.5em 0}\
 .error{color:#b00}.ok{color:#070}form label{display:block;margin:.3em 0}";
 
-/// Whether the page may be shown to this request.
-fn access(relay: &Relay, headers: &HeaderMap) -> Result<(), Response<Body>> {
+/// Whether the page may be shown to this request; the refusal otherwise.
+fn access(relay: &Relay, headers: &HeaderMap) -> Option<Response<Body>> {
     let cfg = relay.config();
-    let Some(admin) = cfg.admin.as_ref() else {
-        return Ok(());
-    };
+    // No [admin]: no admin port, so no request reaches this.
+    let admin = cfg.admin.as_ref()?;
     if admin.address.ip().is_loopback() || admin.status_public {
-        return Ok(());
+        return None;
     }
     if admin.token.is_none() {
-        return Err((
+        return Some((
             StatusCode::FORBIDDEN,
             "the status page on a non-loopback address needs [admin] token or status_public = true\n",
         )
             .into_response());
     }
     if super::authorized(relay, headers, true) {
-        return Ok(());
+        return None;
     }
     let mut r = (StatusCode::UNAUTHORIZED, "the admin token is needed\n").into_response();
     r.headers_mut().insert(
         header::WWW_AUTHENTICATE,
         header::HeaderValue::from_static("Basic realm=\"smarthost\""),
     );
-    Err(r)
+    Some(r)
 }
 
 fn layout(title: &str, body: Markup) -> Markup {
@@ -90,7 +89,7 @@ fn age(secs: u64) -> String {
 }
 
 async fn page(State(relay): State<Arc<Relay>>, headers: HeaderMap) -> Response<Body> {
-    if let Err(r) = access(&relay, &headers) {
+    if let Some(r) = access(&relay, &headers) {
         return r;
     }
     let cfg = relay.config();
