@@ -316,6 +316,13 @@ fn queue_commands_through_the_api() {
         "{}",
         stdout(&o)
     );
+    let o = run(&cfg, &["queue", "show", "q1", "--json"]);
+    assert_eq!(json_of(&o)["recipients"][0]["state"], "deferred");
+    let o = run(&cfg, &["queue", "show", "q9", "--json"]);
+    assert_eq!(
+        (code(&o), json_of(&o)),
+        (1, json!({"error": "no message \"q9\" in the queue"}))
+    );
     for args in [
         &["queue", "retry", "q1"][..],
         &["queue", "retry", "--all"],
