@@ -35,9 +35,10 @@ pub enum StoreError {
     /// A read or a write failed.
     #[error("state store: {0}")]
     Db(#[from] Box<redb::Error>),
-    /// A stored value does not decode (written by another version).
-    #[error("state store: table {table}, key {key:?}: undecodable value: {error}")]
-    Decode {
+    /// A value does not encode, or a stored one does not decode (written
+    /// by another version).
+    #[error("state store: table {table}, key {key:?}: cannot encode or decode the value: {error}")]
+    Codec {
         /// The table.
         table: &'static str,
         /// The key.
@@ -149,7 +150,7 @@ impl Store {
         key: &str,
         bytes: &[u8],
     ) -> Result<T, StoreError> {
-        serde_json::from_slice(bytes).map_err(|e| StoreError::Decode {
+        serde_json::from_slice(bytes).map_err(|e| StoreError::Codec {
             table: table.name,
             key: key.to_owned(),
             error: e.to_string(),
@@ -218,7 +219,7 @@ impl Store {
         key: &str,
         value: &T,
     ) -> Result<Vec<u8>, StoreError> {
-        serde_json::to_vec(value).map_err(|e| StoreError::Decode {
+        serde_json::to_vec(value).map_err(|e| StoreError::Codec {
             table: table.name,
             key: key.to_owned(),
             error: e.to_string(),
@@ -312,7 +313,7 @@ mod tests {
         .unwrap();
         assert!(matches!(
             s.get(&T, "x"),
-            Err(StoreError::Decode { key, .. }) if key == "x"
+            Err(StoreError::Codec { key, .. }) if key == "x"
         ));
     }
 }

@@ -498,20 +498,41 @@ async fn queue_retry_all(State(relay): State<Arc<Relay>>) -> Response<Body> {
     }
 }
 
+/// An action on one queued message.
+#[derive(Debug, Clone, Copy)]
+enum QueueOp {
+    Retry,
+    Delete,
+    Hold,
+    Release,
+}
+
+impl QueueOp {
+    /// The audit line's `what`.
+    fn what(self) -> &'static str {
+        match self {
+            QueueOp::Retry => "queue retry",
+            QueueOp::Delete => "queue delete",
+            QueueOp::Hold => "queue hold",
+            QueueOp::Release => "queue release",
+        }
+    }
+}
+
 /// One queue action on one message, with its audit line.
-async fn queue_action(relay: &Relay, what: &'static str, id: &str) -> Response<Body> {
+async fn queue_action(relay: &Relay, op: QueueOp, id: &str) -> Response<Body> {
     let Some(q) = relay.queue_control() else {
         return no_queue();
     };
-    let r = match what {
-        "queue retry" => q.retry(id).await,
-        "queue delete" => q.delete(id).await,
-        "queue hold" => q.hold(id).await,
-        _ => q.release(id).await,
+    let r = match op {
+        QueueOp::Retry => q.retry(id).await,
+        QueueOp::Delete => q.delete(id).await,
+        QueueOp::Hold => q.hold(id).await,
+        QueueOp::Release => q.release(id).await,
     };
     match r {
         Ok(()) => {
-            tracing::info!(target: "audit", who = WHO, what, id, "audit");
+            tracing::info!(target: "audit", who = WHO, what = op.what(), id, "audit");
             ok()
         }
         Err(e) => control_error(e),
@@ -519,17 +540,17 @@ async fn queue_action(relay: &Relay, what: &'static str, id: &str) -> Response<B
 }
 
 async fn queue_retry(State(relay): State<Arc<Relay>>, Path(id): Path<String>) -> Response<Body> {
-    queue_action(&relay, "queue retry", &id).await
+    queue_action(&relay, QueueOp::Retry, &id).await
 }
 
 async fn queue_delete(State(relay): State<Arc<Relay>>, Path(id): Path<String>) -> Response<Body> {
-    queue_action(&relay, "queue delete", &id).await
+    queue_action(&relay, QueueOp::Delete, &id).await
 }
 
 async fn queue_hold(State(relay): State<Arc<Relay>>, Path(id): Path<String>) -> Response<Body> {
-    queue_action(&relay, "queue hold", &id).await
+    queue_action(&relay, QueueOp::Hold, &id).await
 }
 
 async fn queue_release(State(relay): State<Arc<Relay>>, Path(id): Path<String>) -> Response<Body> {
-    queue_action(&relay, "queue release", &id).await
+    queue_action(&relay, QueueOp::Release, &id).await
 }
