@@ -3,7 +3,9 @@
 //! hands over to the server modules; `test-server` and `check-config
 //! --probe` to `upstream::probe`.
 //!
-//! Exit codes: 0 success, 64 bad config or usage, 1 any other failure.
+//! Exit codes: 0 success, 64 bad config or usage, 1 any other failure;
+//! the run-time commands (`limits`, `blacklist`, `queue`, `status`, in
+//! `admin::client`) also 69 when the daemon cannot be reached.
 
 use crate::config::{self, Config, ConfigErrors};
 use crate::explain;
@@ -44,6 +46,141 @@ pub enum Command {
     /// Send a real test message through one SMTP server; print the dialogue
     /// summary; exit 0 only if it was accepted.
     TestServer(TestServerArgs),
+    /// Send limits of the running daemon: show, or reset one server's counters.
+    Limits(LimitsArgs),
+    /// The running daemon's blacklists: list, add or remove runtime entries.
+    Blacklist(BlacklistArgs),
+    /// The running daemon's queue: list, show, retry, delete, hold, release.
+    Queue(QueueArgs),
+    /// Servers, health, queue and test mode of the running daemon.
+    Status(StatusArgs),
+}
+
+/// Options every run-time command takes.
+#[derive(Debug, Args)]
+pub struct ControlOpts {
+    /// Print exactly one JSON document (PRODUCT §4.1) instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+/// `limits` options.
+#[derive(Debug, Args)]
+pub struct LimitsArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub action: LimitsAction,
+    /// Common options.
+    #[command(flatten)]
+    pub opts: ControlOpts,
+}
+
+/// `limits` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum LimitsAction {
+    /// Every server with a limit: used, remaining, resets in.
+    Show,
+    /// Clear the counters of one server.
+    Reset {
+        /// The server.
+        server: String,
+    },
+}
+
+/// `blacklist` options.
+#[derive(Debug, Args)]
+pub struct BlacklistArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub action: BlacklistCmd,
+    /// Common options.
+    #[command(flatten)]
+    pub opts: ControlOpts,
+}
+
+/// `blacklist` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum BlacklistCmd {
+    /// Every entry, from the file and added at run time.
+    List {
+        /// Only this tenant's list.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Add a runtime entry (kept across restarts and reloads).
+    Add {
+        /// An address or "@domain".
+        entry: String,
+        /// The tenant's list (default: the system list).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// The entry's action (default: its list's action).
+        #[arg(long, value_parser = ["drop", "reject"])]
+        action: Option<String>,
+    },
+    /// Remove a runtime entry (file entries are removed in the file).
+    Remove {
+        /// An address or "@domain".
+        entry: String,
+        /// The tenant's list (default: the system list).
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+}
+
+/// `queue` options.
+#[derive(Debug, Args)]
+pub struct QueueArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub action: QueueCmd,
+    /// Common options.
+    #[command(flatten)]
+    pub opts: ControlOpts,
+}
+
+/// `queue` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum QueueCmd {
+    /// Every queued message.
+    List,
+    /// One message.
+    Show {
+        /// The queue id.
+        id: String,
+    },
+    /// Deliver now: one message, or `--all`.
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["id", "all"])))]
+    Retry {
+        /// The queue id.
+        id: Option<String>,
+        /// Every message.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Remove a message without delivering it.
+    Delete {
+        /// The queue id.
+        id: String,
+    },
+    /// Keep a message from being delivered.
+    Hold {
+        /// The queue id.
+        id: String,
+    },
+    /// Deliver a held message again.
+    Release {
+        /// The queue id.
+        id: String,
+    },
+}
+
+/// `status` options.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Common options.
+    #[command(flatten)]
+    pub opts: ControlOpts,
 }
 
 /// `test-server` options.
@@ -419,16 +556,145 @@ fn run(cli: &Cli, args: &RunArgs) -> ExitCode {
     }
 }
 
+/// The run-time commands: one admin API call each.
+fn control(cli: &Cli) -> ExitCode {
+    use crate::admin::client::{self as c, Call};
+    let cfg = match load_config(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            print_errors(&e);
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let q = c::query_value;
+    let call = |method, path: String, body| Call { method, path, body };
+    let (call, json, render): (Call, bool, c::Render) = match &cli.command {
+        Command::Limits(a) => match &a.action {
+            LimitsAction::Show => (
+                call("GET", "limits".into(), None),
+                a.opts.json,
+                c::render_limits,
+            ),
+            LimitsAction::Reset { server } => (
+                call("POST", format!("limits/{}/reset", q(server)), None),
+                a.opts.json,
+                c::render_ok,
+            ),
+        },
+        Command::Blacklist(a) => match &a.action {
+            BlacklistCmd::List { tenant } => (
+                call(
+                    "GET",
+                    match tenant {
+                        Some(t) => format!("blacklist?tenant={}", q(t)),
+                        None => "blacklist".into(),
+                    },
+                    None,
+                ),
+                a.opts.json,
+                c::render_blacklist,
+            ),
+            BlacklistCmd::Add {
+                entry,
+                tenant,
+                action,
+            } => (
+                call(
+                    "POST",
+                    "blacklist".into(),
+                    Some(serde_json::json!({ "entry": entry, "tenant": tenant, "action": action })),
+                ),
+                a.opts.json,
+                c::render_ok,
+            ),
+            BlacklistCmd::Remove { entry, tenant } => (
+                call(
+                    "DELETE",
+                    match tenant {
+                        Some(t) => format!("blacklist?entry={}&tenant={}", q(entry), q(t)),
+                        None => format!("blacklist?entry={}", q(entry)),
+                    },
+                    None,
+                ),
+                a.opts.json,
+                c::render_ok,
+            ),
+        },
+        Command::Queue(a) => {
+            let j = a.opts.json;
+            match &a.action {
+                QueueCmd::List => (call("GET", "queue".into(), None), j, c::render_queue),
+                QueueCmd::Show { id } => (
+                    call("GET", format!("queue/{}", q(id)), None),
+                    j,
+                    c::render_queue_entry,
+                ),
+                QueueCmd::Retry { all: true, .. } => (
+                    call("POST", "queue/retry-all".into(), None),
+                    j,
+                    c::render_ok,
+                ),
+                QueueCmd::Retry { id, .. } => (
+                    call(
+                        "POST",
+                        format!("queue/{}/retry", q(id.as_deref().unwrap_or_default())),
+                        None,
+                    ),
+                    j,
+                    c::render_ok,
+                ),
+                QueueCmd::Delete { id } => (
+                    call("DELETE", format!("queue/{}", q(id)), None),
+                    j,
+                    c::render_ok,
+                ),
+                QueueCmd::Hold { id } => (
+                    call("POST", format!("queue/{}/hold", q(id)), None),
+                    j,
+                    c::render_ok,
+                ),
+                QueueCmd::Release { id } => (
+                    call("POST", format!("queue/{}/release", q(id)), None),
+                    j,
+                    c::render_ok,
+                ),
+            }
+        }
+        Command::Status(a) => (
+            call("GET", "status".into(), None),
+            a.opts.json,
+            c::render_status,
+        ),
+        _ => unreachable!("control() is called for run-time commands only"),
+    };
+    c::run(&cfg, call, json, render)
+}
+
 /// Runs the command line; `main` only calls this.
 pub fn main() -> ExitCode {
     // Exactly one crypto provider, chosen before anything builds a TLS config.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let usage = e.use_stderr();
+            let _ = e.print();
+            // Help and version are not errors; a usage error is EX_USAGE.
+            return if usage {
+                ExitCode::from(EXIT_CONFIG)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
     match &cli.command {
         Command::CheckConfig(a) => check_config(&cli, a),
         Command::Explain(a) => explain_cmd(&cli, a),
         Command::HashPassword => hash_password(),
         Command::Run(a) => run(&cli, a),
         Command::TestServer(a) => test_server(&cli, a),
+        Command::Limits(_) | Command::Blacklist(_) | Command::Queue(_) | Command::Status(_) => {
+            control(&cli)
+        }
     }
 }

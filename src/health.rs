@@ -11,10 +11,36 @@
 use dashmap::DashMap;
 use std::time::{Duration, Instant};
 
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 struct State {
     failures: u32,
     down_until: Option<Instant>,
+    /// The last failure's text (the upstream's reply or the connection
+    /// error), for the admin API and status page; kept after a success.
+    last_error: Option<String>,
+}
+
+/// How a server is doing, as the admin API and status page show it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// No recent server-level failure.
+    Up,
+    /// Failed recently, not (yet) marked down.
+    Failing,
+    /// Marked down: skipped until its cool-down ends.
+    Down,
+}
+
+impl Status {
+    /// `up`, `failing` or `down`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Status::Up => "up",
+            Status::Failing => "failing",
+            Status::Down => "down",
+        }
+    }
 }
 
 /// Health of every server, by name.
@@ -54,6 +80,27 @@ impl Health {
         false
     }
 
+    /// Records the text of a failure of `server` (any class), shown as its
+    /// last error. Capped at 500 characters.
+    pub fn note_error(&self, server: &str, text: &str) {
+        let text: String = text.chars().take(500).collect();
+        self.map.entry(server.to_owned()).or_default().last_error = Some(text);
+    }
+
+    /// The last failure text of `server`, if any.
+    pub fn last_error(&self, server: &str) -> Option<String> {
+        self.map.get(server).and_then(|s| s.last_error.clone())
+    }
+
+    /// How `server` is doing at `now`.
+    pub fn status(&self, server: &str, now: Instant) -> Status {
+        match self.map.get(server) {
+            Some(s) if s.down_until.is_some_and(|u| now < u) => Status::Down,
+            Some(s) if s.failures > 0 => Status::Failing,
+            _ => Status::Up,
+        }
+    }
+
     /// Records a success: the server is healthy again.
     pub fn success(&self, server: &str) {
         if let Some(mut s) = self.map.get_mut(server) {
@@ -89,5 +136,23 @@ mod tests {
         h.success("a");
         assert!(!h.failure("a", t0 + cd, 2, cd));
         assert!(h.failure("a", t0 + cd, 2, cd));
+    }
+
+    #[test]
+    fn status_and_last_error() {
+        let h = Health::default();
+        let t0 = Instant::now();
+        let cd = Duration::from_secs(30);
+        assert_eq!(h.status("a", t0), Status::Up);
+        assert_eq!(h.last_error("a"), None);
+        h.note_error("a", "connection refused");
+        h.failure("a", t0, 2, cd);
+        assert_eq!(h.status("a", t0), Status::Failing);
+        h.failure("a", t0, 2, cd);
+        assert_eq!(h.status("a", t0), Status::Down);
+        assert_eq!(h.last_error("a").as_deref(), Some("connection refused"));
+        h.success("a");
+        assert_eq!(h.status("a", t0), Status::Up);
+        assert_eq!(h.last_error("a").as_deref(), Some("connection refused"));
     }
 }

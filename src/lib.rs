@@ -17,6 +17,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod blacklist;
 pub mod cli;
 pub mod config;
 pub mod delivery;
@@ -32,6 +33,7 @@ pub mod queue;
 pub mod rewrite;
 pub mod server;
 pub mod session;
+pub mod store;
 pub mod tls;
 pub mod upstream;
 pub mod util;

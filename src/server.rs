@@ -141,6 +141,16 @@ pub struct Relay {
     loops: Mutex<HashMap<LoopKey, AcceptLoop>>,
     reloading: tokio::sync::Mutex<()>,
     listening: AtomicBool,
+    /// The persistent state store (`{spool}/state.redb`), kept across reloads.
+    pub store: Arc<crate::store::Store>,
+    /// Runtime blacklist entries (admin API), merged at RCPT.
+    pub blacklist: crate::blacklist::RuntimeLists,
+    /// The last deliveries, for the admin API and status page.
+    pub deliveries: Arc<crate::admin::types::Recent>,
+    queue_control: Mutex<Option<Arc<dyn crate::admin::types::QueueControl>>>,
+    limits_control: std::sync::OnceLock<Arc<dyn crate::admin::types::LimitsControl>>,
+    /// `run --no-probe-on-reload` not given (reloads from the admin API too).
+    pub probe_on_reload: AtomicBool,
 }
 
 /// Logs warnings and test modes of a config going live.
@@ -161,21 +171,40 @@ fn announce(cfg: &Config) {
 }
 
 impl Relay {
-    /// A relay on `cfg`.
+    /// A relay on `cfg` whose state store lives in memory only (runtime
+    /// blacklist entries do not survive it): for in-process use.
     pub fn new(cfg: Config) -> Arc<Relay> {
+        let store = crate::store::Store::in_memory().expect("an in-memory store opens");
+        Relay::with_store(cfg, Arc::new(store)).expect("an empty store loads")
+    }
+
+    /// A relay on `cfg` with its persistent state store,
+    /// `{system.spool}/state.redb`, opened (blocking: call at start).
+    pub fn open(cfg: Config) -> Result<Arc<Relay>, crate::store::StoreError> {
+        let store = crate::store::Store::open(&cfg.system.spool)?;
+        Relay::with_store(cfg, Arc::new(store))
+    }
+
+    fn with_store(
+        cfg: Config,
+        store: Arc<crate::store::Store>,
+    ) -> Result<Arc<Relay>, crate::store::StoreError> {
+        let blacklist = crate::blacklist::RuntimeLists::load(store.clone())?;
         let max = cfg.limits.max_connections.min(Semaphore::MAX_PERMITS) as u32;
         let metrics = Arc::new(crate::metrics::Metrics::new());
         metrics.prime(&cfg, crate::util::unix_now());
         let config = Arc::new(ArcSwap::from_pointee(cfg));
         let upstreams = Arc::new(crate::upstream::Upstreams::with_metrics(metrics.clone()));
         let health: Arc<crate::health::Health> = Arc::default();
+        let deliveries: Arc<crate::admin::types::Recent> = Arc::default();
         let engine = Arc::new(crate::delivery::engine::Engine::new(
             config.clone(),
             upstreams.clone(),
             metrics.clone(),
             health.clone(),
+            deliveries.clone(),
         ));
-        Arc::new(Relay {
+        Ok(Arc::new(Relay {
             config,
             throttle: AuthThrottle::default(),
             conns: Arc::new(Semaphore::new(max as usize)),
@@ -190,7 +219,41 @@ impl Relay {
             loops: Mutex::new(HashMap::new()),
             reloading: tokio::sync::Mutex::new(()),
             listening: AtomicBool::new(false),
-        })
+            store,
+            blacklist,
+            deliveries,
+            queue_control: Default::default(),
+            limits_control: Default::default(),
+            probe_on_reload: AtomicBool::new(true),
+        }))
+    }
+
+    /// Plugs in the queue's run-time control (the queue does at start;
+    /// tests may put a stand-in in its place).
+    pub fn set_queue_control(&self, q: Arc<dyn crate::admin::types::QueueControl>) {
+        *self.queue_control.lock().unwrap_or_else(|p| p.into_inner()) = Some(q);
+    }
+
+    /// The queue's run-time control, when there is a queue.
+    pub fn queue_control(&self) -> Option<Arc<dyn crate::admin::types::QueueControl>> {
+        self.queue_control
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Plugs in the send-limit counters (once).
+    pub fn set_limits_control(&self, l: Arc<dyn crate::admin::types::LimitsControl>) {
+        let _ = self.limits_control.set(l);
+    }
+
+    /// The send-limit counters; until the limits service plugs in its
+    /// own, the configured limits with nothing used.
+    pub fn limits_control(&self) -> Arc<dyn crate::admin::types::LimitsControl> {
+        self.limits_control
+            .get()
+            .cloned()
+            .unwrap_or_else(|| Arc::new(crate::admin::types::ConfiguredLimits))
     }
 
     /// The current config snapshot.
@@ -214,7 +277,12 @@ impl Relay {
         let q = tokio::task::spawn_blocking(move || crate::queue::Queue::open(&cfg))
             .await
             .map_err(io::Error::other)??;
-        self.engine.set_queue(Arc::new(q));
+        let q = Arc::new(q);
+        self.engine.set_queue(q.clone());
+        let mut slot = self.queue_control.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            *slot = Some(Arc::new(crate::queue::control::QueueHandle(q)));
+        }
         Ok(())
     }
 
@@ -425,14 +493,16 @@ impl Relay {
                                 version: info.version.clone(),
                             })
                             .inc();
-                        let session = Session::new(cfg.clone(), l.clone(), peer, Some(info));
+                        let session = Session::new(cfg.clone(), l.clone(), peer, Some(info))
+                            .with_runtime_blacklist(self.blacklist.handle());
                         driver::run(&self, &l.name, Conn::Tls(Box::new(stream)), session).await
                     }
                     Err(e) => Err(e),
                 },
             }
         } else {
-            let session = Session::new(cfg.clone(), l.clone(), peer, None);
+            let session = Session::new(cfg.clone(), l.clone(), peer, None)
+                .with_runtime_blacklist(self.blacklist.handle());
             driver::run(&self, &l.name, Conn::Plain(tcp), session).await
         };
         active.dec();
@@ -570,8 +640,28 @@ impl Relay {
 
     /// Reloads and logs and counts the result.
     pub async fn reload_and_report(self: &Arc<Self>, probe: bool, why: &str) -> bool {
+        self.reload_reporting(probe, why).await.is_ok()
+    }
+
+    /// [`Relay::reload_and_report`] returning the new config's hash or why
+    /// the reload was refused.
+    pub async fn reload_reporting(
+        self: &Arc<Self>,
+        probe: bool,
+        why: &str,
+    ) -> Result<String, String> {
         let result = self.reload(probe).await;
         let ok = result.is_ok();
+        let out = match &result {
+            Ok(cfg) => Ok(cfg.hash.clone()),
+            Err(ReloadError::Config(errs)) => Err(errs
+                .0
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n")),
+            Err(e) => Err(e.to_string()),
+        };
         self.metrics
             .reloads
             .get_or_create(&ResultLabel {
@@ -594,7 +684,7 @@ impl Relay {
                 tracing::error!(trigger = why, error = %e, "config reload refused; keeping the old config")
             }
         }
-        ok
+        out
     }
 
     /// Closes expired idle upstream connections every few seconds until
@@ -692,7 +782,13 @@ pub async fn run_until_signal(cfg: Config, opts: RunOptions) -> io::Result<()> {
         None => None,
     };
     tracing::info!(config = %cfg.source, hash = %cfg.hash, "smarthost started");
-    let relay = Relay::new(cfg);
+    let relay = tokio::task::spawn_blocking(move || Relay::open(cfg))
+        .await
+        .map_err(io::Error::other)?
+        .map_err(io::Error::other)?;
+    relay
+        .probe_on_reload
+        .store(opts.probe_on_reload, Ordering::SeqCst);
     relay.open_queue().await?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;

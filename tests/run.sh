@@ -14,6 +14,8 @@ command -v saslpasswd2 >/dev/null || need+=(sasl2-bin)
 command -v python3 >/dev/null || need+=(python3)
 # promtool checks the /metrics output (tests/metrics.rs).
 command -v promtool >/dev/null || need+=(prometheus)
+# Headless Chromium loads the status page (tests/status_page.rs).
+command -v chromium >/dev/null || need+=(chromium)
 # swaks needs Net::SSLeay for --tls (only a Recommends of swaks).
 perl -MNet::SSLeay -e1 2>/dev/null || need+=(libnet-ssleay-perl)
 if [ ${#need[@]} -gt 0 ]; then

@@ -202,6 +202,8 @@ pub struct Admin {
     pub address: SocketAddr,
     /// Bearer token.
     pub token: Option<Secret>,
+    /// Status page without the token on a non-loopback address.
+    pub status_public: bool,
 }
 
 /// `[log]`.

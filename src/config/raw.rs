@@ -162,8 +162,13 @@ pub struct RawLimits {
 pub struct RawAdmin {
     /// `host:port` for `/metrics`, `/healthz`, `/readyz` and the admin API.
     pub address: String,
-    /// Bearer token for the admin API.
+    /// Bearer token for the admin API (`/api/v1/…`); without one the API
+    /// is off.
     pub token: Option<SecretSource>,
+    /// Serve the status page (`GET /`) without the token even when the
+    /// admin address is not loopback. Default `false`: open on a loopback
+    /// address, behind the token otherwise.
+    pub status_public: Option<bool>,
 }
 
 /// `[health]`: when an upstream is considered down (PRODUCT §3.6).

@@ -523,7 +523,11 @@ pub(super) fn validate(
             .token
             .as_ref()
             .and_then(|t| cx.secret(l.file, &l.path.clone().key("token"), t));
-        Some(Admin { address, token })
+        Some(Admin {
+            address,
+            token,
+            status_public: l.value.status_public.unwrap_or(false),
+        })
     });
     let rlog = doc
         .log

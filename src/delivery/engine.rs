@@ -110,6 +110,8 @@ pub struct Engine {
     pub health: Arc<crate::health::Health>,
     ids: IdGen,
     queue: OnceLock<Arc<Queue>>,
+    /// The last outcomes, for the admin API and status page.
+    pub deliveries: Arc<crate::admin::types::Recent>,
 }
 
 impl Engine {
@@ -119,6 +121,7 @@ impl Engine {
         upstreams: Arc<crate::upstream::Upstreams>,
         metrics: Arc<crate::metrics::Metrics>,
         health: Arc<crate::health::Health>,
+        deliveries: Arc<crate::admin::types::Recent>,
     ) -> Engine {
         Engine {
             config,
@@ -127,7 +130,30 @@ impl Engine {
             health,
             ids: IdGen::default(),
             queue: OnceLock::new(),
+            deliveries,
         }
+    }
+
+    /// Adds an outcome to the recent deliveries (final outcomes, and queue
+    /// attempts that were deferred).
+    pub fn record(&self, cfg: &Config, job: &Job, outcome: &Outcome) {
+        self.deliveries.push(crate::admin::types::DeliveryRecord {
+            at: crate::util::unix_now(),
+            id: job.id.clone(),
+            application: job.envelope.application.clone(),
+            tenant: cfg
+                .applications
+                .get(&job.envelope.application)
+                .map_or_else(String::new, |a| a.tenant.clone()),
+            server: outcome.server().unwrap_or("").to_owned(),
+            outcome: outcome.label().to_owned(),
+            failed_over: outcome
+                .failovers()
+                .iter()
+                .map(|f| f.server.clone())
+                .collect(),
+            rcpts: job.deliver_to().len(),
+        });
     }
 
     /// A new message id.
@@ -163,6 +189,8 @@ impl Engine {
                 };
                 if sub.job.deliver_to().is_empty() {
                     // Every recipient dropped by policy: nothing to store.
+                    self.count_outcome(cfg, &sub.job, &Outcome::NothingToDeliver);
+                    self.record(cfg, &sub.job, &Outcome::NothingToDeliver);
                     self.log_final(&sub.job, &Outcome::NothingToDeliver, 0, Instant::now());
                     return reply::accepted_nothing_to_deliver(&sub.job.id);
                 }
@@ -220,6 +248,7 @@ impl Engine {
         let rcpts = job.deliver_to();
         let a = self.attempt(cfg, job, &sub.message, &rcpts, false).await;
         self.count_outcome(cfg, job, &a.outcome);
+        self.record(cfg, job, &a.outcome);
         self.log_final(job, &a.outcome, sub.message.len(), started);
         if let Outcome::Delivered {
             server, refused, ..

@@ -233,6 +233,7 @@ pub async fn deliver(plan: &Plan<'_>, msg: &Message, cx: &Context<'_>) -> Outcom
                         class: f.class.as_str(),
                     })
                     .inc();
+                cx.health.note_error(&server.name, &f.reason);
                 let (h, now) = (cx.health_settings, Instant::now());
                 if f.counts_for_health()
                     && cx.health.failure(&server.name, now, h.failures, h.cooldown)

@@ -11,6 +11,7 @@ mod tests;
 
 pub use chain::server_chain;
 
+use crate::blacklist::{RuntimeBlacklist, Scope};
 use crate::config::values::{EmailAddress, normalize_address};
 use crate::config::{
     Application, BlacklistAction, Config, Listener, Server, Tenant, TestMode, TestModeSetting,
@@ -230,6 +231,18 @@ pub enum RcptVerdict {
 /// chain's lists; when several match, `reject` wins over `drop`), then test
 /// mode (every recipient not on the allow list is redirected).
 pub fn check_rcpt(cfg: &Config, eff: &Effective<'_>, rcpt: &str) -> RcptVerdict {
+    check_rcpt_with(cfg, eff, rcpt, &RuntimeBlacklist::default())
+}
+
+/// [`check_rcpt`] with the runtime blacklist entries (admin API, CLI)
+/// merged into the file's lists: a runtime entry of a list counts as that
+/// list's entry, with its own action when it has one.
+pub fn check_rcpt_with(
+    cfg: &Config,
+    eff: &Effective<'_>,
+    rcpt: &str,
+    runtime: &RuntimeBlacklist,
+) -> RcptVerdict {
     let n = normalize_address(rcpt);
     let lists = std::iter::once((
         ListOrigin::System,
@@ -244,9 +257,29 @@ pub fn check_rcpt(cfg: &Config, eff: &Effective<'_>, rcpt: &str) -> RcptVerdict 
         )
     }));
     let mut drop: Option<RcptVerdict> = None;
-    for (origin, list, action) in lists {
-        if let Some(entry) = list.iter().find(|e| e.matches(&n)) {
-            let entry = entry.to_string();
+    for (origin, list, list_action) in lists {
+        let file = list
+            .iter()
+            .find(|e| e.matches(&n))
+            .map(|e| (e.to_string(), list_action));
+        let scope = match &origin {
+            ListOrigin::System => Scope::System,
+            ListOrigin::Tenant(t) => Scope::Tenant(t.clone()),
+        };
+        let rt = || {
+            runtime
+                .find(&scope, &n)
+                .map(|e| (e.entry.to_string(), e.action.unwrap_or(list_action)))
+        };
+        // A reject from either source wins over a drop.
+        let hit = match file {
+            Some((_, BlacklistAction::Drop)) => {
+                rt().filter(|(_, a)| *a == BlacklistAction::Reject).or(file)
+            }
+            Some(f) => Some(f),
+            None => rt(),
+        };
+        if let Some((entry, action)) = hit {
             match action {
                 BlacklistAction::Reject => {
                     return RcptVerdict::Reject {

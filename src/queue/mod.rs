@@ -14,6 +14,7 @@
 //! bounded number of freshly accepted messages handed straight to a worker.
 
 pub mod backoff;
+pub mod control;
 pub mod spool;
 
 use crate::config::Config;
@@ -543,6 +544,7 @@ impl Queue {
         if done {
             let final_outcome = final_outcome(&snapshot, outcome);
             engine.count_outcome(&cfg, &job, &final_outcome);
+            engine.record(&cfg, &job, &final_outcome);
             engine.log_final(&job, &final_outcome, msg.len(), started);
             drop(msg);
             let (q, i) = (self.clone(), id.to_owned());
@@ -550,6 +552,7 @@ impl Queue {
             self.lock().entries.remove(id);
             return;
         }
+        engine.record(&cfg, &job, &outcome);
         drop(msg);
         let (q, i, st) = (self.clone(), id.to_owned(), snapshot.clone());
         let written = tokio::task::spawn_blocking(move || q.spool.write_state(&i, &st))

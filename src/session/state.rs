@@ -118,7 +118,13 @@ pub struct Session {
     line_too_long: bool,
     closed_with: Option<(u16, Option<reply::Enhanced>)>,
     rejections: Vec<(String, crate::policy::ListOrigin)>,
+    /// The runtime blacklist, read at each RCPT (unlike the config, it is
+    /// not pinned: an entry added at run time applies to the next RCPT).
+    runtime_blacklist: Option<RuntimeHandle>,
 }
+
+/// Where a session reads the current runtime blacklist snapshot.
+pub type RuntimeHandle = std::sync::Arc<arc_swap::ArcSwap<crate::blacklist::RuntimeBlacklist>>;
 
 fn proto_error_reply(e: &ProtoError) -> Reply {
     match e {
@@ -231,7 +237,14 @@ impl Session {
             line_too_long: false,
             closed_with: None,
             rejections: Vec::new(),
+            runtime_blacklist: None,
         }
+    }
+
+    /// Merges the runtime blacklist (admin API) into RCPT checks.
+    pub fn with_runtime_blacklist(mut self, handle: RuntimeHandle) -> Self {
+        self.runtime_blacklist = Some(handle);
+        self
     }
 
     /// The greeting; the driver sends it first.
@@ -612,7 +625,13 @@ impl Session {
             return self.reply(reply::relay_denied());
         };
         let eff = policy::resolve(&self.cfg, application);
-        let verdict = policy::check_rcpt(&self.cfg, &eff, &address);
+        let runtime = self.runtime_blacklist.as_ref().map(|h| h.load_full());
+        let verdict = policy::check_rcpt_with(
+            &self.cfg,
+            &eff,
+            &address,
+            runtime.as_deref().unwrap_or(&Default::default()),
+        );
         if let RcptVerdict::Reject { list, .. } = verdict {
             tracing::info!(peer = %self.peer, app = %app, rcpt = %address, list = %list, "recipient rejected by blacklist");
             self.rejections.push((app.clone(), list));

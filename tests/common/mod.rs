@@ -1,3 +1,4 @@
+pub mod admin;
 pub mod faults;
 pub mod postfix;
 pub mod process;

@@ -25,7 +25,12 @@ impl Proc {
     /// Writes `toml` (with `{dir}` and `{certs}` replaced) and starts the
     /// binary on it; waits (bounded) until every listener is up.
     pub fn start(toml: &str) -> Proc {
-        let dir = tempfile::tempdir().unwrap();
+        Proc::start_in(tempfile::tempdir().unwrap(), toml)
+    }
+
+    /// Like [`Proc::start`], in `dir` (e.g. the directory of a relay that
+    /// was stopped, to start it again on the same spool).
+    pub fn start_in(dir: TempDir, toml: &str) -> Proc {
         let text = super::relay::direct_by_default(toml)
             .replace("{dir}", dir.path().to_str().unwrap())
             .replace("{certs}", super::relay::certs().to_str().unwrap());
@@ -106,6 +111,17 @@ impl Proc {
             assert!(Instant::now() < end, "{what}:\n{}", log.join("\n"));
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// SIGTERM, waits (bounded) for the exit, and hands back the temp
+    /// directory (config, spool, outbox) for a restart.
+    pub fn stop(mut self) -> TempDir {
+        self.signal("TERM");
+        assert!(
+            self.wait_exit(Duration::from_secs(30)).is_some(),
+            "relay did not stop"
+        );
+        std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap())
     }
 
     /// Peak resident memory (VmHWM) in KiB.
