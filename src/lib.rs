@@ -30,6 +30,7 @@ pub mod notify;
 pub mod outcome;
 pub mod policy;
 pub mod queue;
+pub mod reply;
 pub mod rewrite;
 pub mod server;
 pub mod session;

@@ -130,6 +130,7 @@ pub struct Relay {
     shutdown: watch::Sender<bool>,
     /// The delivery engine (direct mode and the queue).
     pub engine: Arc<crate::delivery::engine::Engine>,
+    queue: std::sync::OnceLock<Arc<crate::queue::Queue>>,
     /// SMTP upstream connection pools.
     pub upstreams: Arc<crate::upstream::Upstreams>,
     /// Every metric.
@@ -212,6 +213,7 @@ impl Relay {
             conn_debt: AtomicU32::new(0),
             shutdown: watch::channel(false).0,
             engine,
+            queue: std::sync::OnceLock::new(),
             upstreams,
             metrics,
             health,
@@ -266,11 +268,16 @@ impl Relay {
         self.engine.next_id()
     }
 
+    /// The durable queue, once opened.
+    pub fn queue(&self) -> Option<Arc<crate::queue::Queue>> {
+        self.queue.get().cloned()
+    }
+
     /// Opens the queue in the spool and recovers what it holds (once; a
     /// second call does nothing). `run` calls it before serving, so a spool
     /// that cannot be opened stops the start.
     pub async fn open_queue(&self) -> io::Result<()> {
-        if self.engine.queue().is_some() {
+        if self.queue.get().is_some() {
             return Ok(());
         }
         let cfg = self.config();
@@ -278,6 +285,9 @@ impl Relay {
             .await
             .map_err(io::Error::other)??;
         let q = Arc::new(q);
+        if self.queue.set(q.clone()).is_err() {
+            return Ok(());
+        }
         self.engine.set_queue(q.clone());
         let mut slot = self.queue_control.lock().unwrap_or_else(|p| p.into_inner());
         if slot.is_none() {
@@ -359,9 +369,7 @@ impl Relay {
             tracing::error!(error = %e, spool = %self.config().system.spool.display(), "cannot open the queue; queued delivery refuses mail with 451");
         }
         let queue_task = self
-            .engine
             .queue()
-            .cloned()
             .map(|q| tokio::spawn(q.run(self.engine.clone(), self.shutdown_signal(), grace)));
         for b in bound {
             self.start_loop(b);

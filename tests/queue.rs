@@ -68,7 +68,7 @@ fn queued_id(reply: &str) -> String {
 }
 
 fn queue(relay: &TestRelay) -> std::sync::Arc<smarthost::queue::Queue> {
-    relay.relay.engine.queue().expect("queue open").clone()
+    relay.relay.queue().expect("queue open")
 }
 
 fn wait_until(what: &str, timeout: Duration, done: impl Fn() -> bool) {

@@ -19,13 +19,35 @@ use crate::envelope::Envelope;
 use crate::message::Message;
 use crate::metrics::{AppLabels, ListLabels, MessageLabels};
 use crate::policy::{self, RcptVerdict};
-use crate::queue::{EnqueueError, Queue};
-use crate::session::reply::{self, Reply};
+use crate::reply::{self, Reply};
 use crate::util::IdGen;
 use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
+
+/// Why a message could not be queued.
+#[derive(Debug, thiserror::Error)]
+pub enum EnqueueError {
+    /// The spool's disk is full (`452 4.3.1`).
+    #[error("the spool is full")]
+    NoSpace,
+    /// Any other I/O error.
+    #[error("spool I/O: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Where the engine puts messages for background delivery: the durable
+/// queue implements it. A trait, so the engine does not depend on the
+/// queue module (the queue depends on the engine, not both ways).
+pub trait Spool: Send + Sync {
+    /// Makes `sub` durable and schedules it; `Ok` only once it is on
+    /// stable storage.
+    fn enqueue(
+        &self,
+        sub: Submission,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), EnqueueError>> + Send + '_>>;
+}
 
 /// A complete message handed over by a session.
 pub struct Submission {
@@ -109,7 +131,7 @@ pub struct Engine {
     /// Server health (survives reloads).
     pub health: Arc<crate::health::Health>,
     ids: IdGen,
-    queue: OnceLock<Arc<Queue>>,
+    queue: OnceLock<Arc<dyn Spool>>,
     /// The last outcomes, for the admin API and status page.
     pub deliveries: Arc<crate::admin::types::Recent>,
 }
@@ -167,12 +189,12 @@ impl Engine {
     }
 
     /// Attaches the queue (once, at start).
-    pub fn set_queue(&self, q: Arc<Queue>) {
+    pub fn set_queue(&self, q: Arc<dyn Spool>) {
         let _ = self.queue.set(q);
     }
 
     /// The queue, once attached.
-    pub fn queue(&self) -> Option<&Arc<Queue>> {
+    pub fn queue(&self) -> Option<&Arc<dyn Spool>> {
         self.queue.get()
     }
 

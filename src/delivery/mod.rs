@@ -16,12 +16,12 @@ pub mod dsn;
 pub mod engine;
 
 use crate::config::{Server, ServerKind};
+use crate::envelope::Envelope;
 use crate::message::Message;
 use crate::metrics::{FailoverLabels, ServerLabel};
 pub use crate::outcome::{Capability, Failover, FailureClass, HopResult, RefusedRecipient};
 use crate::policy::Plan;
 use crate::rewrite;
-use crate::session::state::Envelope;
 use std::time::Instant;
 
 /// The result of a delivery attempt over the whole chain.

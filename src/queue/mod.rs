@@ -25,7 +25,9 @@ use crate::util::unix_now;
 use serde::Serialize;
 use spool::{RcptStatus, Spool, State};
 use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{Notify, Semaphore, watch};
@@ -33,16 +35,7 @@ use tokio::sync::{Notify, Semaphore, watch};
 /// Fresh messages kept in memory for their first attempt, at most.
 const HOT_BYTES: u64 = 64 << 20;
 
-/// Why a message could not be queued.
-#[derive(Debug, thiserror::Error)]
-pub enum EnqueueError {
-    /// The spool's disk is full (`452 4.3.1`).
-    #[error("the spool is full")]
-    NoSpace,
-    /// Any other I/O error.
-    #[error("spool I/O: {0}")]
-    Io(#[from] io::Error),
-}
+pub use crate::delivery::engine::EnqueueError;
 
 /// Why an operator's command was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -125,7 +118,7 @@ pub struct Listed {
 
 /// The queue.
 pub struct Queue {
-    spool: Spool,
+    spool: Arc<Spool>,
     inner: Mutex<Inner>,
     wake: Notify,
     /// Deliveries that may run at once; shutdown waits for all of them.
@@ -137,7 +130,7 @@ impl Queue {
     /// Opens the queue in `{spool}/queue` and recovers every committed
     /// message (blocking: call it on a blocking thread or before serving).
     pub fn open(cfg: &Config) -> io::Result<Queue> {
-        let spool = Spool::open(&cfg.system.spool.join("queue"))?;
+        let spool = Arc::new(Spool::open(&cfg.system.spool.join("queue"))?);
         let found = spool.recover()?;
         let now = now_ms();
         let mut inner = Inner::default();
@@ -202,11 +195,11 @@ impl Queue {
     }
 
     /// Makes `sub` durable (written and synced) and schedules it.
-    pub async fn enqueue(self: &Arc<Self>, sub: Submission) -> Result<(), EnqueueError> {
+    pub async fn enqueue_now(&self, sub: Submission) -> Result<(), EnqueueError> {
         let Submission { job, message } = sub;
-        let q = self.clone();
+        let spool = self.spool.clone();
         let (res, job, message) = tokio::task::spawn_blocking(move || {
-            let r = q.spool.write_message(&job, &message);
+            let r = spool.write_message(&job, &message);
             (r, job, message)
         })
         .await
@@ -221,8 +214,8 @@ impl Queue {
         if let Err(e) = self.spool.sync().await {
             // Not durable: the client must not get a 250. Remove it so
             // it is not delivered behind the client's back either.
-            let (q, id) = (self.clone(), job.id.clone());
-            let _ = tokio::task::spawn_blocking(move || q.spool.remove(&id)).await;
+            let (spool, id) = (self.spool.clone(), job.id.clone());
+            let _ = tokio::task::spawn_blocking(move || spool.remove(&id)).await;
             return Err(if spool::is_no_space(&e) {
                 EnqueueError::NoSpace
             } else {
@@ -554,14 +547,23 @@ impl Queue {
         }
         engine.record(&cfg, &job, &outcome);
         drop(msg);
+        // When no server was even tried (all skipped as down), nothing a
+        // crash could repeat happened: the state stays in memory only, so
+        // a backlog waiting for a dead upstream costs no disk writes.
+        let tried_any = !matches!(outcome, Outcome::NoServer { .. });
         let (q, i, st) = (self.clone(), id.to_owned(), snapshot.clone());
-        let written = tokio::task::spawn_blocking(move || q.spool.write_state(&i, &st))
-            .await
-            .unwrap_or_else(|e| Err(io::Error::other(e)));
+        let written = if tried_any {
+            tokio::task::spawn_blocking(move || q.spool.write_state(&i, &st).map(|()| true))
+                .await
+                .unwrap_or_else(|e| Err(io::Error::other(e)))
+        } else {
+            Ok(false)
+        };
         match written {
+            Ok(false) => {}
             // Durable before the next attempt: a delivered recipient is
             // never sent again, even after a crash.
-            Ok(()) => {
+            Ok(true) => {
                 if let Err(e) = self.spool.sync().await {
                     tracing::error!(target: "smarthost::queue", id, error = %e, "cannot sync the queue state");
                 }
@@ -721,6 +723,15 @@ impl Queue {
         }
         tracing::info!(target: "smarthost::queue", id, held, "hold changed by an operator");
         Ok(())
+    }
+}
+
+impl crate::delivery::engine::Spool for Queue {
+    fn enqueue(
+        &self,
+        sub: Submission,
+    ) -> Pin<Box<dyn Future<Output = Result<(), EnqueueError>> + Send + '_>> {
+        Box::pin(self.enqueue_now(sub))
     }
 }
 

@@ -4,6 +4,7 @@
 
 pub mod data;
 pub mod driver;
-pub mod reply;
+/// The reply catalogue lives in [`crate::reply`] (the engine uses it too).
+pub use crate::reply;
 pub mod state;
 pub mod throttle;

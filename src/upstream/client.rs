@@ -25,7 +25,7 @@ use super::probe::ProbeReport;
 use super::stuffing::DotStuffer;
 use super::{Outgoing, tls};
 use crate::config::{Security, SmtpServer, UpstreamAuth};
-use crate::delivery::RefusedRecipient;
+use crate::outcome::RefusedRecipient;
 use mail_send::{Credentials, SmtpClient};
 use smtp_proto::{
     AUTH_LOGIN, AUTH_PLAIN, EXT_AUTH, EXT_PIPELINING, EXT_START_TLS, EhloResponse, Response,

@@ -25,8 +25,8 @@ mod stuffing;
 mod tls;
 
 use crate::config::SmtpServer;
-use crate::delivery::HopResult;
 use crate::message::Message;
+use crate::outcome::HopResult;
 use classify::{Class, Stage, UpstreamError, enhanced, sanitize};
 use client::{Session, TxOutcome};
 use pool::{Key, Pools};
