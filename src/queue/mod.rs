@@ -197,25 +197,8 @@ impl Queue {
     /// Makes `sub` durable (written and synced) and schedules it.
     pub async fn enqueue_now(&self, sub: Submission) -> Result<(), EnqueueError> {
         let Submission { job, message } = sub;
-        let spool = self.spool.clone();
-        let (res, job, message) = tokio::task::spawn_blocking(move || {
-            let r = spool.write_message(&job, &message);
-            (r, job, message)
-        })
-        .await
-        .map_err(io::Error::other)?;
+        let (res, job, message) = self.spool.commit(job, message).await;
         if let Err(e) = res {
-            return Err(if spool::is_no_space(&e) {
-                EnqueueError::NoSpace
-            } else {
-                EnqueueError::Io(e)
-            });
-        }
-        if let Err(e) = self.spool.sync().await {
-            // Not durable: the client must not get a 250. Remove it so
-            // it is not delivered behind the client's back either.
-            let (spool, id) = (self.spool.clone(), job.id.clone());
-            let _ = tokio::task::spawn_blocking(move || spool.remove(&id)).await;
             return Err(if spool::is_no_space(&e) {
                 EnqueueError::NoSpace
             } else {
@@ -540,8 +523,7 @@ impl Queue {
             engine.record(&cfg, &job, &final_outcome);
             engine.log_final(&job, &final_outcome, msg.len(), started);
             drop(msg);
-            let (q, i) = (self.clone(), id.to_owned());
-            let _ = tokio::task::spawn_blocking(move || q.spool.remove(&i)).await;
+            self.spool.remove_later(id);
             self.lock().entries.remove(id);
             return;
         }

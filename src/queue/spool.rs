@@ -118,12 +118,29 @@ pub fn is_no_space(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::StorageFull || e.raw_os_error() == Some(122)
 }
 
-type SyncReply = tokio::sync::oneshot::Sender<Result<(), (io::ErrorKind, String)>>;
+type SyncResult = Result<(), (io::ErrorKind, String)>;
+type SyncReply = tokio::sync::oneshot::Sender<SyncResult>;
+type WriteReply = tokio::sync::oneshot::Sender<(io::Result<()>, Job, Message)>;
+
+/// What the committer thread is asked to do.
+enum Op {
+    /// Write a small message's file and answer once it is synced.
+    Write(Box<(Job, Message)>, WriteReply),
+    /// Answer once everything written so far is synced.
+    Sync(SyncReply),
+    /// Remove a message's files (no answer, no sync).
+    Remove(String),
+}
+
+/// Messages up to this size are written by the committer itself (one
+/// thread hop per message); larger ones on a blocking thread of their own,
+/// so they do not hold up the others.
+const COMMITTER_WRITES_UP_TO: u64 = 256 << 10;
 
 /// The queue directory and its committer thread.
 pub struct Spool {
     dir: PathBuf,
-    sync_tx: Mutex<mpsc::Sender<SyncReply>>,
+    tx: Mutex<mpsc::Sender<Op>>,
 }
 
 impl Spool {
@@ -131,13 +148,17 @@ impl Spool {
     pub fn open(dir: &Path) -> io::Result<Spool> {
         fs::create_dir_all(dir)?;
         let handle = File::open(dir)?;
-        let (tx, rx) = mpsc::channel::<SyncReply>();
+        let (tx, rx) = mpsc::channel::<Op>();
+        let owner = Spool {
+            dir: dir.to_path_buf(),
+            tx: Mutex::new(mpsc::channel().0),
+        };
         std::thread::Builder::new()
             .name("spool-commit".into())
-            .spawn(move || committer(handle, rx))?;
+            .spawn(move || committer(&owner, handle, rx))?;
         Ok(Spool {
             dir: dir.to_path_buf(),
-            sync_tx: Mutex::new(tx),
+            tx: Mutex::new(tx),
         })
     }
 
@@ -154,19 +175,85 @@ impl Spool {
         self.dir.join(format!("{id}.st"))
     }
 
+    fn send(&self, op: Op) -> io::Result<()> {
+        self.tx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .send(op)
+            .map_err(|_| io::Error::other("the spool committer stopped"))
+    }
+
     /// Waits until everything written before this call is on stable
     /// storage (one `syncfs` shared with every concurrent caller).
     pub async fn sync(&self) -> io::Result<()> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.sync_tx
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .send(tx)
-            .map_err(|_| io::Error::other("the spool committer stopped"))?;
+        self.send(Op::Sync(tx))?;
         match rx.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err((kind, text))) => Err(io::Error::new(kind, text)),
             Err(_) => Err(io::Error::other("the spool committer stopped")),
+        }
+    }
+
+    /// Writes `ID.msg` and waits until it is on stable storage (group
+    /// commit); gives the job and message back. On error nothing is left
+    /// behind.
+    pub async fn commit(
+        self: &Arc<Self>,
+        job: Job,
+        msg: Message,
+    ) -> (io::Result<()>, Job, Message) {
+        if msg.len() > COMMITTER_WRITES_UP_TO {
+            let me = self.clone();
+            let (r, job, msg) = match tokio::task::spawn_blocking(move || {
+                let r = me.write_message(&job, &msg);
+                (r, job, msg)
+            })
+            .await
+            {
+                Ok(x) => x,
+                Err(e) => panic!("spool writer panicked: {e}"),
+            };
+            if r.is_err() {
+                return (r, job, msg);
+            }
+            let r = self.sync().await;
+            if r.is_err() {
+                let (me, id) = (self.clone(), job.id.clone());
+                let _ = tokio::task::spawn_blocking(move || me.remove(&id)).await;
+            }
+            return (r, job, msg);
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let id = job.id.clone();
+        if let Err(e) = self.send(Op::Write(Box::new((job, msg)), tx)) {
+            // The committer is gone; the job went with it.
+            return (
+                Err(e),
+                Job {
+                    id,
+                    ..Job::placeholder()
+                },
+                Message::in_memory(Vec::new()),
+            );
+        }
+        match rx.await {
+            Ok(x) => x,
+            Err(_) => (
+                Err(io::Error::other("the spool committer stopped")),
+                Job {
+                    id,
+                    ..Job::placeholder()
+                },
+                Message::in_memory(Vec::new()),
+            ),
+        }
+    }
+
+    /// Removes a message's files in the background (it is done).
+    pub fn remove_later(&self, id: &str) {
+        if self.send(Op::Remove(id.to_owned())).is_err() {
+            self.remove(id);
         }
     }
 
@@ -343,16 +430,45 @@ impl<W: Write> Write for HashingWriter<W> {
     }
 }
 
-/// The committer: one `syncfs` for every request waiting when it starts.
-fn committer(dir: File, rx: mpsc::Receiver<SyncReply>) {
+/// The committer: takes every request waiting when it wakes, writes the
+/// small messages among them, removes what is done, and answers all
+/// writes and syncs after one `syncfs`.
+fn committer(spool: &Spool, dir: File, rx: mpsc::Receiver<Op>) {
     while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        batch.extend(rx.try_iter());
-        let r = rustix::fs::syncfs(&dir).map_err(|e| {
+        let mut writes = Vec::new();
+        let mut syncs = Vec::new();
+        for op in std::iter::once(first).chain(rx.try_iter().take(1023)) {
+            match op {
+                Op::Write(b, tx) => {
+                    let (job, msg) = *b;
+                    let r = spool.write_message(&job, &msg);
+                    writes.push((r, job, msg, tx));
+                }
+                Op::Sync(tx) => syncs.push(tx),
+                Op::Remove(id) => spool.remove(&id),
+            }
+        }
+        if writes.is_empty() && syncs.is_empty() {
+            continue;
+        }
+        let r: SyncResult = rustix::fs::syncfs(&dir).map_err(|e| {
             let e = io::Error::from(e);
             (e.kind(), e.to_string())
         });
-        for tx in batch {
+        for (w, job, msg, tx) in writes {
+            let w = match (w, &r) {
+                (Ok(()), Ok(())) => Ok(()),
+                (Ok(()), Err((kind, text))) => {
+                    // Not durable: the client must not get a 250, and the
+                    // message must not be delivered behind its back.
+                    spool.remove(&job.id);
+                    Err(io::Error::new(*kind, text.clone()))
+                }
+                (Err(e), _) => Err(e),
+            };
+            let _ = tx.send((w, job, msg));
+        }
+        for tx in syncs {
             let _ = tx.send(r.clone());
         }
     }
