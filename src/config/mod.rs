@@ -240,6 +240,10 @@ pub struct Server {
     pub tenant: Option<String>,
     /// Fixed sender.
     pub sender: Option<EmailAddress>,
+    /// Fixed From display name.
+    pub display_name: Option<HeaderText>,
+    /// Fixed Reply-To.
+    pub reply_to: Option<EmailAddress>,
     /// Send limit.
     pub limit: Option<Limit>,
     /// What the limit counts.

@@ -236,6 +236,12 @@ pub struct RawServer {
     /// Fixed sender: every message through this server uses it; only the
     /// display name is customised.
     pub sender: Option<EmailAddress>,
+    /// From display name on every message through this server; wins over
+    /// the application's, the tenant's and the system's.
+    pub display_name: Option<HeaderText>,
+    /// Reply-To on every message through this server; wins over the
+    /// application's, the tenant's and the system's.
+    pub reply_to: Option<EmailAddress>,
     /// Send limit such as `"10000/day"`.
     pub limit: Option<Limit>,
     /// What the limit counts: `messages` (default) or `recipients`.

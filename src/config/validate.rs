@@ -352,6 +352,8 @@ fn server(
         name: name.to_owned(),
         tenant: s.tenant.clone(),
         sender: s.sender.clone(),
+        display_name: s.display_name.clone(),
+        reply_to: s.reply_to.clone(),
         limit: s.limit,
         limit_counts: s.limit_counts.unwrap_or(LimitCounts::Messages),
         kind,
