@@ -26,6 +26,7 @@ pub mod message;
 pub mod metrics;
 pub mod notify;
 pub mod policy;
+pub mod proxy;
 pub mod rewrite;
 pub mod server;
 pub mod session;

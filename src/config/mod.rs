@@ -146,6 +146,10 @@ pub struct Listener {
     pub application: Option<String>,
     /// Accept bare LF in DATA.
     pub allow_bare_lf: bool,
+    /// Require a PROXY protocol header.
+    pub proxy_protocol: bool,
+    /// Peers that may send it.
+    pub proxy_trusted: Vec<Cidr>,
 }
 
 /// The listener certificate, loaded.

@@ -90,6 +90,13 @@ pub struct RawListener {
     /// Accept bare LF line endings in DATA and normalise them to CRLF.
     /// Default `false` (refused with 500 5.6.0 unless the application allows it).
     pub allow_bare_lf: Option<bool>,
+    /// Require a PROXY protocol v1 or v2 header (from a TCP load balancer)
+    /// before SMTP; its client address then stands for the client. Default `false`.
+    pub proxy_protocol: Option<bool>,
+    /// Peers (addresses or networks) allowed to send the PROXY header; any
+    /// other peer is refused. Required with `proxy_protocol = true`.
+    #[serde(default)]
+    pub proxy_trusted: Vec<Cidr>,
 }
 
 /// TLS mode of a listener.

@@ -68,6 +68,18 @@ fn validation_rules() {
         ),
         ("unknown top-level key", "[sytem]\n", "sytem", "unknown key"),
         (
+            "proxy protocol without trusted peers",
+            "[[listener]]\naddress = \"127.0.0.1:2600\"\nproxy_protocol = true\n",
+            "listener[1].proxy_trusted",
+            "needs proxy_trusted",
+        ),
+        (
+            "bad proxy_trusted network",
+            "[[listener]]\naddress = \"127.0.0.1:2600\"\nproxy_protocol = true\nproxy_trusted = [\"10.0.0.0/33\"]\n",
+            "listener[1].proxy_trusted[0]",
+            "prefix length is too long",
+        ),
+        (
             "bad type",
             "[server.x]\nhost = \"h\"\nport = \"twenty-five\"\n",
             "server.x.port",

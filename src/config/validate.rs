@@ -1119,11 +1119,27 @@ pub(super) fn validate(
                 "auth = \"required\" but no application has an auth_user: nobody could send",
             );
         }
+        let proxy_protocol = r.proxy_protocol.unwrap_or(false);
+        if proxy_protocol && r.proxy_trusted.is_empty() {
+            cx.err(
+                l.file,
+                &p.clone().key("proxy_trusted"),
+                "proxy_protocol = true needs proxy_trusted: the load balancers allowed to send the header (every other peer is refused)",
+            );
+        }
+        if !proxy_protocol && !r.proxy_trusted.is_empty() {
+            cx.warn(
+                l.file,
+                &p.clone().key("proxy_trusted"),
+                "has no effect without proxy_protocol = true",
+            );
+        }
         if auth == ListenerAuth::None && r.application.is_none() {
+            // Behind a proxy, clients may come from anywhere.
             let can_match = cfg
                 .ip_index
                 .iter()
-                .any(|(c, _)| listener_can_see(address.ip(), c));
+                .any(|(c, _)| proxy_protocol || listener_can_see(address.ip(), c));
             if !can_match {
                 cx.err(
                     l.file,
@@ -1166,6 +1182,8 @@ pub(super) fn validate(
             allow_plaintext_auth: r.allow_plaintext_auth.unwrap_or(false),
             application: r.application.clone(),
             allow_bare_lf: r.allow_bare_lf.unwrap_or(false),
+            proxy_protocol,
+            proxy_trusted: r.proxy_trusted.clone(),
         });
     }
 
