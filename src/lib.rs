@@ -20,6 +20,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod delivery;
+pub mod dkim;
 pub mod explain;
 pub mod health;
 pub mod message;

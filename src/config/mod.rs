@@ -87,6 +87,8 @@ pub struct Config {
     pub applications: BTreeMap<String, Application>,
     /// `[[route]]`, in file order.
     pub routes: Vec<Route>,
+    /// `[[dkim]]` keys, loaded.
+    pub dkim: Vec<crate::dkim::DkimKey>,
     /// Things that are allowed but probably not meant (printed by check-config).
     pub warnings: Vec<ConfigError>,
     /// Files the config refers to: certificates, keys, CA and secret files.

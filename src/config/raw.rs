@@ -412,6 +412,23 @@ pub struct RawApplication {
     pub allow_bare_lf: Option<bool>,
 }
 
+/// `[[dkim]]`: a DKIM signing key (PRODUCT §3.2, §4.1).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDkim {
+    /// Signing domain (`d=`): signs mail whose From domain is this domain
+    /// or below it (the nearest key wins).
+    pub domain: String,
+    /// Selector (`s=`): the record lives at `SELECTOR._domainkey.DOMAIN`.
+    pub selector: String,
+    /// PEM private key, RSA (2048-4096 bits) or Ed25519; normally
+    /// `{ file = "dkim/DOMAIN.pem" }`.
+    pub private_key: SecretSource,
+    /// Owner tenant: the key signs only that tenant's (and its locations')
+    /// mail. Required for keys in included files. Default: a system key.
+    pub tenant: Option<String>,
+}
+
 /// `[[route]]`: a sender filter that selects a server.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

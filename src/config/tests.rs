@@ -68,6 +68,30 @@ fn validation_rules() {
         ),
         ("unknown top-level key", "[sytem]\n", "sytem", "unknown key"),
         (
+            "dkim key that is not a key",
+            "[[dkim]]\ndomain = \"t.test\"\nselector = \"s1\"\nprivate_key = \"not a key\"\n",
+            "dkim[0].private_key",
+            "not a PEM private key",
+        ),
+        (
+            "dkim key of an unknown tenant",
+            "[[dkim]]\ndomain = \"t.test\"\nselector = \"s1\"\nprivate_key = \"x\"\ntenant = \"nobody\"\n",
+            "dkim[0].tenant",
+            "not defined",
+        ),
+        (
+            "dkim domain that is not a domain",
+            "[[dkim]]\ndomain = \"t test\"\nselector = \"s1\"\nprivate_key = \"x\"\n",
+            "dkim[0].domain",
+            "not a domain name",
+        ),
+        (
+            "dkim missing key",
+            "[[dkim]]\ndomain = \"t.test\"\nselector = \"s1\"\n",
+            "dkim[0]",
+            "missing field `private_key`",
+        ),
+        (
             "proxy protocol without trusted peers",
             "[[listener]]\naddress = \"127.0.0.1:2600\"\nproxy_protocol = true\n",
             "listener[1].proxy_trusted",

@@ -50,9 +50,25 @@ impl Ctx<'_, '_> {
         path: &KeyPath,
         source: &super::values::SecretSource,
     ) -> Option<super::values::Secret> {
+        self.secret_with(file, path, source, false)
+    }
+
+    /// [`Ctx::secret`], for secrets that may span lines (PEM keys) when `multiline`.
+    fn secret_with(
+        &mut self,
+        file: usize,
+        path: &KeyPath,
+        source: &super::values::SecretSource,
+        multiline: bool,
+    ) -> Option<super::values::Secret> {
         let base = self.src.base_dir(file);
         self.referenced.extend(source.file_path(&base));
-        match source.resolve(&base) {
+        let resolved = if multiline {
+            source.resolve_multiline(&base)
+        } else {
+            source.resolve(&base)
+        };
+        match resolved {
             Ok(s) => Some(s),
             Err(m) => {
                 self.err(file, path, m);
@@ -683,6 +699,7 @@ pub(super) fn validate(
         tenants,
         applications: BTreeMap::new(),
         routes: Vec::new(),
+        dkim: Vec::new(),
         warnings: Vec::new(),
         referenced: Vec::new(),
         referenced_hash: String::new(),
@@ -1038,6 +1055,81 @@ pub(super) fn validate(
             server: r.server.clone(),
             tenant: scope,
         });
+    }
+
+    // DKIM keys.
+    for l in &doc.dkim {
+        let d = &l.value;
+        let p = &l.path;
+        let domain = d.domain.trim_end_matches('.').to_ascii_lowercase();
+        let label_ok = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 63
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        };
+        if domain.len() > 253 || !domain.contains('.') || !domain.split('.').all(label_ok) {
+            cx.err(
+                l.file,
+                &p.clone().key("domain"),
+                format!("{:?} is not a domain name (write internationalised domains in their xn-- form)", d.domain),
+            );
+            continue;
+        }
+        if !d.selector.split('.').all(label_ok) {
+            cx.err(
+                l.file,
+                &p.clone().key("selector"),
+                format!(
+                    "{:?} is not a valid selector (letters, digits, '-', '_', dots)",
+                    d.selector
+                ),
+            );
+            continue;
+        }
+        if let Some(t) = &d.tenant
+            && !cfg.tenants.contains_key(t)
+        {
+            cx.err(
+                l.file,
+                &p.clone().key("tenant"),
+                format!("DKIM key {domain} names tenant {t:?}, which is not defined"),
+            );
+            continue;
+        }
+        if l.file > 0
+            && !d
+                .tenant
+                .as_deref()
+                .is_some_and(|t| defined_in_file(l.file, t))
+        {
+            cx.err(
+                l.file,
+                &p.clone().key("tenant"),
+                "a DKIM key in an included file must name a tenant that file defines",
+            );
+            continue;
+        }
+        if let Some(other) = cfg
+            .dkim
+            .iter()
+            .find(|k| k.domain == domain && k.tenant == d.tenant)
+        {
+            cx.err(
+                l.file,
+                &p.clone().key("domain"),
+                format!("a second key for {domain} (selector {:?} is already defined for it); only one key per domain signs", other.selector),
+            );
+            continue;
+        }
+        let Some(pem) = cx.secret_with(l.file, &p.clone().key("private_key"), &d.private_key, true)
+        else {
+            continue;
+        };
+        match crate::dkim::DkimKey::from_pem(&domain, &d.selector, d.tenant.clone(), pem.expose()) {
+            Ok(k) => cfg.dkim.push(k),
+            Err(m) => cx.err(l.file, &p.clone().key("private_key"), m),
+        }
     }
 
     // Every application must end up with at least one server.

@@ -381,6 +381,8 @@ pub struct Plan<'c> {
     /// A route matched the client's envelope sender: that sender is kept
     /// (the route's filter is named), unless a hop's server has a fixed one.
     pub kept_sender: Option<String>,
+    /// The DKIM keys each hop may sign with (`dkim::sign_hop` picks one).
+    pub dkim: &'c [crate::dkim::DkimKey],
 }
 
 /// Builds the plan for a message whose recipients have each been through
@@ -418,6 +420,7 @@ pub fn plan<'c>(
         chain,
         dsn: false,
         kept_sender,
+        dkim: &cfg.dkim,
     }
 }
 
@@ -442,6 +445,7 @@ impl<'c> Plan<'c> {
             chain,
             dsn: true,
             kept_sender: None,
+            dkim: self.dkim,
         }
     }
 
