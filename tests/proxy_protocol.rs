@@ -202,3 +202,58 @@ fn haproxy_in_front_sends_v2_and_client_ips_see_the_original_client() {
     let r = refused_with(&relay, "lb", b"EHLO direct.test\r\n");
     assert!(r.starts_with("421 4.7.0"), "{r}");
 }
+
+#[test]
+fn auth_throttling_counts_the_address_from_the_header() {
+    use base64::Engine;
+    let b64 = |s: String| base64::engine::general_purpose::STANDARD.encode(s);
+    let cfg = format!(
+        r#"
+[system]
+hostname = "relay.test"
+default_server = "outbox"
+
+[[listener]]
+name = "lb"
+address = "127.0.0.1:0"
+auth = "optional"
+allow_plaintext_auth = true
+proxy_protocol = true
+proxy_trusted = ["127.0.0.1"]
+
+[limits]
+auth_failures = 2
+auth_lockout = "10m"
+
+[server.outbox]
+kind = "capture"
+path = "outbox"
+
+[tenant.t]
+sender = "sender@relay.test"
+
+[application.authed]
+tenant = "t"
+auth_user = "user"
+password_hash = "{}"
+"#,
+        "$argon2id$v=19$m=19456,t=2,p=1$JY4AKD9RcTjChNbtThTUMA$rk7JviL/djMbUfBfn9QJ+4YBCzeaGYZdmQYIM2Ei14M"
+    );
+    let relay = TestRelay::start(&cfg);
+    let bad = format!("AUTH PLAIN {}", b64("\0user\0wrong".into()));
+    let good = format!(
+        "AUTH PLAIN {}",
+        b64(format!("\0user\0{}", common::relay::PASSWORD))
+    );
+    // Every TCP connection comes from 127.0.0.1; the headers differ.
+    let mut a = with_header(&relay, b"PROXY TCP4 192.0.2.50 127.0.0.1 1000 25\r\n");
+    a.expect("EHLO a", 250);
+    a.expect(&bad, 535);
+    a.expect(&bad, 421);
+    let mut b = with_header(&relay, b"PROXY TCP4 192.0.2.51 127.0.0.1 1001 25\r\n");
+    b.expect("EHLO b", 250);
+    b.expect(&good, 235);
+    let mut c = with_header(&relay, b"PROXY TCP4 192.0.2.50 127.0.0.1 1002 25\r\n");
+    c.expect("EHLO c", 250);
+    c.expect(&good, 421);
+}

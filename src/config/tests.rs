@@ -641,3 +641,59 @@ fn private_bindings_and_nested_networks_of_one_tenant_are_fine() {
             .any(|w| w.key == "listener[1].application")
     );
 }
+
+/// An Ed25519 key in PEM, made with ring.
+fn ed25519_pem() -> String {
+    use base64::Engine;
+    let der =
+        ring::signature::Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new()).unwrap();
+    format!(
+        "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+        base64::engine::general_purpose::STANDARD.encode(der.as_ref())
+    )
+}
+
+#[test]
+fn dkim_keys_in_included_files_belong_to_their_tenants() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("tenants")).unwrap();
+    std::fs::write(dir.path().join("g.pem"), ed25519_pem()).unwrap();
+    let main = format!(
+        "include = [\"tenants/*.toml\"]\n{}\n[[dkim]]\ndomain = \"T.test\"\nselector = \"sys\"\nprivate_key = {{ file = \"g.pem\" }}\n",
+        base()
+    );
+    std::fs::write(dir.path().join("main.toml"), &main).unwrap();
+    let key = "private_key = { file = \"../g.pem\" }";
+    std::fs::write(
+        dir.path().join("tenants/good.toml"),
+        format!("[tenant.g]\nparent = \"t\"\n[[dkim]]\ndomain = \"g.test\"\nselector = \"s1\"\n{key}\ntenant = \"g\"\n"),
+    )
+    .unwrap();
+    let c = load_file(&dir.path().join("main.toml")).unwrap();
+    let keys: Vec<(&str, Option<&str>)> = c
+        .dkim
+        .iter()
+        .map(|k| (k.domain.as_str(), k.tenant.as_deref()))
+        .collect();
+    assert_eq!(keys, [("t.test", None), ("g.test", Some("g"))]);
+    // The key file is watched for reloads.
+    assert!(c.referenced.iter().any(|p| p.ends_with("g.pem")));
+
+    std::fs::write(
+        dir.path().join("tenants/bad.toml"),
+        format!("[tenant.b]\n[[dkim]]\ndomain = \"b.test\"\nselector = \"s1\"\n{key}\n[[dkim]]\ndomain = \"t.test\"\nselector = \"s2\"\n{key}\ntenant = \"t\"\n"),
+    )
+    .unwrap();
+    let errs = load_file(&dir.path().join("main.toml")).unwrap_err().0;
+    let bad = dir.path().join("tenants/bad.toml").display().to_string();
+    for (key, line) in [("dkim[0].tenant", 2), ("dkim[1].tenant", 10)] {
+        assert!(
+            errs.iter().any(|e| e.file == bad
+                && e.key == key
+                && e.line == line
+                && e.message.contains("must name a tenant that file defines")),
+            "want {key}:{line} in\n{}",
+            errs.iter().map(|e| format!("  {e}\n")).collect::<String>()
+        );
+    }
+}
