@@ -51,6 +51,11 @@ fn failing_upstream() -> u16 {
 }
 
 fn config(keys: &Path, failing: u16) -> String {
+    config_with(keys, failing, "")
+}
+
+/// [`config`] with `extra` TOML appended.
+fn config_with(keys: &Path, failing: u16, extra: &str) -> String {
     format!(
         r#"
 [system]
@@ -145,6 +150,7 @@ private_key = {{ file = "{ed}" }}
 domain = "provider.example"
 selector = "relay"
 private_key = {{ file = "{provider}" }}
+{extra}
 "#,
         acme = genkey(keys, "acme.pem", "rsa").display(),
         ed = genkey(keys, "ed.pem", "ed25519").display(),
@@ -343,6 +349,46 @@ fn failover_to_a_fixed_sender_in_another_domain_gets_that_domains_signature_or_n
             .contains("no-reply@unsigned.example")
     );
     assert!(m.header("DKIM-Signature").is_none());
+}
+
+#[test]
+fn failover_to_an_smtp_upstream_delivers_a_signature_that_verifies() {
+    let sink = common::postfix::SmtpSink::start();
+    let keys = tempfile::tempdir().unwrap();
+    let extra = format!(
+        r#"
+[server.sink]
+host = "127.0.0.1"
+port = {}
+security = "none"
+sender = "no-reply@provider.example"
+display_name = "Provider Relay für Bäckereien und Konditoreien in der ganzen Region"
+
+[application.failover-smtp]
+tenant = "acme"
+client_ips = ["127.0.0.7"]
+primary = "dead"
+fallback = "sink"
+"#,
+        sink.port()
+    );
+    let relay = TestRelay::start(&config_with(keys.path(), failing_upstream(), &extra));
+    let recs = records(&relay);
+    send(&relay, "127.0.0.7", BODY);
+    let got = sink.wait_for_messages(1, Duration::from_secs(20));
+    let m = &got[0];
+    assert_eq!(m.mail_from, "no-reply@provider.example");
+    assert!(
+        m.header("DKIM-Signature")
+            .unwrap()
+            .contains("d=provider.example")
+    );
+    let kaese = "Käsekuchen".as_bytes();
+    assert!(
+        m.data.windows(kaese.len()).any(|w| w == kaese),
+        "the 8-bit body arrived as it was"
+    );
+    assert!(dkimpy_verifies(&m.data, &recs));
 }
 
 #[test]
