@@ -18,17 +18,21 @@ use crate::message::Message;
 use crate::policy::Plan;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use mail_auth::common::crypto::{Ed25519Key, RsaKey, Sha256, SigningKey};
-use mail_auth::common::headers::HeaderWriter;
-use mail_auth::dkim::{Canonicalization, DkimSigner, Done};
+use mail_auth::common::crypto::{
+    Algorithm as MaAlgorithm, DkimKey as MaKey, Ed25519Key, RsaKey, Sha256, SigningKey,
+};
+use mail_auth::common::headers::{HeaderWriter, Writable};
+use mail_auth::dkim::{Canonicalization, DkimSigner};
 use rustls_pki_types::PrivateKeyDer;
 use rustls_pki_types::pem::PemObject;
 use std::fmt;
 
-/// Header fields signed when present. From is listed twice: the second
-/// entry signs its absence (oversigning, RFC 6376 §8.15).
+/// Header fields signed when present. Only From is also signed where it
+/// is absent (oversigned, RFC 6376 §8.15: one entry more than it occurs),
+/// so that a second From cannot be added; listing other absent fields
+/// would break the signature when a server downstream adds a missing
+/// Date or Message-ID, as some do.
 const SIGNED_HEADERS: &[&str] = &[
-    "From",
     "From",
     "Reply-To",
     "Subject",
@@ -54,9 +58,20 @@ pub enum Algorithm {
     Ed25519,
 }
 
-enum Signer {
-    Rsa(DkimSigner<RsaKey<Sha256>, Done>),
-    Ed25519(DkimSigner<Ed25519Key, Done>),
+/// Lends a shared key to a per-message `DkimSigner` (whose header list
+/// depends on the message).
+struct KeyRef<'a>(&'a MaKey);
+
+impl SigningKey for KeyRef<'_> {
+    type Hasher = Sha256;
+
+    fn sign(&self, input: impl Writable) -> mail_auth::Result<Vec<u8>> {
+        self.0.sign(input)
+    }
+
+    fn algorithm(&self) -> MaAlgorithm {
+        self.0.algorithm()
+    }
 }
 
 /// One `[[dkim]]` key, ready to sign.
@@ -72,7 +87,7 @@ pub struct DkimKey {
     /// The public key as published: SubjectPublicKeyInfo DER for RSA, the
     /// raw 32 bytes for Ed25519.
     public_key: Vec<u8>,
-    signer: Signer,
+    key: MaKey,
 }
 
 impl fmt::Debug for DkimKey {
@@ -140,25 +155,16 @@ impl DkimKey {
         let der = PrivateKeyDer::from_pem_slice(pem.as_bytes())
             .map_err(|e| format!("not a PEM private key ({e})"))?;
         let domain = domain.to_ascii_lowercase();
-        let headers = SIGNED_HEADERS.iter().copied();
-        let (algorithm, public_key, signer) = match der {
+        let (algorithm, public_key, key) = match der {
             PrivateKeyDer::Pkcs1(_) => {
                 let k = RsaKey::<Sha256>::from_key_der(der)
                     .map_err(|e| format!("invalid RSA key: {e}"))?;
-                (
-                    Algorithm::Rsa,
-                    rsa_spki(&k.public_key()),
-                    rsa(k, &domain, selector, headers),
-                )
+                (Algorithm::Rsa, rsa_spki(&k.public_key()), MaKey::Rsa(k))
             }
             PrivateKeyDer::Pkcs8(p8) => {
                 let bytes = p8.secret_pkcs8_der().to_vec();
                 match RsaKey::<Sha256>::from_key_der(PrivateKeyDer::Pkcs8(bytes.clone().into())) {
-                    Ok(k) => (
-                        Algorithm::Rsa,
-                        rsa_spki(&k.public_key()),
-                        rsa(k, &domain, selector, headers),
-                    ),
+                    Ok(k) => (Algorithm::Rsa, rsa_spki(&k.public_key()), MaKey::Rsa(k)),
                     Err(rsa_err) => {
                         let k =
                             Ed25519Key::from_pkcs8_maybe_unchecked_der(&bytes).map_err(|_| {
@@ -166,14 +172,7 @@ impl DkimKey {
                                     "neither an RSA (2048-4096 bits) nor an Ed25519 key ({rsa_err})"
                                 )
                             })?;
-                        let public = k.public_key();
-                        let s = DkimSigner::from_key(k)
-                            .domain(domain.clone())
-                            .selector(selector)
-                            .headers(headers)
-                            .header_canonicalization(Canonicalization::Relaxed)
-                            .body_canonicalization(Canonicalization::Relaxed);
-                        (Algorithm::Ed25519, public, Signer::Ed25519(s))
+                        (Algorithm::Ed25519, k.public_key(), MaKey::Ed25519(k))
                     }
                 }
             }
@@ -190,7 +189,7 @@ impl DkimKey {
             tenant,
             algorithm,
             public_key,
-            signer,
+            key,
         })
     }
 
@@ -221,22 +220,6 @@ impl DkimKey {
             .is_some_and(|rest| rest.ends_with('.'));
         (exact || parent).then(|| self.domain.split('.').count())
     }
-}
-
-fn rsa(
-    k: RsaKey<Sha256>,
-    domain: &str,
-    selector: &str,
-    headers: impl Iterator<Item = &'static str>,
-) -> Signer {
-    Signer::Rsa(
-        DkimSigner::from_key(k)
-            .domain(domain)
-            .selector(selector)
-            .headers(headers)
-            .header_canonicalization(Canonicalization::Relaxed)
-            .body_canonicalization(Canonicalization::Relaxed),
-    )
 }
 
 /// The domain of the first address in the header block's From field
@@ -298,11 +281,7 @@ pub async fn sign(
     let Some(key) = choose(keys, tenants, &domain) else {
         return Ok(None);
     };
-    let sig = match &key.signer {
-        Signer::Rsa(s) => stream(s, header, msg, body_offset).await?,
-        Signer::Ed25519(s) => stream(s, header, msg, body_offset).await?,
-    };
-    Ok(Some(sig))
+    Ok(Some(stream(key, header, msg, body_offset).await?))
 }
 
 /// Delivery's one call per hop: `header` with a `DKIM-Signature:` put
@@ -327,16 +306,34 @@ pub async fn sign_hop(
     }
 }
 
-async fn stream<T: SigningKey>(
-    signer: &DkimSigner<T, Done>,
+/// The header fields to list in `h=`: those of [`SIGNED_HEADERS`] present
+/// in `header`, and From once more (mail-auth lists every instance it
+/// finds, then once each entry it found none for: the second "From").
+fn signed_fields(header: &[u8]) -> Vec<&'static str> {
+    let present = |name: &str| {
+        header
+            .split(|b| *b == b'\n')
+            .filter(|l| !matches!(l.first(), Some(b' ' | b'\t')))
+            .filter_map(|l| l.iter().position(|b| *b == b':').map(|i| &l[..i]))
+            .any(|n| n.trim_ascii().eq_ignore_ascii_case(name.as_bytes()))
+    };
+    let mut fields = vec!["From"];
+    fields.extend(SIGNED_HEADERS.iter().copied().filter(|f| present(f)));
+    fields
+}
+
+async fn stream(
+    key: &DkimKey,
     header: &[u8],
     msg: &Message,
     body_offset: usize,
-) -> Result<Vec<u8>, SignError>
-where
-    <<T as SigningKey>::Hasher as mail_auth::common::crypto::HashImpl>::Context:
-        mail_auth::common::crypto::HashContext,
-{
+) -> Result<Vec<u8>, SignError> {
+    let signer = DkimSigner::from_key(KeyRef(&key.key))
+        .domain(key.domain.as_str())
+        .selector(key.selector.as_str())
+        .headers(signed_fields(header))
+        .header_canonicalization(Canonicalization::Relaxed)
+        .body_canonicalization(Canonicalization::Relaxed);
     let mut s = signer.sign_streaming();
     s.write(header);
     let mut chunks = msg.chunks(body_offset);
@@ -364,6 +361,13 @@ mod tests {
             from_domain(b"from: plain@x.example\r\n").as_deref(),
             Some("x.example")
         );
+    }
+
+    #[test]
+    fn only_present_fields_are_signed_and_from_once_more() {
+        let h = b"Received: from x\r\n\tby y; Date: no\r\nFrom: a@b.example\r\nsubject: s\r\nTo: c@d\r\n";
+        assert_eq!(signed_fields(h), ["From", "From", "Subject", "To"]);
+        assert_eq!(signed_fields(b"To: c@d\r\n"), ["From", "To"]);
     }
 
     #[test]
