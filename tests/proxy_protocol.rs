@@ -257,3 +257,33 @@ password_hash = "{}"
     c.expect("EHLO c", 250);
     c.expect(&good, 421);
 }
+
+#[test]
+fn the_header_comes_before_the_tls_handshake_on_an_implicit_tls_listener() {
+    let cfg = CONFIG.replace(
+        "[server.outbox]",
+        "[[listener]]\nname = \"lb-tls\"\naddress = \"127.0.0.1:0\"\ntls = \"implicit\"\nauth = \"none\"\nproxy_protocol = true\nproxy_trusted = [\"127.0.0.1\"]\n\n[tls]\ncertificate = \"{certs}/localhost.crt\"\nprivate_key = \"{certs}/localhost.key\"\n\n[server.outbox]",
+    );
+    let relay = TestRelay::start(&cfg);
+    // The ClientHello follows the header at once, without waiting for
+    // anything; the relay must read exactly the header, then do TLS.
+    let out = common::relay::python(
+        relay.port("lb-tls"),
+        r#"
+import socket
+s = socket.create_connection((HOST, PORT), timeout=10)
+s.sendall(b"PROXY TCP4 192.0.2.77 127.0.0.1 5555 465\r\n")
+t = ssl.create_default_context(cafile=CA).wrap_socket(s, server_hostname="localhost")
+f = t.makefile("rb")
+print(f.readline().decode().strip()[:3])
+t.sendall(b"EHLO c\r\n")
+while True:
+    l = f.readline().decode()
+    if l[3] == " ": break
+t.sendall(b"MAIL FROM:<a@far.test>\r\n")
+print(f.readline().decode().strip()[:3])
+"#,
+        &[],
+    );
+    assert_eq!(out.lines().collect::<Vec<_>>(), ["220", "250"]);
+}
