@@ -71,6 +71,8 @@ pub struct Hop {
     pub envelope_from: String,
     /// Sender, display name and Reply-To on this hop, each with its source.
     pub identity: policy::Identity,
+    /// The DKIM key that signs this hop (`d=DOMAIN s=SELECTOR`), if any.
+    pub dkim: Option<String>,
     /// The rewritten header section of the sample message on this hop.
     pub headers: Vec<String>,
 }
@@ -251,6 +253,9 @@ pub fn explain(cfg: &Config, req: &Request) -> Result<Report, ExplainError> {
             limit: s.limit.map(|l| l.to_string()),
             envelope_from: rewrite::envelope_sender(&req.from, &spec),
             identity,
+            dkim: crate::dkim::from_domain(&out.header)
+                .and_then(|d| crate::dkim::choose(&cfg.dkim, &plan.eff.tenant_chain, &d))
+                .map(|k| format!("d={} s={}", k.domain, k.selector)),
             headers,
         });
     }
@@ -368,6 +373,9 @@ impl Report {
                     .map_or(String::new(), |l| format!(", limit {l}")),
                 h.envelope_from
             );
+            if let Some(d) = &h.dkim {
+                let _ = writeln!(o, "       (DKIM-signed with {d})");
+            }
             for line in &h.headers {
                 let _ = writeln!(o, "       {line}");
             }

@@ -395,6 +395,46 @@ fallback = "sink"
 }
 
 #[test]
+fn explain_names_the_key_of_each_hop() {
+    let keys = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start(&config(keys.path(), failing_upstream()));
+    let out = Command::new(env!("CARGO_BIN_EXE_smarthost"))
+        .args([
+            "explain",
+            "--json",
+            "--app",
+            "failover-unsigned",
+            "--from",
+            "a@legacy.test",
+            "--to",
+            "b@example.com",
+            "--config",
+        ])
+        .arg(relay.dir.path().join("smarthost.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let hops: Vec<(&str, &Value)> = v["server_chain"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| (h["server"].as_str().unwrap(), &h["dkim"]))
+        .collect();
+    assert_eq!(
+        hops,
+        [
+            ("dead", &Value::from("d=acme.example s=s2026")),
+            ("nokey", &Value::Null)
+        ]
+    );
+}
+
+#[test]
 fn a_tenant_key_never_signs_another_tenants_mail() {
     let keys = tempfile::tempdir().unwrap();
     let relay = TestRelay::start(&config(keys.path(), failing_upstream()));
