@@ -252,10 +252,14 @@ pub fn from_domain(header: &[u8]) -> Option<String> {
 }
 
 /// The key that signs a message of the tenant chain `tenants` with this
-/// From domain: exact domain first, else the nearest parent domain.
+/// From domain: exact domain first, else the nearest parent domain; for
+/// the same domain a tenant's own key before a system key.
 pub fn choose<'k>(keys: &'k [DkimKey], tenants: &[&Tenant], domain: &str) -> Option<&'k DkimKey> {
     keys.iter()
-        .filter_map(|k| k.fits(tenants, domain).map(|n| (n, k)))
+        .filter_map(|k| {
+            k.fits(tenants, domain)
+                .map(|n| ((n, k.tenant.is_some()), k))
+        })
         .max_by_key(|(n, _)| *n)
         .map(|(_, k)| k)
 }
@@ -368,6 +372,51 @@ mod tests {
         let h = b"Received: from x\r\n\tby y; Date: no\r\nFrom: a@b.example\r\nsubject: s\r\nTo: c@d\r\n";
         assert_eq!(signed_fields(h), ["From", "From", "Subject", "To"]);
         assert_eq!(signed_fields(b"To: c@d\r\n"), ["From", "To"]);
+    }
+
+    fn key(domain: &str, selector: &str, tenant: Option<&str>) -> DkimKey {
+        let der = ring::signature::Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new())
+            .unwrap();
+        let pem = format!(
+            "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+            B64.encode(der.as_ref())
+        );
+        DkimKey::from_pem(domain, selector, tenant.map(str::to_owned), &pem).unwrap()
+    }
+
+    #[test]
+    fn the_nearest_domain_and_the_tenants_own_key_win() {
+        let keys = [
+            key("Acme.example", "sys", None),
+            key("acme.example", "own", Some("acme")),
+            key("mail.acme.example", "mail", None),
+            key("other.example", "other", Some("other")),
+        ];
+        let acme = Tenant {
+            name: "acme".into(),
+            ..Tenant::default()
+        };
+        let store = Tenant {
+            name: "store".into(),
+            parent: Some("acme".into()),
+            ..Tenant::default()
+        };
+        let stranger = Tenant {
+            name: "stranger".into(),
+            ..Tenant::default()
+        };
+        let pick =
+            |chain: &[&Tenant], d: &str| choose(&keys, chain, d).map(|k| k.selector.as_str());
+        assert_eq!(pick(&[&acme], "acme.example"), Some("own"));
+        assert_eq!(pick(&[&store, &acme], "shop.acme.example"), Some("own"));
+        assert_eq!(pick(&[&acme], "x.mail.acme.example"), Some("mail"));
+        assert_eq!(pick(&[&stranger], "acme.example"), Some("sys"));
+        assert_eq!(pick(&[&stranger], "other.example"), None);
+        assert_eq!(pick(&[&acme], "notacme.example"), None);
+        assert_eq!(pick(&[&acme], "example"), None);
+        let (name, value) = keys[0].dns_record();
+        assert_eq!(name, "sys._domainkey.acme.example");
+        assert!(value.starts_with("v=DKIM1; k=ed25519; p="));
     }
 
     #[test]
