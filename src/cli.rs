@@ -54,6 +54,8 @@ pub enum Command {
     Queue(QueueArgs),
     /// Servers, health, queue and test mode of the running daemon.
     Status(StatusArgs),
+    /// Print the DNS TXT record to publish for each `[[dkim]]` key.
+    DkimRecord(DkimRecordArgs),
 }
 
 /// Options every run-time command takes.
@@ -181,6 +183,14 @@ pub struct StatusArgs {
     /// Common options.
     #[command(flatten)]
     pub opts: ControlOpts,
+}
+
+/// `dkim-record` options.
+#[derive(Debug, Args)]
+pub struct DkimRecordArgs {
+    /// Print a JSON array of `{domain, selector, tenant, algorithm, name, value}`.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `test-server` options.
@@ -431,6 +441,53 @@ fn test_server(cli: &Cli, args: &TestServerArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Prints each key's TXT record: zone-file lines (the value split into
+/// strings of at most 255 characters, as DNS requires), or JSON.
+fn dkim_record(cli: &Cli, args: &DkimRecordArgs) -> ExitCode {
+    let cfg = match load_config(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            print_errors(&e);
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if args.json {
+        let all: Vec<serde_json::Value> = cfg
+            .dkim
+            .iter()
+            .map(|k| {
+                let (name, value) = k.dns_record();
+                serde_json::json!({
+                    "domain": k.domain,
+                    "selector": k.selector,
+                    "tenant": k.tenant,
+                    "algorithm": match k.algorithm {
+                        crate::dkim::Algorithm::Rsa => "rsa",
+                        crate::dkim::Algorithm::Ed25519 => "ed25519",
+                    },
+                    "name": name,
+                    "value": value,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(all));
+        return ExitCode::SUCCESS;
+    }
+    if cfg.dkim.is_empty() {
+        eprintln!("smarthost dkim-record: the config has no [[dkim]] keys");
+    }
+    for k in &cfg.dkim {
+        let (name, value) = k.dns_record();
+        let parts: Vec<String> = value
+            .as_bytes()
+            .chunks(255)
+            .map(|c| format!("\"{}\"", String::from_utf8_lossy(c)))
+            .collect();
+        println!("{name}. IN TXT ( {} )", parts.join(" "));
+    }
+    ExitCode::SUCCESS
 }
 
 fn explain_cmd(cli: &Cli, args: &ExplainArgs) -> ExitCode {
@@ -696,5 +753,6 @@ pub fn main() -> ExitCode {
         Command::Limits(_) | Command::Blacklist(_) | Command::Queue(_) | Command::Status(_) => {
             control(&cli)
         }
+        Command::DkimRecord(a) => dkim_record(&cli, a),
     }
 }

@@ -69,6 +69,10 @@ pub struct Hop {
     pub limit: Option<String>,
     /// MAIL FROM on this hop.
     pub envelope_from: String,
+    /// Sender, display name and Reply-To on this hop, each with its source.
+    pub identity: policy::Identity,
+    /// The DKIM key that signs this hop (`d=DOMAIN s=SELECTOR`), if any.
+    pub dkim: Option<String>,
     /// The rewritten header section of the sample message on this hop.
     pub headers: Vec<String>,
 }
@@ -94,6 +98,9 @@ pub struct Report {
     pub display_name: Option<String>,
     /// Reply-To: configured, or the original From when the address is replaced.
     pub reply_to: Option<String>,
+    /// Where the first hop's sender, display name and Reply-To come from
+    /// (`server`, `route`, `application`, `tenant` or `system`).
+    pub sources: Sources,
     /// Test mode, if active.
     pub test_mode: Option<TestModeReport>,
     /// Every recipient and what happens to it.
@@ -102,6 +109,17 @@ pub struct Report {
     pub deliver_to: Vec<String>,
     /// Servers in the order they are tried, each with its rewrite.
     pub server_chain: Vec<Hop>,
+}
+
+/// Sources of the first hop's identity values (`null`: the message's own).
+#[derive(Debug, Default, Serialize)]
+pub struct Sources {
+    /// Of the sender.
+    pub sender: Option<policy::Source>,
+    /// Of the display name.
+    pub display_name: Option<policy::Source>,
+    /// Of the Reply-To (`null` also when the original From becomes the Reply-To).
+    pub reply_to: Option<policy::Source>,
 }
 
 /// Test mode in a report.
@@ -165,6 +183,7 @@ pub fn explain(cfg: &Config, req: &Request) -> Result<Report, ExplainError> {
             policy_sender: None,
             display_name: None,
             reply_to: None,
+            sources: Sources::default(),
             test_mode: None,
             recipients: Vec::new(),
             deliver_to: Vec::new(),
@@ -203,16 +222,21 @@ pub fn explain(cfg: &Config, req: &Request) -> Result<Report, ExplainError> {
         req.subject
     );
     let mut server_chain = Vec::new();
-    let mut first: Option<(Option<String>, Option<String>)> = None;
+    let mut first: Option<(Option<String>, Option<String>, policy::Identity)> = None;
     for s in &plan.chain {
         let spec = plan.rewrite_spec(s);
+        let identity = plan.identity(s);
         let out = rewrite::rewrite(sample.as_bytes(), &spec);
         if first.is_none() {
             let reply_to = spec.reply_to.clone().or_else(|| {
                 (out.from_replaced && !out.original_from.is_empty())
                     .then(|| out.original_from.join(", "))
             });
-            first = Some((spec.sender.clone(), reply_to));
+            let sender = rewrite::envelope_sender(&req.from, &spec);
+            let sender = (!sender.is_empty())
+                .then_some(sender)
+                .or(spec.sender.clone());
+            first = Some((sender, reply_to, identity.clone()));
         }
         let headers = String::from_utf8_lossy(&out.header)
             .split("\r\n")
@@ -228,10 +252,19 @@ pub fn explain(cfg: &Config, req: &Request) -> Result<Report, ExplainError> {
             owner: s.tenant.clone(),
             limit: s.limit.map(|l| l.to_string()),
             envelope_from: rewrite::envelope_sender(&req.from, &spec),
+            identity,
+            dkim: crate::dkim::from_domain(&out.header)
+                .and_then(|d| crate::dkim::choose(&cfg.dkim, &plan.eff.tenant_chain, &d))
+                .map(|k| format!("d={} s={}", k.domain, k.selector)),
             headers,
         });
     }
-    let (effective_sender, reply_to) = first.unwrap_or((None, None));
+    let (effective_sender, reply_to, identity) = first.unwrap_or_default();
+    let sources = Sources {
+        sender: identity.sender.map(|s| s.source),
+        display_name: identity.display_name.as_ref().map(|d| d.source.clone()),
+        reply_to: identity.reply_to.map(|r| r.source),
+    };
     Ok(Report {
         application: Some(app.name.clone()),
         identified_by: by,
@@ -245,8 +278,12 @@ pub fn explain(cfg: &Config, req: &Request) -> Result<Report, ExplainError> {
         refused,
         effective_sender,
         policy_sender: plan.eff.sender.map(ToString::to_string),
-        display_name: plan.eff.display_name.map(str::to_owned),
+        display_name: identity
+            .display_name
+            .map(|d| d.value)
+            .or_else(|| plan.eff.display_name.map(str::to_owned)),
         reply_to,
+        sources,
         test_mode,
         deliver_to: plan.deliver_to.clone(),
         recipients,
@@ -274,20 +311,27 @@ impl Report {
         if let Some(r) = &self.refused {
             let _ = writeln!(o, "REFUSED:        {r:?}");
         }
+        let from = |s: &Option<policy::Source>| {
+            s.as_ref()
+                .map_or_else(String::new, |s| format!(" (from {s})"))
+        };
         let _ = writeln!(
             o,
-            "sender:         {}",
-            self.effective_sender.clone().unwrap_or_else(none)
+            "sender:         {}{}",
+            self.effective_sender.clone().unwrap_or_else(none),
+            from(&self.sources.sender)
         );
         let _ = writeln!(
             o,
-            "display name:   {}",
-            self.display_name.clone().unwrap_or_else(none)
+            "display name:   {}{}",
+            self.display_name.clone().unwrap_or_else(none),
+            from(&self.sources.display_name)
         );
         let _ = writeln!(
             o,
-            "reply-to:       {}",
-            self.reply_to.clone().unwrap_or_else(none)
+            "reply-to:       {}{}",
+            self.reply_to.clone().unwrap_or_else(none),
+            from(&self.sources.reply_to)
         );
         if let Some(t) = &self.test_mode {
             let _ = writeln!(
@@ -329,6 +373,9 @@ impl Report {
                     .map_or(String::new(), |l| format!(", limit {l}")),
                 h.envelope_from
             );
+            if let Some(d) = &h.dkim {
+                let _ = writeln!(o, "       (DKIM-signed with {d})");
+            }
             for line in &h.headers {
                 let _ = writeln!(o, "       {line}");
             }

@@ -198,6 +198,22 @@ pub fn too_many_connections() -> Reply {
         "Too many connections, try again later",
     )
 }
+/// `421 4.7.0` the PROXY protocol header was missing, malformed or late (then close).
+pub fn proxy_header_invalid() -> Reply {
+    Reply::new(
+        421,
+        Some((4, 7, 0)),
+        "Invalid or missing PROXY protocol header",
+    )
+}
+/// `554 5.7.1` a peer that may not speak PROXY protocol to a listener that requires it (then close).
+pub fn proxy_untrusted() -> Reply {
+    Reply::new(
+        554,
+        Some((5, 7, 1)),
+        "Connection not accepted from this address",
+    )
+}
 /// `421 4.3.2` shutting down (then close).
 pub fn shutting_down() -> Reply {
     Reply::new(

@@ -470,9 +470,28 @@ impl Relay {
         self: Arc<Self>,
         cfg: Arc<Config>,
         l: crate::config::Listener,
-        tcp: TcpStream,
-        peer: SocketAddr,
+        mut tcp: TcpStream,
+        mut peer: SocketAddr,
     ) {
+        if l.proxy_protocol {
+            // Behind a load balancer: the header's address is the client
+            // from here on (identification, throttling, logs, Received).
+            if !crate::proxy::trusted(peer.ip(), &l.proxy_trusted) {
+                tracing::warn!(listener = %l.name, %peer, "connection refused: not a trusted PROXY protocol peer");
+                return refuse(tcp, reply::proxy_untrusted()).await;
+            }
+            match crate::proxy::read_header(&mut tcp).await {
+                Ok(crate::proxy::Proxied::Client(client)) => {
+                    tracing::debug!(listener = %l.name, proxy = %peer, client = %client, "PROXY header");
+                    peer = client;
+                }
+                Ok(crate::proxy::Proxied::Local) => {}
+                Err(e) => {
+                    tracing::warn!(listener = %l.name, %peer, error = %e, "connection refused: PROXY header");
+                    return refuse(tcp, reply::proxy_header_invalid()).await;
+                }
+            }
+        }
         let active = self
             .metrics
             .sessions_active

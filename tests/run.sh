@@ -16,6 +16,12 @@ command -v python3 >/dev/null || need+=(python3)
 command -v promtool >/dev/null || need+=(prometheus)
 # Headless Chromium loads the status page (tests/status_page.rs).
 command -v chromium >/dev/null || need+=(chromium)
+# HAProxy sends PROXY protocol v2 in front of the relay (tests/proxy_protocol.rs).
+command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
+# dkimpy verifies our DKIM signatures (tests/dkim.rs); PyNaCl for Ed25519.
+# Debian's packages go to the system Python, which tests/dkim.rs runs.
+/usr/bin/python3 -c 'import dkim' 2>/dev/null || need+=(python3-dkim)
+/usr/bin/python3 -c 'import nacl' 2>/dev/null || need+=(python3-nacl)
 # swaks needs Net::SSLeay for --tls (only a Recommends of swaks).
 perl -MNet::SSLeay -e1 2>/dev/null || need+=(libnet-ssleay-perl)
 if [ ${#need[@]} -gt 0 ]; then

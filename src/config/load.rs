@@ -7,8 +7,8 @@
 //! from the TOML spans, looked up by key path.
 
 use super::raw::{
-    QueueSettings, RawAdmin, RawApplication, RawHealth, RawLimits, RawListener, RawLog, RawReload,
-    RawRoute, RawServer, RawSystem, RawTenant, RawTls,
+    QueueSettings, RawAdmin, RawApplication, RawDkim, RawHealth, RawLimits, RawListener, RawLog,
+    RawReload, RawRoute, RawServer, RawSystem, RawTenant, RawTls,
 };
 use super::{Config, ConfigError, ConfigErrors};
 use serde::de::DeserializeOwned;
@@ -172,6 +172,7 @@ pub(super) struct RawDoc {
     pub tenants: Vec<(String, Located<RawTenant>)>,
     pub applications: Vec<(String, Located<RawApplication>)>,
     pub routes: Vec<Located<RawRoute>>,
+    pub dkim: Vec<Located<RawDkim>>,
 }
 
 fn unknown_field(msg: &str) -> Option<&str> {
@@ -301,7 +302,7 @@ fn collect(src: &Sources<'_>, file: usize, doc: &mut RawDoc, errors: &mut Vec<Co
             "health" => doc.health = entity(src, file, &path, value, errors).map(located!()),
             "reload" => doc.reload = entity(src, file, &path, value, errors).map(located!()),
             "queue" => doc.queue = entity(src, file, &path, value, errors).map(located!()),
-            "listener" | "route" => {
+            "listener" | "route" | "dkim" => {
                 let DeValue::Array(items) = value.get_ref() else {
                     errors.push(src.error(file, &path, format!("expected an array of tables: write [[{k}]]")));
                     continue;
@@ -311,6 +312,10 @@ fn collect(src: &Sources<'_>, file: usize, doc: &mut RawDoc, errors: &mut Vec<Co
                     if k == "listener" {
                         if let Some(l) = entity(src, file, &p, item, errors) {
                             doc.listeners.push(Located { file, path: p, value: l });
+                        }
+                    } else if k == "dkim" {
+                        if let Some(d) = entity(src, file, &p, item, errors) {
+                            doc.dkim.push(Located { file, path: p, value: d });
                         }
                     } else if let Some(r) = entity(src, file, &p, item, errors) {
                         doc.routes.push(Located { file, path: p, value: r });
@@ -351,7 +356,7 @@ fn collect(src: &Sources<'_>, file: usize, doc: &mut RawDoc, errors: &mut Vec<Co
             other => errors.push(src.error(
                 file,
                 &path,
-                format!("unknown key `{other}`, expected one of include, system, listener, tls, limits, admin, log, health, reload, queue, server, tenant, application, route"),
+                format!("unknown key `{other}`, expected one of include, system, listener, tls, limits, admin, log, health, reload, queue, server, tenant, application, route, dkim"),
             )),
         }
     }

@@ -89,6 +89,8 @@ pub struct Config {
     pub applications: BTreeMap<String, Application>,
     /// `[[route]]`, in file order.
     pub routes: Vec<Route>,
+    /// `[[dkim]]` keys, loaded.
+    pub dkim: Vec<crate::dkim::DkimKey>,
     /// Things that are allowed but probably not meant (printed by check-config).
     pub warnings: Vec<ConfigError>,
     /// Files the config refers to: certificates, keys, CA and secret files.
@@ -148,6 +150,10 @@ pub struct Listener {
     pub application: Option<String>,
     /// Accept bare LF in DATA.
     pub allow_bare_lf: bool,
+    /// Require a PROXY protocol header.
+    pub proxy_protocol: bool,
+    /// Peers that may send it.
+    pub proxy_trusted: Vec<Cidr>,
 }
 
 /// The listener certificate, loaded.
@@ -244,6 +250,10 @@ pub struct Server {
     pub tenant: Option<String>,
     /// Fixed sender.
     pub sender: Option<EmailAddress>,
+    /// Fixed From display name.
+    pub display_name: Option<HeaderText>,
+    /// Fixed Reply-To.
+    pub reply_to: Option<EmailAddress>,
     /// Send limit.
     pub limit: Option<Limit>,
     /// What the limit counts.

@@ -91,6 +91,13 @@ pub struct RawListener {
     /// Accept bare LF line endings in DATA and normalise them to CRLF.
     /// Default `false` (refused with 500 5.6.0 unless the application allows it).
     pub allow_bare_lf: Option<bool>,
+    /// Require a PROXY protocol v1 or v2 header (from a TCP load balancer)
+    /// before SMTP; its client address then stands for the client. Default `false`.
+    pub proxy_protocol: Option<bool>,
+    /// Peers (addresses or networks) allowed to send the PROXY header; any
+    /// other peer is refused. Required with `proxy_protocol = true`.
+    #[serde(default)]
+    pub proxy_trusted: Vec<Cidr>,
 }
 
 /// TLS mode of a listener.
@@ -270,6 +277,12 @@ pub struct RawServer {
     /// Fixed sender: every message through this server uses it; only the
     /// display name is customised.
     pub sender: Option<EmailAddress>,
+    /// From display name on every message through this server; wins over
+    /// the application's, the tenant's and the system's.
+    pub display_name: Option<HeaderText>,
+    /// Reply-To on every message through this server; wins over the
+    /// application's, the tenant's and the system's.
+    pub reply_to: Option<EmailAddress>,
     /// Send limit such as `"10000/day"`.
     pub limit: Option<Limit>,
     /// What the limit counts: `messages` (default) or `recipients`.
@@ -431,6 +444,23 @@ pub struct RawApplication {
     pub test_mode: Option<RawTestMode>,
     /// Accept bare LF line endings from this application. Default: the listener's setting.
     pub allow_bare_lf: Option<bool>,
+}
+
+/// `[[dkim]]`: a DKIM signing key (PRODUCT §3.2, §4.1).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDkim {
+    /// Signing domain (`d=`): signs mail whose From domain is this domain
+    /// or below it (the nearest key wins).
+    pub domain: String,
+    /// Selector (`s=`): the record lives at `SELECTOR._domainkey.DOMAIN`.
+    pub selector: String,
+    /// PEM private key, RSA (2048-4096 bits) or Ed25519; normally
+    /// `{ file = "dkim/DOMAIN.pem" }`.
+    pub private_key: SecretSource,
+    /// Owner tenant: the key signs only that tenant's (and its locations')
+    /// mail. Required for keys in included files. Default: a system key.
+    pub tenant: Option<String>,
 }
 
 /// `[[route]]`: a sender filter that selects a server.

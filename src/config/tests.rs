@@ -68,6 +68,42 @@ fn validation_rules() {
         ),
         ("unknown top-level key", "[sytem]\n", "sytem", "unknown key"),
         (
+            "dkim key that is not a key",
+            "[[dkim]]\ndomain = \"t.test\"\nselector = \"s1\"\nprivate_key = \"not a key\"\n",
+            "dkim[0].private_key",
+            "not a PEM private key",
+        ),
+        (
+            "dkim key of an unknown tenant",
+            "[[dkim]]\ndomain = \"t.test\"\nselector = \"s1\"\nprivate_key = \"x\"\ntenant = \"nobody\"\n",
+            "dkim[0].tenant",
+            "not defined",
+        ),
+        (
+            "dkim domain that is not a domain",
+            "[[dkim]]\ndomain = \"t test\"\nselector = \"s1\"\nprivate_key = \"x\"\n",
+            "dkim[0].domain",
+            "not a domain name",
+        ),
+        (
+            "dkim missing key",
+            "[[dkim]]\ndomain = \"t.test\"\nselector = \"s1\"\n",
+            "dkim[0]",
+            "missing field `private_key`",
+        ),
+        (
+            "proxy protocol without trusted peers",
+            "[[listener]]\naddress = \"127.0.0.1:2600\"\nproxy_protocol = true\n",
+            "listener[1].proxy_trusted",
+            "needs proxy_trusted",
+        ),
+        (
+            "bad proxy_trusted network",
+            "[[listener]]\naddress = \"127.0.0.1:2600\"\nproxy_protocol = true\nproxy_trusted = [\"10.0.0.0/33\"]\n",
+            "listener[1].proxy_trusted[0]",
+            "prefix length is too long",
+        ),
+        (
             "bad type",
             "[server.x]\nhost = \"h\"\nport = \"twenty-five\"\n",
             "server.x.port",
@@ -604,4 +640,60 @@ fn private_bindings_and_nested_networks_of_one_tenant_are_fine() {
             .iter()
             .any(|w| w.key == "listener[1].application")
     );
+}
+
+/// An Ed25519 key in PEM, made with ring.
+fn ed25519_pem() -> String {
+    use base64::Engine;
+    let der =
+        ring::signature::Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new()).unwrap();
+    format!(
+        "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+        base64::engine::general_purpose::STANDARD.encode(der.as_ref())
+    )
+}
+
+#[test]
+fn dkim_keys_in_included_files_belong_to_their_tenants() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("tenants")).unwrap();
+    std::fs::write(dir.path().join("g.pem"), ed25519_pem()).unwrap();
+    let main = format!(
+        "include = [\"tenants/*.toml\"]\n{}\n[[dkim]]\ndomain = \"T.test\"\nselector = \"sys\"\nprivate_key = {{ file = \"g.pem\" }}\n",
+        base()
+    );
+    std::fs::write(dir.path().join("main.toml"), &main).unwrap();
+    let key = "private_key = { file = \"../g.pem\" }";
+    std::fs::write(
+        dir.path().join("tenants/good.toml"),
+        format!("[tenant.g]\nparent = \"t\"\n[[dkim]]\ndomain = \"g.test\"\nselector = \"s1\"\n{key}\ntenant = \"g\"\n"),
+    )
+    .unwrap();
+    let c = load_file(&dir.path().join("main.toml")).unwrap();
+    let keys: Vec<(&str, Option<&str>)> = c
+        .dkim
+        .iter()
+        .map(|k| (k.domain.as_str(), k.tenant.as_deref()))
+        .collect();
+    assert_eq!(keys, [("t.test", None), ("g.test", Some("g"))]);
+    // The key file is watched for reloads.
+    assert!(c.referenced.iter().any(|p| p.ends_with("g.pem")));
+
+    std::fs::write(
+        dir.path().join("tenants/bad.toml"),
+        format!("[tenant.b]\n[[dkim]]\ndomain = \"b.test\"\nselector = \"s1\"\n{key}\n[[dkim]]\ndomain = \"t.test\"\nselector = \"s2\"\n{key}\ntenant = \"t\"\n"),
+    )
+    .unwrap();
+    let errs = load_file(&dir.path().join("main.toml")).unwrap_err().0;
+    let bad = dir.path().join("tenants/bad.toml").display().to_string();
+    for (key, line) in [("dkim[0].tenant", 2), ("dkim[1].tenant", 10)] {
+        assert!(
+            errs.iter().any(|e| e.file == bad
+                && e.key == key
+                && e.line == line
+                && e.message.contains("must name a tenant that file defines")),
+            "want {key}:{line} in\n{}",
+            errs.iter().map(|e| format!("  {e}\n")).collect::<String>()
+        );
+    }
 }

@@ -50,9 +50,25 @@ impl Ctx<'_, '_> {
         path: &KeyPath,
         source: &super::values::SecretSource,
     ) -> Option<super::values::Secret> {
+        self.secret_with(file, path, source, false)
+    }
+
+    /// [`Ctx::secret`], for secrets that may span lines (PEM keys) when `multiline`.
+    fn secret_with(
+        &mut self,
+        file: usize,
+        path: &KeyPath,
+        source: &super::values::SecretSource,
+        multiline: bool,
+    ) -> Option<super::values::Secret> {
         let base = self.src.base_dir(file);
         self.referenced.extend(source.file_path(&base));
-        match source.resolve(&base) {
+        let resolved = if multiline {
+            source.resolve_multiline(&base)
+        } else {
+            source.resolve(&base)
+        };
+        match resolved {
             Ok(s) => Some(s),
             Err(m) => {
                 self.err(file, path, m);
@@ -352,6 +368,8 @@ fn server(
         name: name.to_owned(),
         tenant: s.tenant.clone(),
         sender: s.sender.clone(),
+        display_name: s.display_name.clone(),
+        reply_to: s.reply_to.clone(),
         limit: s.limit,
         limit_counts: s.limit_counts.unwrap_or(LimitCounts::Messages),
         kind,
@@ -707,6 +725,7 @@ pub(super) fn validate(
         tenants,
         applications: BTreeMap::new(),
         routes: Vec::new(),
+        dkim: Vec::new(),
         warnings: Vec::new(),
         referenced: Vec::new(),
         referenced_hash: String::new(),
@@ -1064,6 +1083,81 @@ pub(super) fn validate(
         });
     }
 
+    // DKIM keys.
+    for l in &doc.dkim {
+        let d = &l.value;
+        let p = &l.path;
+        let domain = d.domain.trim_end_matches('.').to_ascii_lowercase();
+        let label_ok = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 63
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        };
+        if domain.len() > 253 || !domain.contains('.') || !domain.split('.').all(label_ok) {
+            cx.err(
+                l.file,
+                &p.clone().key("domain"),
+                format!("{:?} is not a domain name (write internationalised domains in their xn-- form)", d.domain),
+            );
+            continue;
+        }
+        if !d.selector.split('.').all(label_ok) {
+            cx.err(
+                l.file,
+                &p.clone().key("selector"),
+                format!(
+                    "{:?} is not a valid selector (letters, digits, '-', '_', dots)",
+                    d.selector
+                ),
+            );
+            continue;
+        }
+        if let Some(t) = &d.tenant
+            && !cfg.tenants.contains_key(t)
+        {
+            cx.err(
+                l.file,
+                &p.clone().key("tenant"),
+                format!("DKIM key {domain} names tenant {t:?}, which is not defined"),
+            );
+            continue;
+        }
+        if l.file > 0
+            && !d
+                .tenant
+                .as_deref()
+                .is_some_and(|t| defined_in_file(l.file, t))
+        {
+            cx.err(
+                l.file,
+                &p.clone().key("tenant"),
+                "a DKIM key in an included file must name a tenant that file defines",
+            );
+            continue;
+        }
+        if let Some(other) = cfg
+            .dkim
+            .iter()
+            .find(|k| k.domain == domain && k.tenant == d.tenant)
+        {
+            cx.err(
+                l.file,
+                &p.clone().key("domain"),
+                format!("a second key for {domain} (selector {:?} is already defined for it); only one key per domain signs", other.selector),
+            );
+            continue;
+        }
+        let Some(pem) = cx.secret_with(l.file, &p.clone().key("private_key"), &d.private_key, true)
+        else {
+            continue;
+        };
+        match crate::dkim::DkimKey::from_pem(&domain, &d.selector, d.tenant.clone(), pem.expose()) {
+            Ok(k) => cfg.dkim.push(k),
+            Err(m) => cx.err(l.file, &p.clone().key("private_key"), m),
+        }
+    }
+
     // Every application must end up with at least one server.
     let app_names: Vec<String> = cfg.applications.keys().cloned().collect();
     for name in app_names {
@@ -1143,11 +1237,27 @@ pub(super) fn validate(
                 "auth = \"required\" but no application has an auth_user: nobody could send",
             );
         }
+        let proxy_protocol = r.proxy_protocol.unwrap_or(false);
+        if proxy_protocol && r.proxy_trusted.is_empty() {
+            cx.err(
+                l.file,
+                &p.clone().key("proxy_trusted"),
+                "proxy_protocol = true needs proxy_trusted: the load balancers allowed to send the header (every other peer is refused)",
+            );
+        }
+        if !proxy_protocol && !r.proxy_trusted.is_empty() {
+            cx.warn(
+                l.file,
+                &p.clone().key("proxy_trusted"),
+                "has no effect without proxy_protocol = true",
+            );
+        }
         if auth == ListenerAuth::None && r.application.is_none() {
+            // Behind a proxy, clients may come from anywhere.
             let can_match = cfg
                 .ip_index
                 .iter()
-                .any(|(c, _)| listener_can_see(address.ip(), c));
+                .any(|(c, _)| proxy_protocol || listener_can_see(address.ip(), c));
             if !can_match {
                 cx.err(
                     l.file,
@@ -1190,6 +1300,8 @@ pub(super) fn validate(
             allow_plaintext_auth: r.allow_plaintext_auth.unwrap_or(false),
             application: r.application.clone(),
             allow_bare_lf: r.allow_bare_lf.unwrap_or(false),
+            proxy_protocol,
+            proxy_trusted: r.proxy_trusted.clone(),
         });
     }
 

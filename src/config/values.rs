@@ -673,6 +673,15 @@ impl SecretSource {
     /// Reads the secret. This is the only I/O in this module; it happens
     /// while the config is loaded, never later.
     pub fn resolve(&self, base: &Path) -> Result<Secret, String> {
+        let s = self.resolve_multiline(base)?;
+        if s.0.contains(['\r', '\n']) {
+            return Err("the secret contains CR, LF or NUL".into());
+        }
+        Ok(s)
+    }
+
+    /// Reads a secret that may span lines (a PEM private key).
+    pub fn resolve_multiline(&self, base: &Path) -> Result<Secret, String> {
         let v = match self {
             SecretSource::Inline(s) => s.clone(),
             SecretSource::Env { env } => std::env::var(env)
@@ -695,7 +704,7 @@ impl SecretSource {
         if v.is_empty() {
             return Err("the secret is empty".into());
         }
-        if v.contains(['\r', '\n', '\0']) {
+        if v.contains('\0') {
             return Err("the secret contains CR, LF or NUL".into());
         }
         Ok(Secret(v))

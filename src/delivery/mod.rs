@@ -270,6 +270,7 @@ async fn hop(plan: &Plan<'_>, server: &Server, msg: &Message, cx: &Context<'_>) 
     let mut header = Vec::with_capacity(cx.received.len() + rw.header.len());
     header.extend_from_slice(cx.received);
     header.extend_from_slice(&rw.header);
+    let header = crate::dkim::sign_hop(plan, header, msg, rw.body_offset).await;
     match &server.kind {
         ServerKind::Capture(c) => {
             let env = capture::CaptureEnvelope {

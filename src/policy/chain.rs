@@ -8,7 +8,7 @@
 
 use super::Effective;
 use crate::config::values::normalize_address;
-use crate::config::{Config, Server};
+use crate::config::{Config, Route, Server};
 
 /// Builds the ordered chain for a message from `envelope_from`.
 ///
@@ -67,4 +67,28 @@ pub fn server_chain<'c>(
         );
     }
     chain
+}
+
+/// The first route whose filter matches the client's own envelope sender
+/// (not only the effective sender) and whose server this tenant may use:
+/// that sender is kept for the message (PRODUCT §1 "route"; a route's
+/// server with a fixed sender still replaces it on its hop).
+pub fn route_kept_sender<'c>(
+    cfg: &'c Config,
+    eff: &Effective<'c>,
+    envelope_from: &str,
+) -> Option<&'c Route> {
+    if envelope_from.is_empty() {
+        return None;
+    }
+    let tenant = eff.tenant.name.as_str();
+    let from = normalize_address(envelope_from);
+    cfg.routes.iter().find(|r| {
+        r.tenant.as_deref().is_none_or(|t| cfg.is_within(tenant, t))
+            && r.sender.matches(&from)
+            && cfg
+                .servers
+                .get(&r.server)
+                .is_some_and(|s| cfg.tenant_may_use(tenant, s))
+    })
 }

@@ -9,7 +9,7 @@ mod chain;
 #[cfg(test)]
 mod tests;
 
-pub use chain::server_chain;
+pub use chain::{route_kept_sender, server_chain};
 
 use crate::blacklist::{RuntimeBlacklist, Scope};
 use crate::config::values::{EmailAddress, normalize_address};
@@ -102,6 +102,87 @@ impl<'de> Deserialize<'de> for ListOrigin {
     }
 }
 
+/// Where an identity value (sender, display name, Reply-To) comes from.
+/// `explain` shows it; the precedence is: a server's fixed value, then the
+/// client's own sender kept by a route, then the application, the tenant
+/// chain, the system.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "kind", content = "name")]
+pub enum Source {
+    /// `[server.NAME]` `sender` / `display_name` / `reply_to`.
+    Server(String),
+    /// A `[[route]]` matched the client's envelope sender, which is kept.
+    Route(String),
+    /// `[application.NAME]`.
+    Application(String),
+    /// `[tenant.NAME]` (the application's tenant or a parent).
+    Tenant(String),
+    /// `[system]`.
+    System,
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Server(n) => write!(f, "server {n}"),
+            Source::Route(r) => write!(f, "route {r} (the client's sender)"),
+            Source::Application(n) => write!(f, "application {n}"),
+            Source::Tenant(n) => write!(f, "tenant {n}"),
+            Source::System => f.write_str("system"),
+        }
+    }
+}
+
+/// A value and where it came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Sourced {
+    /// The value.
+    pub value: String,
+    /// Its source.
+    pub source: Source,
+}
+
+/// The sender identity one hop gets (PRODUCT §3.2, per-server identity):
+/// each value with its source; `None` leaves the message's own.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Identity {
+    /// Envelope sender and From address.
+    pub sender: Option<Sourced>,
+    /// From display name.
+    pub display_name: Option<Sourced>,
+    /// Reply-To.
+    pub reply_to: Option<Sourced>,
+}
+
+/// Where the application-side values of [`Effective`] came from.
+#[derive(Debug, Clone, Default)]
+pub struct EffectiveSources {
+    /// Of `sender`.
+    pub sender: Option<Source>,
+    /// Of `display_name`.
+    pub display_name: Option<Source>,
+    /// Of `reply_to`.
+    pub reply_to: Option<Source>,
+}
+
+/// The nearest value on application → tenant chain → system, with its source.
+fn nearest<'c, T: ?Sized>(
+    app: &'c Application,
+    chain: &[&'c Tenant],
+    get_app: impl Fn(&'c Application) -> Option<&'c T>,
+    get_tenant: impl Fn(&'c Tenant) -> Option<&'c T>,
+    system: Option<&'c T>,
+) -> Option<(&'c T, Source)> {
+    get_app(app)
+        .map(|v| (v, Source::Application(app.name.clone())))
+        .or_else(|| {
+            chain
+                .iter()
+                .find_map(|t| get_tenant(t).map(|v| (v, Source::Tenant(t.name.clone()))))
+        })
+        .or_else(|| system.map(|v| (v, Source::System)))
+}
+
 /// The settings that apply to one application after inheritance
 /// (application → tenant → parent tenants → system).
 #[derive(Debug, Clone)]
@@ -126,6 +207,8 @@ pub struct Effective<'c> {
     pub test_mode: Option<&'c TestMode>,
     /// May system servers be used.
     pub use_system_server: bool,
+    /// Where `sender`, `display_name` and `reply_to` came from.
+    pub sources: EffectiveSources,
 }
 
 /// Resolves the effective settings of `app`.
@@ -145,30 +228,43 @@ pub fn resolve<'c>(cfg: &'c Config, app: &'c Application) -> Effective<'c> {
             TestModeSetting::On(tm) => Some(tm),
             TestModeSetting::Off => None,
         });
+    let sender = nearest(
+        app,
+        &chain,
+        |a| a.sender.as_ref(),
+        |t| t.sender.as_ref(),
+        cfg.system.default_sender.as_ref(),
+    );
+    let display_name = nearest(
+        app,
+        &chain,
+        |a| a.display_name.as_ref(),
+        |t| t.display_name.as_ref(),
+        cfg.system.display_name.as_ref(),
+    );
+    let reply_to = nearest(
+        app,
+        &chain,
+        |a| a.reply_to.as_ref(),
+        |t| t.reply_to.as_ref(),
+        cfg.system.reply_to.as_ref(),
+    );
     Effective {
         app,
         tenant,
         tenant_enabled: chain.iter().find_map(|t| t.enabled).unwrap_or(true),
-        sender: app
-            .sender
-            .as_ref()
-            .or_else(|| from_chain(&|t| t.sender.as_ref()))
-            .or(cfg.system.default_sender.as_ref()),
-        display_name: app
-            .display_name
-            .as_ref()
-            .or_else(|| chain.iter().find_map(|t| t.display_name.as_ref()))
-            .or(cfg.system.display_name.as_ref())
-            .map(|h| h.as_str()),
-        reply_to: app
-            .reply_to
-            .as_ref()
-            .or_else(|| from_chain(&|t| t.reply_to.as_ref()))
-            .or(cfg.system.reply_to.as_ref()),
+        sender: sender.as_ref().map(|s| s.0),
+        display_name: display_name.as_ref().map(|d| d.0.as_str()),
+        reply_to: reply_to.as_ref().map(|r| r.0),
         bounce_address: from_chain(&|t| t.bounce_address.as_ref())
             .or(cfg.system.bounce_address.as_ref()),
         test_mode,
         use_system_server: cfg.tenant_uses_system_server(&app.tenant),
+        sources: EffectiveSources {
+            sender: sender.map(|s| s.1),
+            display_name: display_name.map(|d| d.1),
+            reply_to: reply_to.map(|r| r.1),
+        },
         tenant_chain: chain,
     }
 }
@@ -335,6 +431,11 @@ pub struct Plan<'c> {
     pub chain: Vec<&'c Server>,
     /// This plan carries a delivery status notification we generated.
     pub dsn: bool,
+    /// A route matched the client's envelope sender: that sender is kept
+    /// (the route's filter is named), unless a hop's server has a fixed one.
+    pub kept_sender: Option<String>,
+    /// The DKIM keys each hop may sign with (`dkim::sign_hop` picks one).
+    pub dkim: &'c [crate::dkim::DkimKey],
 }
 
 /// Builds the plan for a message whose recipients have each been through
@@ -362,6 +463,7 @@ pub fn plan<'c>(
         }
     }
     let chain = server_chain(cfg, &eff, envelope_from);
+    let kept_sender = route_kept_sender(cfg, &eff, envelope_from).map(|r| r.sender.to_string());
     Plan {
         eff,
         envelope_from: envelope_from.to_owned(),
@@ -370,6 +472,8 @@ pub fn plan<'c>(
         redirected,
         chain,
         dsn: false,
+        kept_sender,
+        dkim: &cfg.dkim,
     }
 }
 
@@ -393,12 +497,53 @@ impl<'c> Plan<'c> {
             redirected: Vec::new(),
             chain,
             dsn: true,
+            kept_sender: None,
+            dkim: self.dkim,
         }
     }
 
-    /// The rewrite for a hop through `server`: the server's fixed sender
-    /// wins over the application's, so failing over to another server can
-    /// change the sender (PRODUCT §3.2).
+    /// The sender identity of a hop through `server`, each value with its
+    /// source: the server's fixed values first, then the client's own
+    /// sender when a route kept it, then application → tenant → system.
+    pub fn identity(&self, server: &Server) -> Identity {
+        let sourced = |v: String, source: Source| Sourced { value: v, source };
+        let from_server =
+            |v: Option<String>| v.map(|v| sourced(v, Source::Server(server.name.clone())));
+        let eff = &self.eff;
+        let sender = from_server(server.sender.as_ref().map(ToString::to_string))
+            .or_else(|| {
+                self.kept_sender
+                    .as_ref()
+                    .map(|r| sourced(self.envelope_from.clone(), Source::Route(r.clone())))
+            })
+            .or_else(|| {
+                eff.sender
+                    .zip(eff.sources.sender.clone())
+                    .map(|(s, src)| sourced(s.to_string(), src))
+            });
+        let display_name = from_server(server.display_name.as_ref().map(|d| d.as_str().to_owned()))
+            .or_else(|| {
+                eff.display_name
+                    .zip(eff.sources.display_name.clone())
+                    .map(|(d, src)| sourced(d.to_owned(), src))
+            });
+        let reply_to =
+            from_server(server.reply_to.as_ref().map(ToString::to_string)).or_else(|| {
+                eff.reply_to
+                    .zip(eff.sources.reply_to.clone())
+                    .map(|(r, src)| sourced(r.to_string(), src))
+            });
+        Identity {
+            sender,
+            display_name,
+            reply_to,
+        }
+    }
+
+    /// The rewrite for a hop through `server` (see [`Plan::identity`]): a
+    /// server's fixed sender wins over the application's, so failing over
+    /// to another server can change the sender (PRODUCT §3.2). A sender a
+    /// route kept is left as the client wrote it, envelope and From alike.
     pub fn rewrite_spec(&self, server: &Server) -> RewriteSpec {
         if self.dsn {
             // Our own report: only a server's fixed sender is applied, since
@@ -415,14 +560,14 @@ impl<'c> Plan<'c> {
         // The prefix marks every message of a tenant in test mode, also the
         // copies that reach allow-listed recipients.
         let tm = self.eff.test_mode;
+        let id = self.identity(server);
         RewriteSpec {
-            sender: server
+            sender: id
                 .sender
-                .as_ref()
-                .or(self.eff.sender)
-                .map(ToString::to_string),
-            display_name: self.eff.display_name.map(str::to_owned),
-            reply_to: self.eff.reply_to.map(ToString::to_string),
+                .filter(|s| !matches!(s.source, Source::Route(_)))
+                .map(|s| s.value),
+            display_name: id.display_name.map(|d| d.value),
+            reply_to: id.reply_to.map(|r| r.value),
             subject_prefix: tm
                 .and_then(|t| t.subject_prefix.as_ref())
                 .map(|p| p.as_str().to_owned()),

@@ -426,3 +426,59 @@ fn plan_and_rewrite_spec_per_hop() {
     assert_eq!(on_sys.sender.as_deref(), Some("fixed@provider.test"));
     assert_eq!(on_sys.display_name.as_deref(), Some("HQ Store"));
 }
+
+#[test]
+fn identity_sources_and_route_kept_sender() {
+    let c = cfg();
+    let shop = || resolve(&c, &c.applications["shop"]);
+    // The shop's own values, then the tenant's Reply-To.
+    let p = plan(&c, shop(), "orders@legacy.test", Vec::new());
+    assert_eq!(p.kept_sender, None);
+    let id = p.identity(&c.servers["hq"]);
+    let src = |s: &Option<Sourced>| s.as_ref().map(|s| (s.value.clone(), s.source.clone()));
+    assert_eq!(
+        src(&id.sender),
+        Some(("shop@hq.test".into(), Source::Application("shop".into())))
+    );
+    assert_eq!(
+        src(&id.reply_to),
+        Some(("service@hq.test".into(), Source::Tenant("hq".into())))
+    );
+    // A server's fixed sender wins.
+    let id = p.identity(&c.servers["sys"]);
+    assert_eq!(
+        src(&id.sender),
+        Some(("fixed@provider.test".into(), Source::Server("sys".into())))
+    );
+    // A route that matched the client's own sender keeps it: the rewrite
+    // leaves it alone; the display name still applies.
+    let p = plan(&c, shop(), "Invoices@Billing.hq.test", Vec::new());
+    assert_eq!(names(&p.chain)[0], "hq-billing");
+    assert_eq!(p.kept_sender.as_deref(), Some("@billing.hq.test"));
+    let spec = p.rewrite_spec(&c.servers["hq-billing"]);
+    assert_eq!(spec.sender, None);
+    assert_eq!(spec.display_name.as_deref(), Some("HQ Shop"));
+    assert_eq!(
+        src(&p.identity(&c.servers["hq-billing"]).sender),
+        Some((
+            "Invoices@Billing.hq.test".into(),
+            Source::Route("@billing.hq.test".into())
+        ))
+    );
+    // ...but not on a hop whose server has a fixed sender.
+    assert_eq!(
+        p.rewrite_spec(&c.servers["sys"]).sender.as_deref(),
+        Some("fixed@provider.test")
+    );
+    // Each tenant's own route keeps it; a tenant no route is scoped to
+    // keeps nothing.
+    let other = resolve(&c, &c.applications["other-app"]);
+    let p = plan(&c, other, "x@billing.hq.test", Vec::new());
+    assert_eq!(
+        (names(&p.chain)[0].as_str(), p.kept_sender.is_some()),
+        ("other", true)
+    );
+    let closed = resolve(&c, &c.applications["closed-app"]);
+    let p = plan(&c, closed, "x@billing.hq.test", Vec::new());
+    assert_eq!(p.kept_sender, None);
+}

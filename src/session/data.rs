@@ -10,6 +10,13 @@
 //! relay always has strict line endings; the decoder reports that it saw
 //! one, and the session refuses the message unless the listener or the
 //! application allows bare line endings.
+//!
+//! One exception, for legacy LF-only clients: with [`DataDecoder::lf_end`]
+//! set (the session sets it only where bare LF is allowed and only for a
+//! client none of whose lines so far ended in CRLF), `<LF>.<LF>` ends the
+//! data too — unless a CRLF appeared in the content itself. A client that
+//! speaks CRLF can therefore never have its `<LF>.<LF>` taken as the end,
+//! so there is no differential for smuggling.
 
 use memchr::memchr2;
 
@@ -45,6 +52,13 @@ pub struct DataDecoder {
     /// Stop writing to the sink after this many bytes (the rest is counted
     /// and thrown away; the session then refuses the message).
     pub limit: u64,
+    /// Accept `<LF>.<LF>` as the end while no CRLF has been seen (see the
+    /// module docs).
+    pub lf_end: bool,
+    /// A CRLF line ending was seen in the content.
+    pub saw_crlf: bool,
+    /// The last bare line ending was a LF (not a CR).
+    after_lf: bool,
 }
 
 impl DataDecoder {
@@ -56,7 +70,15 @@ impl DataDecoder {
             saw_8bit: false,
             size: 0,
             limit,
+            lf_end: false,
+            saw_crlf: false,
+            after_lf: true,
         }
+    }
+
+    /// Whether `<LF>.<LF>` may end the data now.
+    fn lf_ends(&self) -> bool {
+        self.lf_end && !self.saw_crlf && self.after_lf
     }
 
     /// Whether more bytes arrived than `limit` allows.
@@ -73,7 +95,13 @@ impl DataDecoder {
 
     fn bare(&mut self, out: &mut Vec<u8>) {
         self.saw_bare = true;
+        self.after_lf = false;
         self.emit(out, b"\r\n");
+    }
+
+    fn bare_lf(&mut self, out: &mut Vec<u8>) {
+        self.bare(out);
+        self.after_lf = true;
     }
 
     /// Decodes `input` into `out`. Returns `Some(n)` when the end of data
@@ -98,13 +126,14 @@ impl DataDecoder {
                     if b == b'\r' {
                         self.st = St::MidCr;
                     } else {
-                        self.bare(out);
+                        self.bare_lf(out);
                         self.st = St::BareStart;
                     }
                 }
                 St::MidCr => match b {
                     b'\n' => {
                         self.emit(out, b"\r\n");
+                        self.saw_crlf = true;
                         self.st = St::Start;
                     }
                     b'\r' => self.bare(out), // the earlier CR was bare; this one is pending
@@ -123,10 +152,14 @@ impl DataDecoder {
                 },
                 St::StartDot => match b {
                     b'\r' => self.st = St::StartDotCr,
+                    b'\n' if self.lf_ends() => {
+                        // "." as the first line of an LF-only client's data.
+                        return Some(i + 1);
+                    }
                     b'\n' => {
                         // <CRLF>.<LF>: not the end. A line "." with a bare LF.
                         self.emit(out, b".");
-                        self.bare(out);
+                        self.bare_lf(out);
                         self.st = St::BareStart;
                     }
                     _ => {
@@ -152,6 +185,9 @@ impl DataDecoder {
                     }
                 },
                 St::BareStartDot => {
+                    if b == b'\n' && self.lf_ends() {
+                        return Some(i + 1);
+                    }
                     if b != b'.' {
                         self.emit(out, b".");
                     }
@@ -294,5 +330,41 @@ mod tests {
         assert_eq!(out, b"0123");
         assert!(d.over_limit());
         assert_eq!(d.size, 12);
+    }
+
+    fn decode_lf(input: &[u8]) -> Option<(Vec<u8>, usize)> {
+        let mut d = DataDecoder::new(u64::MAX);
+        d.lf_end = true;
+        let mut out = Vec::new();
+        d.feed(input, &mut out).map(|n| (out, n))
+    }
+
+    #[test]
+    fn lf_only_clients_may_end_with_lf_dot_lf() {
+        assert_eq!(
+            decode_lf(b"Subject: x\n\nbody\n.\nQUIT\n"),
+            Some((b"Subject: x\r\n\r\nbody\r\n".to_vec(), 19))
+        );
+        assert_eq!(decode_lf(b".\n"), Some((Vec::new(), 2)));
+        // Dot-stuffing still applies.
+        assert_eq!(
+            decode_lf(b"a\n..b\n.\n"),
+            Some((b"a\r\n.b\r\n".to_vec(), 8))
+        );
+        // Once the content has a CRLF, only <CRLF>.<CRLF> ends it.
+        for seq in [
+            &b"a\r\nb\n.\nc"[..],
+            b"a\r\n.\nc",
+            b"a\r.\nc",
+            b"a\r\n.\r\r\nc",
+        ] {
+            assert_eq!(decode_lf(seq), None, "{:?}", String::from_utf8_lossy(seq));
+        }
+        assert_eq!(
+            decode_lf(b"a\r\nb\n.\nc\r\n.\r\n").map(|x| x.0),
+            Some(b"a\r\nb\r\n.\r\nc\r\n".to_vec())
+        );
+        // Without the flag, <LF>.<LF> is content.
+        assert_eq!(decode(b"a\n.\n"), None);
     }
 }

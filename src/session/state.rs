@@ -121,6 +121,9 @@ pub struct Session {
     /// The runtime blacklist, read at each RCPT (unlike the config, it is
     /// not pinned: an entry added at run time applies to the next RCPT).
     runtime_blacklist: Option<RuntimeHandle>,
+    /// Some line of this client (command or content) ended in CRLF: its
+    /// `<LF>.<LF>` never ends DATA (see `data`).
+    sent_crlf: bool,
 }
 
 /// Where a session reads the current runtime blacklist snapshot.
@@ -238,6 +241,7 @@ impl Session {
             closed_with: None,
             rejections: Vec::new(),
             runtime_blacklist: None,
+            sent_crlf: false,
         }
     }
 
@@ -418,6 +422,7 @@ impl Session {
                             }
                             let mut line = std::mem::take(&mut self.line);
                             line.extend_from_slice(&rest[..=i]);
+                            self.sent_crlf |= line.ends_with(b"\r\n");
                             let ev = if matches!(self.phase, Phase::Command) {
                                 self.command(&line)
                             } else {
@@ -493,10 +498,14 @@ impl Session {
                 None => self.reply(reply::bad_sequence("Need MAIL command")),
                 Some(tx) if tx.rcpts.is_empty() => self.reply(reply::no_valid_recipients()),
                 Some(tx) if tx.bdat_started => self.reply(reply::bad_sequence("DATA after BDAT")),
-                Some(_) => {
+                Some(tx) => {
+                    let mut dec = DataDecoder::new(self.cfg.limits.max_message_size);
+                    // A legacy client that has only ever sent bare LF may
+                    // end with <LF>.<LF> where bare LF is allowed.
+                    dec.lf_end = !self.sent_crlf && self.allow_bare_lf(&tx.app);
                     self.body.clear();
                     self.reply(reply::data_go_ahead());
-                    self.phase = Phase::Data(DataDecoder::new(self.cfg.limits.max_message_size));
+                    self.phase = Phase::Data(dec);
                 }
             },
             Request::Bdat {
@@ -677,6 +686,7 @@ impl Session {
             return None;
         };
         let app = self.tx.as_ref().map(|t| t.app.clone()).unwrap_or_default();
+        self.sent_crlf |= dec.saw_crlf;
         if dec.over_limit() {
             self.reset_tx();
             self.reply(reply::message_too_big(self.cfg.limits.max_message_size));
