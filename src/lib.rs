@@ -25,6 +25,7 @@ pub mod health;
 pub mod message;
 pub mod metrics;
 pub mod notify;
+pub mod oauth;
 pub mod policy;
 pub mod rewrite;
 pub mod server;
