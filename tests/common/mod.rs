@@ -1,4 +1,5 @@
 pub mod faults;
+pub mod graph;
 pub mod postfix;
 pub mod process;
 pub mod relay;
