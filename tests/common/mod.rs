@@ -4,3 +4,4 @@ pub mod postfix;
 pub mod process;
 pub mod relay;
 pub mod upstream;
+pub mod xoauth2;
