@@ -200,7 +200,11 @@ fn probe_servers(cfg: &Config) -> ExitCode {
         return ExitCode::FAILURE;
     };
     let upstreams = std::sync::Arc::new(crate::upstream::Upstreams::default());
-    let mut results = rt.block_on(probe::probe_all(upstreams.clone(), servers, PROBE_CONCURRENCY));
+    let mut results = rt.block_on(probe::probe_all(
+        upstreams.clone(),
+        servers,
+        PROBE_CONCURRENCY,
+    ));
     let mut failed = 0;
     for (name, r) in &results {
         match r {
@@ -337,16 +341,29 @@ fn test_graph_server(cfg: &Config, args: &TestServerArgs, g: &config::GraphServe
         return ExitCode::FAILURE;
     };
     let upstreams = crate::upstream::Upstreams::default();
-    println!("server:       {} (Microsoft Graph {}, mailbox {})", args.name, g.graph_url, g.mailbox);
+    println!(
+        "server:       {} (Microsoft Graph {}, mailbox {})",
+        args.name, g.graph_url, g.mailbox
+    );
     match rt.block_on(crate::upstream::graph::probe(&upstreams, &args.name, g)) {
-        Ok(p) => println!("mailbox:      {} \"{}\" (token ok)", p.address, p.display_name),
+        Ok(p) => println!(
+            "mailbox:      {} \"{}\" (token ok)",
+            p.address, p.display_name
+        ),
         Err(f) => {
-            println!("result:       NOT accepted: {} failure: {}", f.class, f.reason);
+            println!(
+                "result:       NOT accepted: {} failure: {}",
+                f.class, f.reason
+            );
             return ExitCode::FAILURE;
         }
     }
-    println!("envelope:     sender {} recipient {}", msg.mail_from, args.to);
-    let header_end = memchr::memmem::find(&msg.content, b"\r\n\r\n").map_or(msg.content.len(), |p| p + 2);
+    println!(
+        "envelope:     sender {} recipient {}",
+        msg.mail_from, args.to
+    );
+    let header_end =
+        memchr::memmem::find(&msg.content, b"\r\n\r\n").map_or(msg.content.len(), |p| p + 2);
     let message = crate::message::Message::in_memory(msg.content.clone());
     let rcpts = [args.to.clone()];
     let out = crate::upstream::graph::GraphMessage {
@@ -356,7 +373,9 @@ fn test_graph_server(cfg: &Config, args: &TestServerArgs, g: &config::GraphServe
         message: &message,
         body_offset: header_end,
     };
-    match rt.block_on(crate::upstream::graph::send(&upstreams, &args.name, g, &out)) {
+    match rt.block_on(crate::upstream::graph::send(
+        &upstreams, &args.name, g, &out,
+    )) {
         crate::delivery::HopResult::Accepted { refused } if refused.is_empty() => {
             println!("result:       accepted (202)");
             ExitCode::SUCCESS
@@ -373,7 +392,10 @@ fn test_graph_server(cfg: &Config, args: &TestServerArgs, g: &config::GraphServe
             ExitCode::FAILURE
         }
         crate::delivery::HopResult::Failover(f) => {
-            println!("result:       NOT accepted: {} failure: {}", f.class, f.reason);
+            println!(
+                "result:       NOT accepted: {} failure: {}",
+                f.class, f.reason
+            );
             ExitCode::FAILURE
         }
     }

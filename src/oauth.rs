@@ -18,7 +18,7 @@
 
 use crate::config::values::Secret;
 use crate::config::{OAuth, OAuthGrant};
-use crate::upstream::https::{Https, HttpError, Request, form_encode};
+use crate::upstream::https::{HttpError, Https, Request, form_encode};
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
@@ -192,7 +192,11 @@ impl Tokens {
             token: token.clone(),
             refresh_at: Instant::now() + fetched.lifetime - early,
         });
-        tracing::debug!(server, lifetime_s = fetched.lifetime.as_secs(), "OAuth token fetched");
+        tracing::debug!(
+            server,
+            lifetime_s = fetched.lifetime.as_secs(),
+            "OAuth token fetched"
+        );
         Ok(token)
     }
 
@@ -273,10 +277,13 @@ async fn fetch(o: &OAuth, https: &Https) -> Result<Fetched, OAuthError> {
         timeout: TOKEN_TIMEOUT,
     };
     let secrets = secrets_of(o);
-    let resp = https.send(req).await.map_err(|e: HttpError| OAuthError::Unreachable {
-        url: o.token_url.clone(),
-        reason: scrub(&e.to_string(), &secrets),
-    })?;
+    let resp = https
+        .send(req)
+        .await
+        .map_err(|e: HttpError| OAuthError::Unreachable {
+            url: o.token_url.clone(),
+            reason: scrub(&e.to_string(), &secrets),
+        })?;
     parse_answer(&o.token_url, resp.status, &resp.body, &secrets)
 }
 
@@ -464,8 +471,12 @@ mod tests {
         assert!(e.contains("invalid_client [AADSTS7000215]"), "{e}");
         assert!(!e.contains("s3cr3t"), "{e}");
         assert!(parse_answer("u", 200, b"{}", &[]).is_err());
-        assert!(parse_answer("u", 200, br#"{"access_token":"a","token_type":"mac"}"#, &[]).is_err());
-        let e = parse_answer("u", 500, b"<html>", &[]).unwrap_err().to_string();
+        assert!(
+            parse_answer("u", 200, br#"{"access_token":"a","token_type":"mac"}"#, &[]).is_err()
+        );
+        let e = parse_answer("u", 500, b"<html>", &[])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("HTTP 500"), "{e}");
     }
 }

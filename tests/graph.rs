@@ -80,7 +80,12 @@ fn small_message_goes_as_mime_to_exactly_the_envelope() {
 Cc: cc@example.com, notinenvelope@example.com\r\nBcc: leaked@example.com\r\nSubject: hello graph\r\n\r\nline 1\r\nline 2\r\n";
     let reply = send(
         &relay,
-        &["keep@example.com", "former@example.com", "cc@example.com", "hidden@example.com"],
+        &[
+            "keep@example.com",
+            "former@example.com",
+            "cc@example.com",
+            "hidden@example.com",
+        ],
         msg,
     );
     assert!(reply.starts_with("250 "), "{reply}");
@@ -111,7 +116,11 @@ fn test_mode_redirect_reaches_only_the_redirect_address() {
         "test_mode = { redirect_to = \"qa@acme.example\", subject_prefix = \"[TEST] \" }",
     ));
     let msg = b"From: app@legacy.test\r\nTo: Alice <alice@customer.example>\r\nCc: bob@customer.example\r\nSubject: s\r\n\r\nbody\r\n";
-    let reply = send(&relay, &["alice@customer.example", "bob@customer.example"], msg);
+    let reply = send(
+        &relay,
+        &["alice@customer.example", "bob@customer.example"],
+        msg,
+    );
     assert!(reply.starts_with("250 "), "{reply}");
     let sent = fake.wait_sent(1, WAIT).remove(0);
     assert_eq!(sent.recipients(), ["qa@acme.example"]);
@@ -134,10 +143,19 @@ fn message_of_3_9_mb_goes_through_a_draft_with_a_direct_attachment() {
     let fake = fake();
     let relay = TestRelay::start(&config(&fake, ""));
     let (msg, data) = with_attachment(2_850_000);
-    assert!(msg.len() > 3_800_000 && msg.len() < 4_000_000, "{}", msg.len());
+    assert!(
+        msg.len() > 3_800_000 && msg.len() < 4_000_000,
+        "{}",
+        msg.len()
+    );
     let reply = send(
         &relay,
-        &["keep@example.com", "former@example.com", "cc@example.com", "bcc-only@example.com"],
+        &[
+            "keep@example.com",
+            "former@example.com",
+            "cc@example.com",
+            "bcc-only@example.com",
+        ],
         &msg,
     );
     assert!(reply.starts_with("250 "), "{reply}");
@@ -145,18 +163,34 @@ fn message_of_3_9_mb_goes_through_a_draft_with_a_direct_attachment() {
     assert!(matches!(sent.via, Via::Draft));
     assert_eq!(sent.draft["subject"], "big one");
     assert_eq!(sent.draft["body"]["contentType"], "HTML");
-    assert_eq!(sent.draft["toRecipients"][0]["emailAddress"]["address"], "keep@example.com");
-    assert_eq!(sent.draft["ccRecipients"][0]["emailAddress"]["address"], "cc@example.com");
-    assert_eq!(sent.draft["bccRecipients"][0]["emailAddress"]["address"], "bcc-only@example.com");
+    assert_eq!(
+        sent.draft["toRecipients"][0]["emailAddress"]["address"],
+        "keep@example.com"
+    );
+    assert_eq!(
+        sent.draft["ccRecipients"][0]["emailAddress"]["address"],
+        "cc@example.com"
+    );
+    assert_eq!(
+        sent.draft["bccRecipients"][0]["emailAddress"]["address"],
+        "bcc-only@example.com"
+    );
     assert_eq!(
         sorted(sent.recipients()),
         ["bcc-only@example.com", "cc@example.com", "keep@example.com"]
     );
     let headers = sent.draft["internetMessageHeaders"].as_array().unwrap();
-    assert!(headers.iter().any(|h| h["name"] == "X-Order" && h["value"] == "42"));
+    assert!(
+        headers
+            .iter()
+            .any(|h| h["name"] == "X-Order" && h["value"] == "42")
+    );
     assert_eq!(sent.attachments.len(), 1);
     let (name, ctype, bytes, uploaded) = &sent.attachments[0];
-    assert_eq!((name.as_str(), ctype.as_str(), *uploaded), ("data.bin", "application/octet-stream", false));
+    assert_eq!(
+        (name.as_str(), ctype.as_str(), *uploaded),
+        ("data.bin", "application/octet-stream", false)
+    );
     assert!(bytes == &data, "attachment bytes differ");
     assert_eq!(fake.direct_attachments(), 1);
     assert!(fake.chunks().is_empty());
@@ -195,7 +229,11 @@ fn answer_413_switches_to_the_draft_path() {
     let fake = fake();
     let relay = TestRelay::start(&config(&fake, ""));
     fake.fail_next_send(413, None);
-    let reply = send(&relay, &["keep@example.com"], b"To: keep@example.com\r\nSubject: s\r\n\r\nsmall\r\n");
+    let reply = send(
+        &relay,
+        &["keep@example.com"],
+        b"To: keep@example.com\r\nSubject: s\r\n\r\nsmall\r\n",
+    );
     assert!(reply.starts_with("250 "), "{reply}");
     let sent = fake.wait_sent(1, WAIT).remove(0);
     assert!(matches!(sent.via, Via::Draft));
@@ -218,7 +256,11 @@ fn expired_token_is_refreshed_once_for_20_concurrent_deliveries() {
             .map(|i| {
                 s.spawn(move || {
                     let to = format!("r{i}@example.com");
-                    send(relay, &[&to], format!("Subject: m{i}\r\n\r\nx\r\n").as_bytes())
+                    send(
+                        relay,
+                        &[&to],
+                        format!("Subject: m{i}\r\n\r\nx\r\n").as_bytes(),
+                    )
                 })
             })
             .collect();
@@ -246,7 +288,11 @@ fn fails_over_to_the_fallback_on_401() {
     assert!(fake.sent().is_empty());
     // One forced refresh and one retry, then the fallback.
     assert_eq!(fake.token_requests(), 2);
-    let sends = fake.requests().iter().filter(|r| r.ends_with("/sendMail")).count();
+    let sends = fake
+        .requests()
+        .iter()
+        .filter(|r| r.ends_with("/sendMail"))
+        .count();
     assert_eq!(sends, 2);
 }
 
@@ -309,9 +355,16 @@ fn probe_and_test_server_and_the_secret_never_shows() {
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("probe m365: ok"), "{out}");
     assert!(out.contains(MAILBOX), "{out}");
-    assert!(fake.requests().iter().any(|r| r == &format!("GET /v1.0/users/{MAILBOX}")));
+    assert!(
+        fake.requests()
+            .iter()
+            .any(|r| r == &format!("GET /v1.0/users/{MAILBOX}"))
+    );
 
-    let (code, out) = cli(&toml, &["test-server", "m365", "--to", "someone@example.com"]);
+    let (code, out) = cli(
+        &toml,
+        &["test-server", "m365", "--to", "someone@example.com"],
+    );
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("accepted"), "{out}");
     let sent = fake.wait_sent(1, WAIT);
@@ -332,9 +385,15 @@ fn probe_and_test_server_and_the_secret_never_shows() {
     assert!(out.contains("AADSTS7000215"), "{out}");
     assert!(out.contains("(auth)"), "{out}");
     assert!(!out.contains("SENTINEL"), "{out}");
-    let (code, out) = cli(&wrong, &["test-server", "m365", "--to", "someone@example.com"]);
+    let (code, out) = cli(
+        &wrong,
+        &["test-server", "m365", "--to", "someone@example.com"],
+    );
     assert_eq!(code, 1, "{out}");
-    assert!(out.contains("AADSTS7000215") && !out.contains("SENTINEL"), "{out}");
+    assert!(
+        out.contains("AADSTS7000215") && !out.contains("SENTINEL"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -347,7 +406,9 @@ fn secret_not_in_the_relay_log_when_graph_fails() {
     c.send(b"Subject: s\r\n\r\nx\r\n.\r\n");
     let reply = c.reply();
     assert!(reply.starts_with("250 "), "{reply}");
-    relay.wait_log("the failover", WAIT, |log| log.iter().any(|l| l.contains("AADSTS7000215")));
+    relay.wait_log("the failover", WAIT, |log| {
+        log.iter().any(|l| l.contains("AADSTS7000215"))
+    });
     let log = relay.log().join("\n");
     assert!(!log.contains("SENTINEL"), "{log}");
     assert!(!reply.contains("SENTINEL"));

@@ -78,7 +78,10 @@ fn client_credentials_and_one_refresh_per_refused_token() {
     assert_eq!(fake.token_requests(), 2, "{:?}", sink.auth_log());
     assert_eq!(
         sink.auth_log()[2..],
-        [xoauth2_line("tok-1", "refused"), xoauth2_line("tok-2", "ok")]
+        [
+            xoauth2_line("tok-1", "refused"),
+            xoauth2_line("tok-2", "ok")
+        ]
     );
 
     // The same with Microsoft's 454 answer.
@@ -111,7 +114,10 @@ fn refresh_token_grant() {
     let relay = TestRelay::start(&config(
         &fake,
         &sink,
-        &format!(", refresh_token = {{ file = \"{}\" }}", token_file.display()),
+        &format!(
+            ", refresh_token = {{ file = \"{}\" }}",
+            token_file.display()
+        ),
     ));
     let r = send(&relay, "google");
     assert!(r.starts_with("250 "), "{r}");

@@ -189,12 +189,13 @@ fn smtp_oauth(
     let id_ok = plain_value(cx, file, &p, "client_id", &o.client_id);
     let secret = cx.secret(file, &p.clone().key("client_secret"), &o.client_secret);
     let grant = match (&o.refresh_token, &o.scope) {
-        (Some(rt), scope) => cx
-            .secret(file, &p.clone().key("refresh_token"), rt)
-            .map(|refresh_token| OAuthGrant::RefreshToken {
-                refresh_token,
-                scope: scope.clone(),
-            }),
+        (Some(rt), scope) => {
+            cx.secret(file, &p.clone().key("refresh_token"), rt)
+                .map(|refresh_token| OAuthGrant::RefreshToken {
+                    refresh_token,
+                    scope: scope.clone(),
+                })
+        }
         (None, Some(scope)) => {
             plain_value(cx, file, &p, "scope", scope).then(|| OAuthGrant::ClientCredentials {
                 scope: scope.clone(),
@@ -273,7 +274,9 @@ fn graph_server(
         file,
         path,
         "graph_url",
-        s.graph_url.as_deref().unwrap_or("https://graph.microsoft.com"),
+        s.graph_url
+            .as_deref()
+            .unwrap_or("https://graph.microsoft.com"),
     );
     let ca_file = ca_file(cx, file, path, s);
     let (tenant_id, client_id) = (s.tenant_id.clone()?, s.client_id.clone()?);
@@ -327,7 +330,11 @@ fn kind_specific_keys(s: &RawServer) -> Vec<(&'static str, bool, ServerKindName)
         ("client_secret", s.client_secret.is_some(), Graph),
         ("authority", s.authority.is_some(), Graph),
         ("graph_url", s.graph_url.is_some(), Graph),
-        ("ca_file", s.ca_file.is_some() && kind_of(s) == Capture, Smtp),
+        (
+            "ca_file",
+            s.ca_file.is_some() && kind_of(s) == Capture,
+            Smtp,
+        ),
     ]
 }
 

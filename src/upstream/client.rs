@@ -28,7 +28,8 @@ use crate::config::{Security, SmtpServer, UpstreamAuth};
 use crate::delivery::RefusedRecipient;
 use mail_send::{Credentials, SmtpClient};
 use smtp_proto::{
-    AUTH_LOGIN, AUTH_PLAIN, AUTH_XOAUTH2, EXT_AUTH, EXT_PIPELINING, EXT_START_TLS, EhloResponse, Response,
+    AUTH_LOGIN, AUTH_PLAIN, AUTH_XOAUTH2, EXT_AUTH, EXT_PIPELINING, EXT_START_TLS, EhloResponse,
+    Response,
 };
 use std::io;
 use std::net::SocketAddr;
@@ -369,7 +370,9 @@ async fn authenticate(
     only.capabilities = EXT_AUTH;
     only.auth_mechanisms = bit;
     let credentials = match (server.auth, token) {
-        (Some(UpstreamAuth::Xoauth2), Some(t)) => Credentials::new_xoauth2(user.as_str(), t.expose()),
+        (Some(UpstreamAuth::Xoauth2), Some(t)) => {
+            Credentials::new_xoauth2(user.as_str(), t.expose())
+        }
         (Some(UpstreamAuth::Xoauth2), None) => {
             return Err(UpstreamError::NoAuthMechanism("XOAUTH2 (no token)"));
         }

@@ -150,7 +150,12 @@ pub async fn send(
         };
         match result {
             Ok(()) => {
-                tracing::debug!(server = name, from = msg.mail_from, rcpts = rcpts.len(), "Graph accepted the message");
+                tracing::debug!(
+                    server = name,
+                    from = msg.mail_from,
+                    rcpts = rcpts.len(),
+                    "Graph accepted the message"
+                );
                 return HopResult::Accepted { refused };
             }
             Err(Fail::InvalidRecipients { named, text })
@@ -159,16 +164,18 @@ pub async fn send(
                 // Graph refuses the whole request for one bad address:
                 // refuse those, send once more to the others.
                 rcpts.retain(|r| !named.contains(&normalize_address(r)));
-                refused.extend(named.iter().map(|r| RefusedRecipient {
-                    rcpt: msg
-                        .rcpt_to
-                        .iter()
-                        .find(|x| normalize_address(x) == *r)
-                        .cloned()
-                        .unwrap_or_else(|| r.clone()),
-                    code: 550,
-                    enhanced: Some((5, 1, 1)),
-                    reason: sanitize(&text, Some(server.oauth.client_secret.expose())),
+                refused.extend(named.iter().map(|r| {
+                    RefusedRecipient {
+                        rcpt: msg
+                            .rcpt_to
+                            .iter()
+                            .find(|x| normalize_address(x) == *r)
+                            .cloned()
+                            .unwrap_or_else(|| r.clone()),
+                        code: 550,
+                        enhanced: Some((5, 1, 1)),
+                        reason: sanitize(&text, Some(server.oauth.client_secret.expose())),
+                    }
                 }));
             }
             Err(e) => return failover(name, server, e),
@@ -187,7 +194,11 @@ pub struct GraphProbe {
 
 /// Fetches a token and reads `/users/{mailbox}`: proves the app
 /// registration, the secret, the permission User.Read.All and the mailbox.
-pub async fn probe(up: &Upstreams, name: &str, server: &GraphServer) -> Result<GraphProbe, Failover> {
+pub async fn probe(
+    up: &Upstreams,
+    name: &str,
+    server: &GraphServer,
+) -> Result<GraphProbe, Failover> {
     let mut g = Graph::new(up, name, server).map_err(|e| fail_to_failover(name, server, e))?;
     let url = format!(
         "{}?$select=displayName,mail,userPrincipalName",
@@ -198,7 +209,11 @@ pub async fn probe(up: &Upstreams, name: &str, server: &GraphServer) -> Result<G
         .await
         .map_err(|e| fail_to_failover(name, server, e))?;
     if resp.status != 200 {
-        return Err(fail_to_failover(name, server, classify(&resp, Needs::UserRead, &[])));
+        return Err(fail_to_failover(
+            name,
+            server,
+            classify(&resp, Needs::UserRead, &[]),
+        ));
     }
     let j: Value = serde_json::from_slice(&resp.body).unwrap_or(Value::Null);
     let s = |k: &str| j.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
@@ -218,7 +233,9 @@ impl<'a> Graph<'a> {
             up,
             name,
             server,
-            https: up.https(server.ca_file.as_deref()).map_err(Fail::TlsSetup)?,
+            https: up
+                .https(server.ca_file.as_deref())
+                .map_err(Fail::TlsSetup)?,
             token: None,
         })
     }
@@ -283,7 +300,10 @@ impl<'a> Graph<'a> {
                 .map_err(Fail::Http)?;
             match token {
                 Some(stale) if resp.status == 401 && !refreshed => {
-                    tracing::info!(server = self.name, "Graph refused the token (401); fetching a new one and retrying once");
+                    tracing::info!(
+                        server = self.name,
+                        "Graph refused the token (401); fetching a new one and retrying once"
+                    );
                     let fresh = self
                         .up
                         .tokens
@@ -415,7 +435,11 @@ impl<'a> Graph<'a> {
         }
         let upload_url = serde_json::from_slice::<Value>(&resp.body)
             .ok()
-            .and_then(|j| j.get("uploadUrl").and_then(Value::as_str).map(str::to_owned))
+            .and_then(|j| {
+                j.get("uploadUrl")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+            })
             .ok_or_else(|| Fail::Permanent {
                 status: resp.status,
                 text: "the upload session has no uploadUrl".into(),
@@ -490,9 +514,7 @@ fn classify(resp: &Response, needs: Needs, rcpts: &[String]) -> Fail {
             retry_after: resp.retry_after(),
             text,
         },
-        400 if code.contains("Recipient")
-            || message.to_ascii_lowercase().contains("recipient") =>
-        {
+        400 if code.contains("Recipient") || message.to_ascii_lowercase().contains("recipient") => {
             let lower = message.to_ascii_lowercase();
             let named = rcpts
                 .iter()
@@ -741,8 +763,14 @@ Content-Transfer-Encoding: base64\r\n\r\nAAEC\r\n--b--\r\n";
         let d = Draft::from_mime(mime);
         assert_eq!(d.json["subject"], "Hello");
         assert_eq!(d.json["body"]["contentType"], "HTML");
-        assert_eq!(d.json["toRecipients"][0]["emailAddress"]["address"], "a@x.example");
-        assert_eq!(d.json["bccRecipients"][0]["emailAddress"]["address"], "b@y.example");
+        assert_eq!(
+            d.json["toRecipients"][0]["emailAddress"]["address"],
+            "a@x.example"
+        );
+        assert_eq!(
+            d.json["bccRecipients"][0]["emailAddress"]["address"],
+            "b@y.example"
+        );
         assert_eq!(d.json["from"]["emailAddress"]["name"], "Shop");
         assert_eq!(d.json["internetMessageHeaders"][0]["name"], "X-Order");
         assert_eq!(d.json["internetMessageHeaders"][0]["value"], "42");
@@ -774,26 +802,48 @@ Content-Transfer-Encoding: base64\r\n\r\nAAEC\r\n--b--\r\n";
             400,
             r#"{"error":{"code":"ErrorInvalidRecipients","message":"At least one recipient is not valid., Recipient 'Bad@X.example' is not resolved."}}"#,
         );
-        let Fail::InvalidRecipients { named, .. } =
-            classify(&r, Needs::MailSend, &["bad@x.example".into(), "ok@x.example".into()])
-        else {
+        let Fail::InvalidRecipients { named, .. } = classify(
+            &r,
+            Needs::MailSend,
+            &["bad@x.example".into(), "ok@x.example".into()],
+        ) else {
             panic!()
         };
         assert_eq!(named, vec!["bad@x.example"]);
-        let r = resp(403, r#"{"error":{"code":"ErrorAccessDenied","message":"Access is denied."}}"#);
+        let r = resp(
+            403,
+            r#"{"error":{"code":"ErrorAccessDenied","message":"Access is denied."}}"#,
+        );
         let Fail::Auth { text, .. } = classify(&r, Needs::MailReadWrite, &[]) else {
             panic!()
         };
-        assert!(text.contains("Mail.ReadWrite") && text.contains("ErrorAccessDenied"), "{text}");
+        assert!(
+            text.contains("Mail.ReadWrite") && text.contains("ErrorAccessDenied"),
+            "{text}"
+        );
         let mut r = resp(429, "");
-        r.headers.insert(header::RETRY_AFTER, HeaderValue::from_static("7"));
+        r.headers
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("7"));
         assert!(matches!(
             classify(&r, Needs::MailSend, &[]),
-            Fail::Temporary { retry_after: Some(7), .. }
+            Fail::Temporary {
+                retry_after: Some(7),
+                ..
+            }
         ));
-        assert!(matches!(classify(&resp(413, ""), Needs::MailSend, &[]), Fail::TooLarge));
         assert!(matches!(
-            classify(&resp(400, r#"{"error":{"code":"ErrorMimeContentInvalid","message":"bad"}}"#), Needs::MailSend, &[]),
+            classify(&resp(413, ""), Needs::MailSend, &[]),
+            Fail::TooLarge
+        ));
+        assert!(matches!(
+            classify(
+                &resp(
+                    400,
+                    r#"{"error":{"code":"ErrorMimeContentInvalid","message":"bad"}}"#
+                ),
+                Needs::MailSend,
+                &[]
+            ),
             Fail::Permanent { status: 400, .. }
         ));
     }

@@ -225,7 +225,8 @@ impl Https {
         let url = Url::parse(&req.url)?;
         let host = url.host.clone();
         let stream = connect(&url).await?;
-        let name = ServerName::try_from(url.host.clone()).map_err(|_| HttpError::Url(req.url.clone()))?;
+        let name =
+            ServerName::try_from(url.host.clone()).map_err(|_| HttpError::Url(req.url.clone()))?;
         let tls = timeout(req.timeout, self.tls.connect(name, stream))
             .await
             .map_err(|_| HttpError::Timeout { host: host.clone() })?
@@ -352,7 +353,10 @@ mod tests {
         assert_eq!((u.port, u.path.as_str()), (8443, "/"));
         assert_eq!(u.host_header(), "127.0.0.1:8443");
         let u = Url::parse("https://[::1]:9/x?y=1").unwrap();
-        assert_eq!((u.host.as_str(), u.port, u.path.as_str()), ("::1", 9, "/x?y=1"));
+        assert_eq!(
+            (u.host.as_str(), u.port, u.path.as_str()),
+            ("::1", 9, "/x?y=1")
+        );
         for bad in [
             "http://x/",
             "https://",

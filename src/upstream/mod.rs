@@ -1,6 +1,6 @@
-//! SMTP upstreams: one hop of a delivery through one SMTP server, the
-//! connection pool, failure classification, and probes (`test-server`,
-//! `check-config --probe`, reload).
+//! Upstreams: one hop of a delivery through one SMTP server (or Microsoft
+//! Graph), the connection pool, failure classification, and probes
+//! (`test-server`, `check-config --probe`, reload).
 //!
 //! * `client` — one connection: TLS, EHLO, AUTH, a transaction; the only
 //!   module that imports mail-send.
@@ -9,6 +9,8 @@
 //! * `caps` — EHLO capabilities against what a message needs.
 //! * `tls` — the client TLS settings; `stuffing` — DATA transparency.
 //! * `probe` — connect without sending, and a real test message.
+//! * `graph` — the Microsoft Graph upstream; `https` — its HTTPS client
+//!   (also used for OAuth token endpoints, see [`crate::oauth`]).
 //!
 //! [`Upstreams::send`] ties them together: take a pooled session (RSET
 //! first, which also proves it is alive) or open one, run the transaction,
@@ -189,7 +191,12 @@ impl Upstreams {
     /// once per CA file.
     pub fn https(&self, ca_file: Option<&std::path::Path>) -> Result<https::Https, String> {
         let key = ca_file.map(std::path::Path::to_path_buf);
-        if let Some(h) = self.https.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+        if let Some(h) = self
+            .https
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
             return Ok(h.clone());
         }
         let h = https::Https::new(&self.roots, ca_file)?;
@@ -300,7 +307,9 @@ fn close_all(sessions: Vec<Session>) {
 /// (temporary authentication failure, Microsoft's answer to an expired
 /// token) at AUTH.
 fn token_refused(e: &UpstreamError) -> bool {
-    e.stage() == Stage::Auth && e.server_reply().is_some_and(|r| matches!(r.code, 535 | 454))
+    e.stage() == Stage::Auth
+        && e.server_reply()
+            .is_some_and(|r| matches!(r.code, 535 | 454))
 }
 
 /// A pooled session that failed at MAIL with a connection-class error

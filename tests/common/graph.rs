@@ -148,7 +148,10 @@ fn resp(status: u16, body: Value) -> Response<Full<Bytes>> {
 }
 
 fn graph_error(status: u16, code: &str, message: &str) -> Response<Full<Bytes>> {
-    resp(status, json!({ "error": { "code": code, "message": message } }))
+    resp(
+        status,
+        json!({ "error": { "code": code, "message": message } }),
+    )
 }
 
 impl GraphFake {
@@ -377,7 +380,8 @@ fn form(body: &[u8]) -> HashMap<String, String> {
         let mut i = 0;
         while i < b.len() {
             if b[i] == b'%' && i + 3 <= b.len() {
-                let h = u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap(), 16).unwrap();
+                let h =
+                    u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap(), 16).unwrap();
                 out.push(h);
                 i += 3;
             } else {
@@ -404,7 +408,13 @@ async fn handle(st: Arc<Mutex<State>>, req: Request<Incoming>) -> Response<Full<
     };
     let mut s = st.lock().unwrap();
     s.requests.push(format!("{method} {path}"));
-    let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    let header = |n: &str| {
+        headers
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned()
+    };
     macro_rules! violation {
         ($($t:tt)*) => {{
             let m = format!($($t)*);
@@ -428,10 +438,16 @@ async fn handle(st: Arc<Mutex<State>>, req: Request<Incoming>) -> Response<Full<
         let f = form(&body);
         s.token_requests += 1;
         if f.get("client_id") != Some(&s.client_id) {
-            return resp(400, json!({"error": "unauthorized_client", "error_description": "AADSTS700016: Application not found in the directory.", "error_codes": [700016]}));
+            return resp(
+                400,
+                json!({"error": "unauthorized_client", "error_description": "AADSTS700016: Application not found in the directory.", "error_codes": [700016]}),
+            );
         }
         if f.get("client_secret") != Some(&s.client_secret) {
-            return resp(401, json!({"error": "invalid_client", "error_description": "AADSTS7000215: Invalid client secret provided. Ensure the secret being sent in the request is the client secret value.", "error_codes": [7000215]}));
+            return resp(
+                401,
+                json!({"error": "invalid_client", "error_description": "AADSTS7000215: Invalid client secret provided. Ensure the secret being sent in the request is the client secret value.", "error_codes": [7000215]}),
+            );
         }
         match f.get("grant_type").map(String::as_str) {
             Some("client_credentials") => {
@@ -445,7 +461,10 @@ async fn handle(st: Arc<Mutex<State>>, req: Request<Incoming>) -> Response<Full<
             }
             Some("refresh_token") => {
                 if s.refresh_token.is_none() || f.get("refresh_token") != s.refresh_token.as_ref() {
-                    return resp(400, json!({"error": "invalid_grant", "error_description": "Token has been expired or revoked."}));
+                    return resp(
+                        400,
+                        json!({"error": "invalid_grant", "error_description": "Token has been expired or revoked."}),
+                    );
                 }
             }
             other => violation!("token endpoint: grant_type {other:?}"),
@@ -453,7 +472,10 @@ async fn handle(st: Arc<Mutex<State>>, req: Request<Incoming>) -> Response<Full<
         s.issued += 1;
         let token = format!("tok-{}", s.issued);
         s.valid.insert(token.clone());
-        return resp(200, json!({"token_type": "Bearer", "expires_in": s.lifetime, "access_token": token}));
+        return resp(
+            200,
+            json!({"token_type": "Bearer", "expires_in": s.lifetime, "access_token": token}),
+        );
     }
 
     // Upload sessions: authorised by their URL, no bearer token.
@@ -470,7 +492,11 @@ async fn handle(st: Arc<Mutex<State>>, req: Request<Incoming>) -> Response<Full<
             .and_then(|r| r.split_once('/'))
             .and_then(|(se, t)| {
                 let (a, b) = se.split_once('-')?;
-                Some((a.parse::<usize>().ok()?, b.parse::<usize>().ok()?, t.parse::<usize>().ok()?))
+                Some((
+                    a.parse::<usize>().ok()?,
+                    b.parse::<usize>().ok()?,
+                    t.parse::<usize>().ok()?,
+                ))
             })
         else {
             violation!("upload: bad Content-Range {range:?}");
@@ -480,7 +506,12 @@ async fn handle(st: Arc<Mutex<State>>, req: Request<Incoming>) -> Response<Full<
         };
         let len = end + 1 - start;
         if total != up.size || start != up.data.len() || body.len() != len {
-            violation!("upload: range {range} with {} bytes, session at {} of {}", body.len(), up.data.len(), up.size);
+            violation!(
+                "upload: range {range} with {} bytes, session at {} of {}",
+                body.len(),
+                up.data.len(),
+                up.size
+            );
         }
         if len > 4 * 1024 * 1024 || (end + 1 < total && len % (320 * 1024) != 0) {
             violation!("upload: chunk of {len} bytes (must be ≤ 4 MiB and a multiple of 320 KiB)");
@@ -493,10 +524,14 @@ async fn handle(st: Arc<Mutex<State>>, req: Request<Incoming>) -> Response<Full<
             let Some(d) = s.drafts.get_mut(&up.draft) else {
                 violation!("upload: the draft is gone");
             };
-            d.attachments.push((up.name, up.content_type, up.data, true));
+            d.attachments
+                .push((up.name, up.content_type, up.data, true));
             return resp(201, json!({}));
         }
-        return resp(200, json!({"nextExpectedRanges": [format!("{}-", end + 1)]}));
+        return resp(
+            200,
+            json!({"nextExpectedRanges": [format!("{}-", end + 1)]}),
+        );
     }
 
     // Graph proper: bearer token required.
@@ -505,7 +540,11 @@ async fn handle(st: Arc<Mutex<State>>, req: Request<Incoming>) -> Response<Full<
         violation!("{method} {path}: no bearer token");
     };
     if !s.valid.contains(token) {
-        return graph_error(401, "InvalidAuthenticationToken", "Lifetime validation failed, the token is expired.");
+        return graph_error(
+            401,
+            "InvalidAuthenticationToken",
+            "Lifetime validation failed, the token is expired.",
+        );
     }
     if body.len() > REQUEST_LIMIT {
         return graph_error(413, "RequestEntityTooLarge", "The request is too large.");
@@ -525,9 +564,16 @@ async fn handle(st: Arc<Mutex<State>>, req: Request<Incoming>) -> Response<Full<
     match (method.as_str(), segments.as_slice()) {
         ("GET", []) => {
             if s.deny_user_read {
-                return graph_error(403, "Authorization_RequestDenied", "Insufficient privileges to complete the operation.");
+                return graph_error(
+                    403,
+                    "Authorization_RequestDenied",
+                    "Insufficient privileges to complete the operation.",
+                );
             }
-            resp(200, json!({"displayName": "Relay Mailbox", "mail": mailbox, "userPrincipalName": mailbox}))
+            resp(
+                200,
+                json!({"displayName": "Relay Mailbox", "mail": mailbox, "userPrincipalName": mailbox}),
+            )
         }
         ("POST", ["sendMail"]) => {
             if header("content-type") != "text/plain" {
@@ -539,14 +585,26 @@ async fn handle(st: Arc<Mutex<State>>, req: Request<Incoming>) -> Response<Full<
             if let Some((status, retry)) = send_status(&mut s) {
                 let mut r = graph_error(status, "Scripted", "scripted failure");
                 if let Some(sec) = retry {
-                    r.headers_mut().insert("retry-after", sec.to_string().parse().unwrap());
+                    r.headers_mut()
+                        .insert("retry-after", sec.to_string().parse().unwrap());
                 }
                 return r;
             }
-            let sent = Sent { via: Via::Mime, mime, draft: Value::Null, attachments: vec![] };
+            let sent = Sent {
+                via: Via::Mime,
+                mime,
+                draft: Value::Null,
+                attachments: vec![],
+            };
             let rcpts = sent.recipients();
             if let Some(bad) = rcpts.iter().find(|r| s.bad_recipients.contains(r)) {
-                return graph_error(400, "ErrorInvalidRecipients", &format!("At least one recipient is not valid., Recipient '{bad}' is not resolved. All recipients must be resolved before a message can be submitted."));
+                return graph_error(
+                    400,
+                    "ErrorInvalidRecipients",
+                    &format!(
+                        "At least one recipient is not valid., Recipient '{bad}' is not resolved. All recipients must be resolved before a message can be submitted."
+                    ),
+                );
             }
             if rcpts.is_empty() {
                 violation!("sendMail: a message without recipients");
@@ -565,7 +623,13 @@ async fn handle(st: Arc<Mutex<State>>, req: Request<Incoming>) -> Response<Full<
             };
             s.next_id += 1;
             let id = format!("draft{}", s.next_id);
-            s.drafts.insert(id.clone(), Draft { json: j, attachments: vec![] });
+            s.drafts.insert(
+                id.clone(),
+                Draft {
+                    json: j,
+                    attachments: vec![],
+                },
+            );
             resp(201, json!({"id": id}))
         }
         ("POST", ["messages", id, "attachments"]) => {
@@ -580,7 +644,10 @@ async fn handle(st: Arc<Mutex<State>>, req: Request<Incoming>) -> Response<Full<
                 violation!("attachment: contentBytes not base64");
             };
             if bytes.len() > 3 * 1024 * 1024 {
-                violation!("attachment: {} bytes sent directly (more than 3 MB)", bytes.len());
+                violation!(
+                    "attachment: {} bytes sent directly (more than 3 MB)",
+                    bytes.len()
+                );
             }
             s.direct_attachments += 1;
             let Some(d) = s.drafts.get_mut(&id) else {
@@ -611,28 +678,40 @@ async fn handle(st: Arc<Mutex<State>>, req: Request<Incoming>) -> Response<Full<
             }
             s.next_id += 1;
             let key = format!("s{}", s.next_id);
-            s.uploads.insert(key.clone(), Upload {
-                draft: id,
-                name: item["name"].as_str().unwrap_or("").to_owned(),
-                content_type: item["contentType"].as_str().unwrap_or("").to_owned(),
-                size: size as usize,
-                data: Vec::new(),
-            });
-            resp(201, json!({"uploadUrl": format!("https://127.0.0.1:{}/upload/{key}", s.port), "expirationDateTime": "2030-01-01T00:00:00Z"}))
+            s.uploads.insert(
+                key.clone(),
+                Upload {
+                    draft: id,
+                    name: item["name"].as_str().unwrap_or("").to_owned(),
+                    content_type: item["contentType"].as_str().unwrap_or("").to_owned(),
+                    size: size as usize,
+                    data: Vec::new(),
+                },
+            );
+            resp(
+                201,
+                json!({"uploadUrl": format!("https://127.0.0.1:{}/upload/{key}", s.port), "expirationDateTime": "2030-01-01T00:00:00Z"}),
+            )
         }
         ("POST", ["messages", id, "send"]) => {
             let id = id.to_string();
             if let Some((status, retry)) = send_status(&mut s) {
                 let mut r = graph_error(status, "Scripted", "scripted failure");
                 if let Some(sec) = retry {
-                    r.headers_mut().insert("retry-after", sec.to_string().parse().unwrap());
+                    r.headers_mut()
+                        .insert("retry-after", sec.to_string().parse().unwrap());
                 }
                 return r;
             }
             let Some(d) = s.drafts.remove(&id) else {
                 return graph_error(404, "ErrorItemNotFound", "no such draft");
             };
-            s.sent.push(Sent { via: Via::Draft, mime: vec![], draft: d.json, attachments: d.attachments });
+            s.sent.push(Sent {
+                via: Via::Draft,
+                mime: vec![],
+                draft: d.json,
+                attachments: d.attachments,
+            });
             let mut r = Response::new(Full::new(Bytes::new()));
             *r.status_mut() = StatusCode::ACCEPTED;
             r

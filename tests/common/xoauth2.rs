@@ -80,7 +80,13 @@ impl XoauthSink {
         std::fs::create_dir(dir.path().join("msgs")).unwrap();
         let port = super::postfix::free_port();
         let mut child = Command::new(python())
-            .args(["-c", SCRIPT, dir.path().to_str().unwrap(), user, &port.to_string()])
+            .args([
+                "-c",
+                SCRIPT,
+                dir.path().to_str().unwrap(),
+                user,
+                &port.to_string(),
+            ])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
