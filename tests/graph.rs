@@ -272,8 +272,33 @@ fn expired_token_is_refreshed_once_for_20_concurrent_deliveries() {
     let sent = fake.wait_sent(21, WAIT);
     assert_eq!(sent.len(), 21);
     assert_eq!(fake.token_requests(), 2, "exactly one refresh");
+    assert_eq!(fake.refused_tokens(), 20, "each delivery saw the 401 once");
     assert!(fake.token_valid(&fake.last_token()));
     assert!(relay.captured().is_empty(), "nothing failed over");
+}
+
+#[test]
+fn token_is_refreshed_before_it_expires() {
+    // Lifetime 2 s: the relay refreshes after 1.5 s, before the fake
+    // would refuse the token.
+    let fake = GraphFake::start(TENANT, CLIENT, SECRET, 2);
+    let relay = TestRelay::start(&config(&fake, ""));
+    let reply = send(&relay, &["a@example.com"], b"Subject: first\r\n\r\nx\r\n");
+    assert!(reply.starts_with("250 "), "{reply}");
+    std::thread::sleep(Duration::from_millis(1600));
+    std::thread::scope(|s| {
+        let relay = &relay;
+        for i in 0..20 {
+            s.spawn(move || {
+                let to = format!("r{i}@example.com");
+                let r = send(relay, &[&to], b"Subject: m\r\n\r\nx\r\n");
+                assert!(r.starts_with("250 "), "{r}");
+            });
+        }
+    });
+    fake.wait_sent(21, WAIT);
+    assert_eq!(fake.token_requests(), 2, "one refresh for 20 deliveries");
+    assert_eq!(fake.refused_tokens(), 0, "no request went out with an expired token");
 }
 
 #[test]

@@ -19,7 +19,7 @@ use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -114,7 +114,8 @@ struct State {
     refresh_token: Option<String>,
     lifetime: u64,
     issued: u64,
-    valid: HashSet<String>,
+    valid: HashMap<String, Instant>,
+    refused_tokens: u64,
     token_requests: u64,
     send_script: VecDeque<(u16, Option<u64>)>,
     send_always: Option<u16>,
@@ -281,7 +282,17 @@ impl GraphFake {
 
     /// Whether `token` is currently valid.
     pub fn token_valid(&self, token: &str) -> bool {
-        self.state.lock().unwrap().valid.contains(token)
+        self.state
+            .lock()
+            .unwrap()
+            .valid
+            .get(token)
+            .is_some_and(|t| Instant::now() < *t)
+    }
+
+    /// Requests refused with 401 for an invalid or expired token.
+    pub fn refused_tokens(&self) -> u64 {
+        self.state.lock().unwrap().refused_tokens
     }
 
     /// The last token issued.
@@ -471,7 +482,8 @@ async fn handle(st: Arc<Mutex<State>>, req: Request<Incoming>) -> Response<Full<
         }
         s.issued += 1;
         let token = format!("tok-{}", s.issued);
-        s.valid.insert(token.clone());
+        let expires = Instant::now() + Duration::from_secs(s.lifetime);
+        s.valid.insert(token.clone(), expires);
         return resp(
             200,
             json!({"token_type": "Bearer", "expires_in": s.lifetime, "access_token": token}),
@@ -539,7 +551,8 @@ async fn handle(st: Arc<Mutex<State>>, req: Request<Incoming>) -> Response<Full<
     let Some(token) = token.strip_prefix("Bearer ") else {
         violation!("{method} {path}: no bearer token");
     };
-    if !s.valid.contains(token) {
+    if !s.valid.get(token).is_some_and(|t| Instant::now() < *t) {
+        s.refused_tokens += 1;
         return graph_error(
             401,
             "InvalidAuthenticationToken",
