@@ -47,7 +47,7 @@ pub enum OAuthError {
     },
     /// The endpoint refused: `error` is its OAuth error (`invalid_client`),
     /// `codes` its numeric codes (Microsoft: `AADSTS7000215`).
-    #[error("token endpoint {url} refused ({status}): {error}{codes}{description}")]
+    #[error("token endpoint {url} refused ({status}): {error}{}{description}", list(.codes))]
     Refused {
         /// The token endpoint.
         url: String,
@@ -55,8 +55,8 @@ pub enum OAuthError {
         status: u16,
         /// The OAuth `error` field.
         error: String,
-        /// ` [AADSTS...]` or empty.
-        codes: String,
+        /// The endpoint's numeric error codes, as `AADSTS7000215`.
+        codes: Vec<String>,
         /// `: ` and the start of `error_description`, or empty.
         description: String,
     },
@@ -68,6 +68,14 @@ pub enum OAuthError {
         /// What was wrong.
         reason: String,
     },
+}
+
+fn list(codes: &[String]) -> String {
+    if codes.is_empty() {
+        String::new()
+    } else {
+        format!(" [{}]", codes.join(", "))
+    }
 }
 
 /// An access token. `Debug` and `Display` never show it.
@@ -342,11 +350,7 @@ pub fn parse_answer(
             url: url.to_owned(),
             status,
             error: field("error").unwrap_or_else(|| format!("HTTP {status}")),
-            codes: if codes.is_empty() {
-                String::new()
-            } else {
-                format!(" [{}]", codes.join(", "))
-            },
+            codes,
             description: if description.is_empty() {
                 String::new()
             } else {
@@ -466,8 +470,12 @@ mod tests {
             br#"{"error":"invalid_client","error_description":"AADSTS7000215: Invalid client secret provided: s3cr3t.","error_codes":[7000215]}"#,
             &["s3cr3t"],
         )
-        .unwrap_err()
-        .to_string();
+        .unwrap_err();
+        let OAuthError::Refused { codes, .. } = &e else {
+            panic!("{e:?}")
+        };
+        assert_eq!(codes, &["AADSTS7000215"]);
+        let e = e.to_string();
         assert!(e.contains("invalid_client [AADSTS7000215]"), "{e}");
         assert!(!e.contains("s3cr3t"), "{e}");
         assert!(parse_answer("u", 200, b"{}", &[]).is_err());

@@ -247,12 +247,22 @@ impl Https {
                     tracing::debug!(error = %e, "HTTPS connection ended with an error");
                 }
             });
+            // hyper leaves out `Content-Length: 0` for an empty body;
+            // Graph answers such a POST (draft `send`) with 411.
+            let sized = !req.body.is_empty()
+                || matches!(
+                    req.method,
+                    hyper::Method::POST | hyper::Method::PUT | hyper::Method::PATCH
+                );
             let mut builder = hyper::Request::builder()
                 .method(req.method)
                 .uri(url.path.as_str())
                 .header(hyper::header::HOST, url.host_header());
             for (k, v) in req.headers {
                 builder = builder.header(k, v);
+            }
+            if sized {
+                builder = builder.header(hyper::header::CONTENT_LENGTH, req.body.len());
             }
             let request = builder
                 .body(Full::new(req.body))

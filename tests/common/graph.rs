@@ -434,6 +434,17 @@ async fn handle(st: Arc<Mutex<State>>, req: Request<Incoming>) -> Response<Full<
         }};
     }
 
+    // Graph answers 411 to a POST or PUT without Content-Length.
+    if (method == hyper::Method::POST || method == hyper::Method::PUT)
+        && header("content-length").parse::<usize>().ok() != Some(body.len())
+    {
+        violation!(
+            "{method} {path}: Content-Length {:?} for {} bytes",
+            header("content-length"),
+            body.len()
+        );
+    }
+
     // Token endpoint.
     let token_path = format!("/{}/oauth2/v2.0/token", s.tenant);
     if path == token_path {
