@@ -562,7 +562,7 @@ async fn handle(st: Arc<Mutex<State>>, req: Request<Incoming>) -> Response<Full<
     let Some(token) = token.strip_prefix("Bearer ") else {
         violation!("{method} {path}: no bearer token");
     };
-    if !s.valid.get(token).is_some_and(|t| Instant::now() < *t) {
+    if s.valid.get(token).is_none_or(|t| Instant::now() >= *t) {
         s.refused_tokens += 1;
         return graph_error(
             401,
