@@ -26,6 +26,10 @@ pub struct Failover {
     pub class: &'static str,
     /// What happened (sanitised; no secrets).
     pub reason: String,
+    /// How long the server asked us to wait (Graph's `Retry-After`), so a
+    /// retry is not sooner.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after: Option<std::time::Duration>,
 }
 
 /// A recipient an upstream refused permanently although others were accepted.
@@ -269,6 +273,7 @@ async fn hop(plan: &Plan<'_>, server: &Server, msg: &Message, cx: &Context<'_>) 
                     server: server.name.clone(),
                     class: "local",
                     reason: format!("cannot write to {}: {e}", c.path.display()),
+                    retry_after: None,
                 }),
             }
         }

@@ -201,6 +201,7 @@ impl UpstreamError {
             server: server.to_owned(),
             class: self.class().failover_class(),
             reason: sanitize(&self.to_string(), secret),
+            retry_after: None,
         }
     }
 }

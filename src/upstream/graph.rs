@@ -529,6 +529,10 @@ fn classify(resp: &Response, needs: Needs, rcpts: &[String]) -> Fail {
 
 fn fail_to_failover(name: &str, server: &GraphServer, e: Fail) -> Failover {
     let secret = Some(server.oauth.client_secret.expose());
+    let retry_after = match &e {
+        Fail::Temporary { retry_after, .. } => retry_after.map(Duration::from_secs),
+        _ => None,
+    };
     let (class, reason) = match e {
         Fail::OAuth(e) => ("auth", e.to_string()),
         Fail::Http(e @ HttpError::Tls { .. }) => ("tls", e.to_string()),
@@ -551,6 +555,7 @@ fn fail_to_failover(name: &str, server: &GraphServer, e: Fail) -> Failover {
         server: name.to_owned(),
         class,
         reason: sanitize(&reason, secret),
+        retry_after,
     }
 }
 
@@ -846,6 +851,51 @@ Content-Transfer-Encoding: base64\r\n\r\nAAEC\r\n--b--\r\n";
             ),
             Fail::Permanent { status: 400, .. }
         ));
+    }
+
+    #[test]
+    fn retry_after_reaches_the_failover() {
+        use crate::config::values::Secret;
+        use crate::config::{OAuth, OAuthGrant};
+        let server = GraphServer {
+            tenant_id: "t".into(),
+            mailbox: "m@x.example".into(),
+            graph_url: "https://g.example".into(),
+            oauth: OAuth {
+                token_url: "https://l.example/t/oauth2/v2.0/token".into(),
+                client_id: "c".into(),
+                client_secret: Secret::new("s3cr3t-value"),
+                grant: OAuthGrant::ClientCredentials {
+                    scope: "https://g.example/.default".into(),
+                },
+            },
+            ca_file: None,
+        };
+        let f = fail_to_failover(
+            "g",
+            &server,
+            Fail::Temporary {
+                retry_after: Some(30),
+                text: "429 TooManyRequests: slow down s3cr3t-value".into(),
+            },
+        );
+        assert_eq!(
+            (f.class, f.retry_after),
+            ("temporary", Some(Duration::from_secs(30)))
+        );
+        assert!(
+            f.reason.contains("retry after 30 s") && !f.reason.contains("s3cr3t"),
+            "{}",
+            f.reason
+        );
+        let f = fail_to_failover(
+            "g",
+            &server,
+            Fail::Auth {
+                text: "401 x".into(),
+            },
+        );
+        assert_eq!((f.class, f.retry_after), ("auth", None));
     }
 
     #[test]
