@@ -518,6 +518,43 @@ fn defaults_apply() {
 }
 
 #[test]
+fn microsoft_365_servers() {
+    let text = format!(
+        "{}\n[server.g]\nkind = \"graph\"\ntenant_id = \"tid\"\nclient_id = \"cid\"\nclient_secret = \"sec\"\nmailbox = \"relay@acme.example\"\ngraph_url = \"https://graph.example/\"\n\n[server.x]\nhost = \"smtp.office365.com\"\nauth = \"xoauth2\"\nusername = \"relay@acme.example\"\noauth = {{ token_url = \"https://login.example/t/token\", client_id = \"c\", client_secret = \"s\", refresh_token = \"r\" }}\n",
+        base()
+    );
+    let c = load(&text).unwrap();
+    let g = &c.servers["g"];
+    let ServerKind::Graph(gs) = &g.kind else {
+        panic!()
+    };
+    assert_eq!(
+        gs.oauth.token_url,
+        "https://login.microsoftonline.com/tid/oauth2/v2.0/token"
+    );
+    assert_eq!(gs.graph_url, "https://graph.example");
+    assert_eq!(
+        gs.oauth.grant,
+        super::OAuthGrant::ClientCredentials {
+            scope: "https://graph.example/.default".into()
+        }
+    );
+    assert_eq!(
+        g.sender.as_ref().map(ToString::to_string).as_deref(),
+        Some("relay@acme.example"),
+        "the mailbox is the fixed sender"
+    );
+    let ServerKind::Smtp(x) = &c.servers["x"].kind else {
+        panic!()
+    };
+    let o = x.oauth.as_ref().unwrap();
+    assert!(
+        matches!(&o.grant, super::OAuthGrant::RefreshToken { scope: None, refresh_token } if refresh_token.expose() == "r")
+    );
+    assert_eq!(x.auth, Some(UpstreamAuth::Xoauth2));
+}
+
+#[test]
 fn includes_follow_ownership_rules() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("tenants")).unwrap();
