@@ -139,3 +139,60 @@ fn token_endpoint_refusal_fails_over_as_auth() {
     assert!(sink.auth_log().is_empty(), "no AUTH without a token");
     assert!(!r.contains("SENTINEL"));
 }
+
+/// Runs the binary with `args` on `toml` (RUST_LOG=debug); (exit code, stdout + stderr).
+fn cli(toml: &str, args: &[&str]) -> (i32, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("smarthost.toml");
+    std::fs::write(&path, toml.replace("{dir}", dir.path().to_str().unwrap())).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_smarthost"))
+        .args(args)
+        .args(["--config", path.to_str().unwrap()])
+        .env("RUST_LOG", "debug")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[test]
+fn probe_and_test_server_with_xoauth2() {
+    let fake = GraphFake::start("tenant-c", "client-1", SECRET, 3600);
+    fake.expect_scope(SCOPE);
+    let sink = XoauthSink::start(USER);
+    let toml = config(&fake, &sink, &format!(", scope = \"{SCOPE}\""));
+    let (code, out) = cli(&toml, &["check-config", "--probe"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("probe xo: ok") && out.contains("AUTH XOAUTH2"),
+        "{out}"
+    );
+    let (code, out) = cli(
+        &toml,
+        &[
+            "test-server",
+            "xo",
+            "--to",
+            "someone@example.com",
+            "--from",
+            USER,
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    sink.wait_messages(1, WAIT);
+    assert!(!out.contains(SECRET), "{out}");
+
+    // A wrong client secret: the endpoint's code, never the secret.
+    let wrong = toml.replace(SECRET, "SENTINEL-wrong-xo");
+    let (code, out) = cli(&wrong, &["check-config", "--probe"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("AADSTS7000215") && out.contains("(auth)"),
+        "{out}"
+    );
+    assert!(!out.contains("SENTINEL"), "{out}");
+}
