@@ -465,3 +465,39 @@ fn secret_not_in_the_relay_log_when_graph_fails() {
     assert!(!log.contains("SENTINEL"), "{log}");
     assert!(!reply.contains("SENTINEL"));
 }
+
+#[test]
+fn secret_from_a_file_is_watched_and_a_new_one_gets_a_new_token() {
+    let fake = fake();
+    let toml = simple_config(&format!(
+        "primary = \"m365\"\nfallback = \"outbox\"\n\n{}",
+        fake.server_toml("m365", MAILBOX, "{ file = \"graph.secret\" }")
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    // TestRelay writes the config into its own directory; the secret file
+    // is named relative to it, so write it there before the relay starts.
+    let toml = toml.replace(
+        "graph.secret",
+        &dir.path().join("graph.secret").display().to_string(),
+    );
+    std::fs::write(dir.path().join("graph.secret"), "SENTINEL-old-secret\n").unwrap();
+    let relay = TestRelay::start(&toml);
+    let cfg = relay.relay.config();
+    assert!(
+        cfg.referenced.contains(&dir.path().join("graph.secret")),
+        "the watcher must see the secret file: {:?}",
+        cfg.referenced
+    );
+    // The old secret is refused by the token endpoint: failover.
+    let reply = send(&relay, &["keep@example.com"], b"Subject: one\r\n\r\nx\r\n");
+    assert!(reply.starts_with("250 "), "{reply}");
+    relay.wait_captured(1, WAIT);
+    assert!(fake.sent().is_empty());
+    // The rotated secret takes effect at the reload.
+    std::fs::write(dir.path().join("graph.secret"), format!("{SECRET}\n")).unwrap();
+    assert!(relay.reload_with(|t| t, false));
+    let reply = send(&relay, &["keep@example.com"], b"Subject: two\r\n\r\nx\r\n");
+    assert!(reply.starts_with("250 "), "{reply}");
+    fake.wait_sent(1, WAIT);
+    assert_eq!(fake.token_requests(), 2);
+}
