@@ -325,21 +325,33 @@ fn runtime() -> Option<tokio::runtime::Runtime> {
 /// How many servers `check-config --probe` talks to at once.
 const PROBE_CONCURRENCY: usize = 8;
 
-/// Probes every SMTP server; exit 1 when any probe failed.
+/// Probes every SMTP and Graph server; exit 1 when any probe failed.
 fn probe_servers(cfg: &Config) -> ExitCode {
     let servers: Vec<(String, config::SmtpServer)> = cfg
         .servers
         .iter()
         .filter_map(|(n, s)| match &s.kind {
             config::ServerKind::Smtp(smtp) => Some((n.clone(), smtp.clone())),
-            config::ServerKind::Capture(_) => None,
+            config::ServerKind::Capture(_) | config::ServerKind::Graph(_) => None,
+        })
+        .collect();
+    let graphs: Vec<(String, config::GraphServer)> = cfg
+        .servers
+        .iter()
+        .filter_map(|(n, s)| match &s.kind {
+            config::ServerKind::Graph(g) => Some((n.clone(), g.clone())),
+            _ => None,
         })
         .collect();
     let Some(rt) = runtime() else {
         return ExitCode::FAILURE;
     };
     let upstreams = std::sync::Arc::new(crate::upstream::Upstreams::default());
-    let results = rt.block_on(probe::probe_all(upstreams, servers, PROBE_CONCURRENCY));
+    let mut results = rt.block_on(probe::probe_all(
+        upstreams.clone(),
+        servers,
+        PROBE_CONCURRENCY,
+    ));
     let mut failed = 0;
     for (name, r) in &results {
         match r {
@@ -357,11 +369,22 @@ fn probe_servers(cfg: &Config) -> ExitCode {
             }
         }
     }
+    let total = results.len() + graphs.len();
+    results.clear();
+    for (name, g) in &graphs {
+        match rt.block_on(crate::upstream::graph::probe(&upstreams, name, g)) {
+            Ok(p) => println!(
+                "probe {name}: ok (Graph {}, token and mailbox {} \"{}\")",
+                g.graph_url, p.address, p.display_name
+            ),
+            Err(f) => {
+                failed += 1;
+                println!("probe {name}: FAILED ({}): {}", f.class, f.reason);
+            }
+        }
+    }
     if failed > 0 {
-        eprintln!(
-            "smarthost: {failed} of {} server probe(s) failed",
-            results.len()
-        );
+        eprintln!("smarthost: {failed} of {total} server probe(s) failed");
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
@@ -378,6 +401,7 @@ fn test_server(cli: &Cli, args: &TestServerArgs) -> ExitCode {
     };
     let smtp = match cfg.servers.get(&args.name).map(|s| &s.kind) {
         Some(config::ServerKind::Smtp(s)) => s.clone(),
+        Some(config::ServerKind::Graph(g)) => return test_graph_server(&cfg, args, g),
         Some(config::ServerKind::Capture(_)) => {
             eprintln!(
                 "smarthost test-server: {:?} is not an SMTP server",
@@ -488,6 +512,87 @@ fn dkim_record(cli: &Cli, args: &DkimRecordArgs) -> ExitCode {
         println!("{name}. IN TXT ( {} )", parts.join(" "));
     }
     ExitCode::SUCCESS
+}
+
+/// `test-server` for a Graph server: token, mailbox, then one message.
+fn test_graph_server(cfg: &Config, args: &TestServerArgs, g: &config::GraphServer) -> ExitCode {
+    let id = crate::util::IdGen::default().next();
+    let msg = match probe::compose_test_message(
+        cfg,
+        &args.name,
+        &args.to,
+        args.from.as_deref(),
+        crate::util::unix_now(),
+        &id,
+    ) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("smarthost test-server: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let Some(rt) = runtime() else {
+        return ExitCode::FAILURE;
+    };
+    let upstreams = crate::upstream::Upstreams::default();
+    println!(
+        "server:       {} (Microsoft Graph {}, mailbox {})",
+        args.name, g.graph_url, g.mailbox
+    );
+    match rt.block_on(crate::upstream::graph::probe(&upstreams, &args.name, g)) {
+        Ok(p) => println!(
+            "mailbox:      {} \"{}\" (token ok)",
+            p.address, p.display_name
+        ),
+        Err(f) => {
+            println!(
+                "result:       NOT accepted: {} failure: {}",
+                f.class, f.reason
+            );
+            return ExitCode::FAILURE;
+        }
+    }
+    println!(
+        "envelope:     sender {} recipient {}",
+        msg.mail_from, args.to
+    );
+    let header_end =
+        memchr::memmem::find(&msg.content, b"\r\n\r\n").map_or(msg.content.len(), |p| p + 2);
+    let message = crate::message::Message::in_memory(msg.content.clone());
+    let rcpts = [args.to.clone()];
+    let out = crate::upstream::graph::GraphMessage {
+        mail_from: &msg.mail_from,
+        rcpt_to: &rcpts,
+        header: &msg.content[..header_end],
+        message: &message,
+        body_offset: header_end,
+    };
+    match rt.block_on(crate::upstream::graph::send(
+        &upstreams, &args.name, g, &out,
+    )) {
+        crate::delivery::HopResult::Accepted { refused, .. } if refused.is_empty() => {
+            println!("result:       accepted (202)");
+            ExitCode::SUCCESS
+        }
+        crate::delivery::HopResult::Accepted { refused, .. } => {
+            for r in &refused {
+                println!("refused:      {} {} {}", r.rcpt, r.code, r.reason);
+            }
+            println!("result:       NOT accepted");
+            ExitCode::FAILURE
+        }
+        crate::delivery::HopResult::Permanent { code, reason, .. } => {
+            println!("result:       NOT accepted: refused: {code} {reason}");
+            ExitCode::FAILURE
+        }
+        crate::delivery::HopResult::Failover(f) => {
+            println!(
+                "result:       NOT accepted: {} failure: {}",
+                f.class, f.reason
+            );
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn explain_cmd(cli: &Cli, args: &ExplainArgs) -> ExitCode {

@@ -248,6 +248,7 @@ pub fn explain(cfg: &Config, req: &Request) -> Result<Report, ExplainError> {
             kind: match s.kind {
                 crate::config::ServerKind::Smtp(_) => "smtp",
                 crate::config::ServerKind::Capture(_) => "capture",
+                crate::config::ServerKind::Graph(_) => "graph",
             },
             owner: s.tenant.clone(),
             limit: s.limit.map(|l| l.to_string()),

@@ -28,6 +28,7 @@ pub mod health;
 pub mod message;
 pub mod metrics;
 pub mod notify;
+pub mod oauth;
 pub mod outcome;
 pub mod policy;
 pub mod proxy;

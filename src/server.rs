@@ -570,7 +570,9 @@ impl Relay {
                         let same = matches!(old.servers.get(&s.name).map(|o| &o.kind), Some(crate::config::ServerKind::Smtp(o)) if o == smtp);
                         (!same).then(|| (s.name.clone(), smtp.clone()))
                     }
-                    crate::config::ServerKind::Capture(_) => None,
+                    crate::config::ServerKind::Capture(_) | crate::config::ServerKind::Graph(_) => {
+                        None
+                    }
                 })
                 .collect();
             if !changed.is_empty() {

@@ -277,7 +277,8 @@ fn documented_json_with_the_right_token() {
     assert_eq!(status["servers"], servers);
     assert_eq!(
         status["queue"],
-        json!({"depth": 0, "oldest_age_secs": null, "enabled": false})
+        // The queue always exists: in direct mode it carries the DSNs.
+        json!({"depth": 0, "oldest_age_secs": null, "enabled": true})
     );
     assert_eq!(status["test_mode"].as_array().unwrap().len(), 2);
 
@@ -286,14 +287,23 @@ fn documented_json_with_the_right_token() {
     assert_eq!(r["ok"], true);
     assert!(r["hash"].as_str().is_some_and(|h| h.len() == 64));
 
-    // No queue in direct mode.
+    // The queue exists in direct mode too (it carries the DSNs): empty
+    // here, and an unknown id is 404.
     for (method, path, body) in ENDPOINTS.iter().filter(|e| e.1.contains("/queue")) {
         let r = api(d.admin, method, path, Some(TOKEN), *body);
-        assert_eq!(r.status, 404, "{method} {path}");
-        assert_eq!(
-            r.json(),
-            json!({"error": "queue not enabled (delivery = \"direct\")"})
-        );
+        match *path {
+            "/api/v1/queue" => assert_eq!((r.status, r.json()), (200, json!([]))),
+            "/api/v1/queue/retry-all" => assert_eq!(r.status, 200, "{method} {path}"),
+            _ => {
+                assert_eq!(r.status, 404, "{method} {path}");
+                assert!(
+                    r.json()["error"]
+                        .as_str()
+                        .unwrap()
+                        .contains("no queued message")
+                );
+            }
+        }
     }
     // Unknown endpoints and oversized bodies.
     assert_eq!(

@@ -12,6 +12,8 @@ command -v swaks >/dev/null || need+=(swaks)
 command -v saslpasswd2 >/dev/null || need+=(sasl2-bin)
 [ -e /usr/lib/x86_64-linux-gnu/sasl2/libplain.so ] || ls /usr/lib/*/sasl2/libplain.so >/dev/null 2>&1 || need+=(libsasl2-modules)
 command -v python3 >/dev/null || need+=(python3)
+# aiosmtpd is the XOAUTH2 peer (tests/xoauth2.rs); Debian's python3 imports it.
+/usr/bin/python3 -c 'import aiosmtpd' 2>/dev/null || need+=(python3-aiosmtpd)
 # promtool checks the /metrics output (tests/metrics.rs).
 command -v promtool >/dev/null || need+=(prometheus)
 # Headless Chromium loads the status page (tests/status_page.rs).

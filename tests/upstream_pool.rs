@@ -64,6 +64,7 @@ async fn idle_sessions_expire() {
     let up = Upstreams::default();
     let s = SmtpServer {
         pool_idle_timeout: Duration::from_millis(200),
+        oauth: None,
         ..server(sink.port())
     };
     accepted(send(&up, &s, "one").await);

@@ -93,6 +93,7 @@ pub async fn server_rows(relay: &Relay, cfg: &Config) -> Vec<ServerRow> {
             kind: match s.kind {
                 ServerKind::Smtp(_) => "smtp",
                 ServerKind::Capture(_) => "capture",
+                ServerKind::Graph(_) => "graph",
             }
             .to_owned(),
             tenant: s.tenant.clone(),
@@ -292,6 +293,35 @@ pub async fn send_test_mail(
                 .await
                 .map(|_| format!("captured as {id} in {}", c.path.display()))
                 .map_err(|e| format!("cannot write to {}: {e}", c.path.display()))
+        }
+        ServerKind::Graph(g) => {
+            let message = crate::message::Message::in_memory(msg.content);
+            let rcpts = [to.to_owned()];
+            let header_end =
+                crate::rewrite::rewrite(&message.head, &Default::default()).body_offset;
+            let out = crate::upstream::graph::GraphMessage {
+                mail_from: &msg.mail_from,
+                rcpt_to: &rcpts,
+                header: &message.head[..header_end],
+                message: &message,
+                body_offset: header_end,
+            };
+            match crate::upstream::graph::send(&relay.upstreams, server, g, &out).await {
+                crate::outcome::HopResult::Accepted { refused, .. } if refused.is_empty() => {
+                    Ok("accepted by Microsoft Graph (202)".to_owned())
+                }
+                crate::outcome::HopResult::Accepted { refused, .. } => Err(refused
+                    .iter()
+                    .map(|r| format!("{} refused: {} {}", r.rcpt, r.code, r.reason))
+                    .collect::<Vec<_>>()
+                    .join("; ")),
+                crate::outcome::HopResult::Permanent { code, reason, .. } => {
+                    Err(format!("refused: {code} {reason}"))
+                }
+                crate::outcome::HopResult::Failover(f) => {
+                    Err(format!("{} failure: {}", f.class, f.reason))
+                }
+            }
         }
     };
     match result {

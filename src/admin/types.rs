@@ -83,7 +83,8 @@ pub struct QueueSummary {
     pub depth: u64,
     /// Age of the oldest, in seconds; `null` when empty or no queue.
     pub oldest_age_secs: Option<u64>,
-    /// Whether a queue exists (`delivery = "queue"`).
+    /// Whether a queue exists (it always does once the relay runs: in
+    /// direct mode it carries the DSNs).
     #[serde(default)]
     pub enabled: bool,
 }

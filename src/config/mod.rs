@@ -269,6 +269,54 @@ pub enum ServerKind {
     Smtp(SmtpServer),
     /// A capture outbox.
     Capture(CaptureServer),
+    /// Microsoft Graph sendMail.
+    Graph(GraphServer),
+}
+
+/// OAuth2 token settings of a server (SMTP XOAUTH2, or derived for Graph).
+#[derive(Debug, Clone, PartialEq)]
+pub struct OAuth {
+    /// The token endpoint (`https://`).
+    pub token_url: String,
+    /// Client (application) id.
+    pub client_id: String,
+    /// Client secret.
+    pub client_secret: Secret,
+    /// How a token is obtained.
+    pub grant: OAuthGrant,
+}
+
+/// OAuth2 grant.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OAuthGrant {
+    /// Client credentials with a scope (Microsoft 365).
+    ClientCredentials {
+        /// E.g. `https://outlook.office365.com/.default`.
+        scope: String,
+    },
+    /// A long-lived refresh token (Google).
+    RefreshToken {
+        /// The refresh token.
+        refresh_token: Secret,
+        /// Optional scope.
+        scope: Option<String>,
+    },
+}
+
+/// Microsoft Graph upstream settings, defaults applied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GraphServer {
+    /// Directory (tenant) id.
+    pub tenant_id: String,
+    /// The mailbox (user id or UPN) that sends.
+    pub mailbox: String,
+    /// Graph base URL without a trailing slash, e.g. `https://graph.microsoft.com`.
+    pub graph_url: String,
+    /// Token settings: `{authority}/{tenant_id}/oauth2/v2.0/token`, scope
+    /// `{graph_url}/.default`, client credentials.
+    pub oauth: OAuth,
+    /// Extra CA file for the token endpoint and Graph.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// SMTP upstream settings, defaults applied.
@@ -304,6 +352,8 @@ pub struct SmtpServer {
     pub pool_size: usize,
     /// Pool idle timeout.
     pub pool_idle_timeout: Duration,
+    /// Token settings for `auth = "xoauth2"`.
+    pub oauth: Option<OAuth>,
 }
 
 /// Capture outbox settings.

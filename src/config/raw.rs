@@ -309,14 +309,37 @@ pub struct RawServer {
     pub path: Option<String>,
     /// Graph: Azure AD tenant id.
     pub tenant_id: Option<String>,
-    /// Graph / XOAUTH2: OAuth client id.
+    /// Graph: application (client) id.
     pub client_id: Option<String>,
-    /// Graph / XOAUTH2: OAuth client secret.
+    /// Graph: client secret (string, `{ env }` or `{ file }`).
     pub client_secret: Option<SecretSource>,
-    /// Graph / XOAUTH2: token endpoint.
-    pub token_url: Option<String>,
-    /// Graph: the mailbox (user) that sends.
+    /// Graph: the mailbox (user id or UPN) that sends; also the server's
+    /// fixed sender unless `sender` is set.
     pub mailbox: Option<EmailAddress>,
+    /// Graph: token authority. Default `"https://login.microsoftonline.com"`.
+    pub authority: Option<String>,
+    /// Graph: API base URL. Default `"https://graph.microsoft.com"`.
+    pub graph_url: Option<String>,
+    /// SMTP with `auth = "xoauth2"`: where and how tokens are fetched.
+    pub oauth: Option<RawOAuth>,
+}
+
+/// `oauth = { ... }` of an SMTP server with `auth = "xoauth2"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOAuth {
+    /// The token endpoint (`https://`).
+    pub token_url: String,
+    /// Client (application) id.
+    pub client_id: String,
+    /// Client secret (string, `{ env }` or `{ file }`).
+    pub client_secret: SecretSource,
+    /// Client-credentials grant: the scope, e.g.
+    /// `"https://outlook.office365.com/.default"`.
+    pub scope: Option<String>,
+    /// Refresh-token grant (Google): the refresh token (string, `{ env }`
+    /// or `{ file }`). With it, `scope` is optional.
+    pub refresh_token: Option<SecretSource>,
 }
 
 /// Upstream kind.

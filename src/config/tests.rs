@@ -386,10 +386,46 @@ fn validation_rules() {
             "cannot read secret file",
         ),
         (
-            "graph not available",
+            "graph needs its keys",
             "[server.g]\nkind = \"graph\"\n",
-            "server.g.kind",
-            "not available",
+            "server.g",
+            "needs tenant_id, client_id, client_secret, mailbox",
+        ),
+        (
+            "graph authority must be https",
+            "[server.g]\nkind = \"graph\"\ntenant_id = \"t\"\nclient_id = \"c\"\nclient_secret = \"s\"\nmailbox = \"m@x.example\"\nauthority = \"http://login.example\"\n",
+            "server.g.authority",
+            "expected https://",
+        ),
+        (
+            "graph keys on an SMTP server",
+            "[server.c]\nhost = \"h\"\nclient_id = \"c\"\n",
+            "server.c.client_id",
+            "does not apply",
+        ),
+        (
+            "xoauth2 without oauth",
+            "[server.c]\nhost = \"h\"\nusername = \"u\"\nauth = \"xoauth2\"\n",
+            "server.c.auth",
+            "needs `oauth",
+        ),
+        (
+            "oauth without a grant",
+            "[server.c]\nhost = \"h\"\nusername = \"u\"\nauth = \"xoauth2\"\noauth = { token_url = \"https://t.example/token\", client_id = \"c\", client_secret = \"s\" }\n",
+            "server.c.oauth",
+            "needs `scope`",
+        ),
+        (
+            "oauth without xoauth2",
+            "[server.c]\nhost = \"h\"\nusername = \"u\"\npassword = \"p\"\noauth = { token_url = \"https://t.example/token\", client_id = \"c\", client_secret = \"s\", scope = \"x\" }\n",
+            "server.c.oauth",
+            "only with auth",
+        ),
+        (
+            "xoauth2 with a password",
+            "[server.c]\nhost = \"h\"\nusername = \"u\"\npassword = \"p\"\nauth = \"xoauth2\"\noauth = { token_url = \"https://t.example/token\", client_id = \"c\", client_secret = \"s\", scope = \"x\" }\n",
+            "server.c.password",
+            "uses tokens",
         ),
         (
             "test mode without redirect",
@@ -515,6 +551,43 @@ fn defaults_apply() {
     assert_eq!(s.helo_name, "relay.test");
     assert_eq!(c.system.delivery, DeliveryMode::Queue);
     assert_eq!(c.listeners[0].name, "127.0.0.1:2525");
+}
+
+#[test]
+fn microsoft_365_servers() {
+    let text = format!(
+        "{}\n[server.g]\nkind = \"graph\"\ntenant_id = \"tid\"\nclient_id = \"cid\"\nclient_secret = \"sec\"\nmailbox = \"relay@acme.example\"\ngraph_url = \"https://graph.example/\"\n\n[server.x]\nhost = \"smtp.office365.com\"\nauth = \"xoauth2\"\nusername = \"relay@acme.example\"\noauth = {{ token_url = \"https://login.example/t/token\", client_id = \"c\", client_secret = \"s\", refresh_token = \"r\" }}\n",
+        base()
+    );
+    let c = load(&text).unwrap();
+    let g = &c.servers["g"];
+    let ServerKind::Graph(gs) = &g.kind else {
+        panic!()
+    };
+    assert_eq!(
+        gs.oauth.token_url,
+        "https://login.microsoftonline.com/tid/oauth2/v2.0/token"
+    );
+    assert_eq!(gs.graph_url, "https://graph.example");
+    assert_eq!(
+        gs.oauth.grant,
+        super::OAuthGrant::ClientCredentials {
+            scope: "https://graph.example/.default".into()
+        }
+    );
+    assert_eq!(
+        g.sender.as_ref().map(ToString::to_string).as_deref(),
+        Some("relay@acme.example"),
+        "the mailbox is the fixed sender"
+    );
+    let ServerKind::Smtp(x) = &c.servers["x"].kind else {
+        panic!()
+    };
+    let o = x.oauth.as_ref().unwrap();
+    assert!(
+        matches!(&o.grant, super::OAuthGrant::RefreshToken { scope: None, refresh_token } if refresh_token.expose() == "r")
+    );
+    assert_eq!(x.auth, Some(UpstreamAuth::Xoauth2));
 }
 
 #[test]

@@ -12,8 +12,9 @@ use super::raw::{
 };
 use super::values::Cidr;
 use super::{
-    Admin, Application, CaptureServer, Config, ConfigError, ConfigErrors, Limits, Listener, Log,
-    Route, Server, ServerKind, SmtpServer, System, Tenant, TestMode, TestModeSetting, TlsSettings,
+    Admin, Application, CaptureServer, Config, ConfigError, ConfigErrors, GraphServer, Limits,
+    Listener, Log, OAuth, OAuthGrant, Route, Server, ServerKind, SmtpServer, System, Tenant,
+    TestMode, TestModeSetting, TlsSettings,
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -148,6 +149,173 @@ fn check_argon2(hash: &str) -> Result<(), String> {
     Ok(())
 }
 
+fn kind_of(s: &RawServer) -> ServerKindName {
+    s.kind.unwrap_or(ServerKindName::Smtp)
+}
+
+/// A `https://` URL without a trailing slash, or an error at `key`.
+fn https_url(
+    cx: &mut Ctx<'_, '_>,
+    file: usize,
+    path: &KeyPath,
+    key: &str,
+    url: &str,
+) -> Option<String> {
+    let url = url.trim_end_matches('/');
+    match crate::upstream::https::Url::parse(url) {
+        Ok(_) => Some(url.to_owned()),
+        Err(e) => {
+            cx.err(file, &path.clone().key(key), e.to_string());
+            None
+        }
+    }
+}
+
+/// `ca_file`, resolved, read once to report problems, and watched.
+fn ca_file(cx: &mut Ctx<'_, '_>, file: usize, path: &KeyPath, s: &RawServer) -> Option<PathBuf> {
+    let ca = cx.resolve_path(file, s.ca_file.as_ref()?);
+    cx.referenced.push(ca.clone());
+    if let Err(m) = crate::tls::read_certs(&ca) {
+        cx.err(file, &path.clone().key("ca_file"), m);
+    }
+    Some(ca)
+}
+
+fn plain_value(cx: &mut Ctx<'_, '_>, file: usize, path: &KeyPath, key: &str, v: &str) -> bool {
+    if v.is_empty() || v.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        cx.err(
+            file,
+            &path.clone().key(key),
+            "must be non-empty, without spaces or control characters",
+        );
+        return false;
+    }
+    true
+}
+
+/// `oauth = { ... }` of an SMTP server.
+fn smtp_oauth(
+    cx: &mut Ctx<'_, '_>,
+    file: usize,
+    path: &KeyPath,
+    o: &super::raw::RawOAuth,
+) -> Option<OAuth> {
+    let p = path.clone().key("oauth");
+    let token_url = https_url(cx, file, &p, "token_url", &o.token_url);
+    let id_ok = plain_value(cx, file, &p, "client_id", &o.client_id);
+    let secret = cx.secret(file, &p.clone().key("client_secret"), &o.client_secret);
+    let grant = match (&o.refresh_token, &o.scope) {
+        (Some(rt), scope) => {
+            cx.secret(file, &p.clone().key("refresh_token"), rt)
+                .map(|refresh_token| OAuthGrant::RefreshToken {
+                    refresh_token,
+                    scope: scope.clone(),
+                })
+        }
+        (None, Some(scope)) => {
+            plain_value(cx, file, &p, "scope", scope).then(|| OAuthGrant::ClientCredentials {
+                scope: scope.clone(),
+            })
+        }
+        (None, None) => {
+            cx.err(
+                file,
+                &p,
+                "oauth needs `scope` (client-credentials grant) or `refresh_token` (refresh-token grant)",
+            );
+            None
+        }
+    };
+    Some(OAuth {
+        token_url: token_url?,
+        client_id: id_ok.then(|| o.client_id.clone())?,
+        client_secret: secret?,
+        grant: grant?,
+    })
+}
+
+/// A `kind = "graph"` server.
+fn graph_server(
+    cx: &mut Ctx<'_, '_>,
+    file: usize,
+    path: &KeyPath,
+    s: &RawServer,
+) -> Option<GraphServer> {
+    let mut missing = Vec::new();
+    for (key, set) in [
+        ("tenant_id", s.tenant_id.is_some()),
+        ("client_id", s.client_id.is_some()),
+        ("client_secret", s.client_secret.is_some()),
+        ("mailbox", s.mailbox.is_some()),
+    ] {
+        if !set {
+            missing.push(key);
+        }
+    }
+    if !missing.is_empty() {
+        cx.err(
+            file,
+            path,
+            format!("a graph server needs {}", missing.join(", ")),
+        );
+    }
+    let tenant_ok = s.tenant_id.as_deref().is_some_and(|t| {
+        plain_value(cx, file, path, "tenant_id", t) && {
+            let ok = !t.contains(['/', '?', '#', '%']);
+            if !ok {
+                cx.err(file, &path.clone().key("tenant_id"), "not a tenant id");
+            }
+            ok
+        }
+    });
+    let client_ok = s
+        .client_id
+        .as_deref()
+        .is_some_and(|c| plain_value(cx, file, path, "client_id", c));
+    let secret = s
+        .client_secret
+        .as_ref()
+        .and_then(|p| cx.secret(file, &path.clone().key("client_secret"), p));
+    let authority = https_url(
+        cx,
+        file,
+        path,
+        "authority",
+        s.authority
+            .as_deref()
+            .unwrap_or("https://login.microsoftonline.com"),
+    );
+    let graph_url = https_url(
+        cx,
+        file,
+        path,
+        "graph_url",
+        s.graph_url
+            .as_deref()
+            .unwrap_or("https://graph.microsoft.com"),
+    );
+    let ca_file = ca_file(cx, file, path, s);
+    let (tenant_id, client_id) = (s.tenant_id.clone()?, s.client_id.clone()?);
+    if !(tenant_ok && client_ok) {
+        return None;
+    }
+    let (authority, graph_url) = (authority?, graph_url?);
+    Some(GraphServer {
+        oauth: OAuth {
+            token_url: format!("{authority}/{tenant_id}/oauth2/v2.0/token"),
+            client_id,
+            client_secret: secret?,
+            grant: OAuthGrant::ClientCredentials {
+                scope: format!("{graph_url}/.default"),
+            },
+        },
+        tenant_id,
+        mailbox: s.mailbox.as_ref()?.to_string(),
+        graph_url,
+        ca_file,
+    })
+}
+
 /// Keys that only one server kind understands, for "does not apply" errors.
 fn kind_specific_keys(s: &RawServer) -> Vec<(&'static str, bool, ServerKindName)> {
     use ServerKindName::{Capture, Graph, Smtp};
@@ -166,14 +334,23 @@ fn kind_specific_keys(s: &RawServer) -> Vec<(&'static str, bool, ServerKindName)
             s.accept_invalid_certs.is_some(),
             Smtp,
         ),
-        ("ca_file", s.ca_file.is_some(), Smtp),
         ("tls_name", s.tls_name.is_some(), Smtp),
         ("helo_name", s.helo_name.is_some(), Smtp),
         ("pool_size", s.pool_size.is_some(), Smtp),
         ("pool_idle_timeout", s.pool_idle_timeout.is_some(), Smtp),
+        ("oauth", s.oauth.is_some(), Smtp),
         ("path", s.path.is_some(), Capture),
         ("tenant_id", s.tenant_id.is_some(), Graph),
         ("mailbox", s.mailbox.is_some(), Graph),
+        ("client_id", s.client_id.is_some(), Graph),
+        ("client_secret", s.client_secret.is_some(), Graph),
+        ("authority", s.authority.is_some(), Graph),
+        ("graph_url", s.graph_url.is_some(), Graph),
+        (
+            "ca_file",
+            s.ca_file.is_some() && kind_of(s) == Capture,
+            Smtp,
+        ),
     ]
 }
 
@@ -196,14 +373,7 @@ fn server(
         }
     }
     let kind = match kind_name {
-        ServerKindName::Graph => {
-            cx.err(
-                file,
-                &path.clone().key("kind"),
-                "kind = \"graph\" (Microsoft Graph sendMail) is not available in this version; use an SMTP server",
-            );
-            return None;
-        }
+        ServerKindName::Graph => ServerKind::Graph(graph_server(cx, file, path, s)?),
         ServerKindName::Capture => {
             let Some(p) = &s.path else {
                 cx.err(
@@ -238,15 +408,48 @@ fn server(
                     "port 0 is not a valid upstream port",
                 );
             }
+            let oauth = match (&s.oauth, s.auth) {
+                (Some(o), Some(UpstreamAuth::Xoauth2)) => smtp_oauth(cx, file, path, o),
+                (None, Some(UpstreamAuth::Xoauth2)) => {
+                    cx.err(
+                        file,
+                        &path.clone().key("auth"),
+                        "auth = \"xoauth2\" needs `oauth = { token_url, client_id, client_secret, scope | refresh_token }`",
+                    );
+                    None
+                }
+                (Some(_), _) => {
+                    cx.err(
+                        file,
+                        &path.clone().key("oauth"),
+                        "`oauth` is used only with auth = \"xoauth2\"",
+                    );
+                    None
+                }
+                (None, _) => None,
+            };
             if s.auth == Some(UpstreamAuth::Xoauth2) {
-                cx.err(
-                    file,
-                    &path.clone().key("auth"),
-                    "auth = \"xoauth2\" is not available in this version; use plain or login",
-                );
+                if s.username.is_none() {
+                    cx.err(
+                        file,
+                        &path.clone().key("auth"),
+                        "auth = \"xoauth2\" needs `username` (the mailbox the token acts for)",
+                    );
+                }
+                if s.password.is_some() {
+                    cx.err(
+                        file,
+                        &path.clone().key("password"),
+                        "auth = \"xoauth2\" uses tokens, not a password: remove `password`",
+                    );
+                }
             }
             let wants_auth = s.auth != Some(UpstreamAuth::None);
-            if s.username.is_some() && s.password.is_none() && wants_auth {
+            if s.username.is_some()
+                && s.password.is_none()
+                && wants_auth
+                && s.auth != Some(UpstreamAuth::Xoauth2)
+            {
                 cx.err(
                     file,
                     &path.clone().key("username"),
@@ -282,15 +485,7 @@ fn server(
                 .password
                 .as_ref()
                 .and_then(|p| cx.secret(file, &path.clone().key("password"), p));
-            let ca_file = s.ca_file.as_ref().map(|p| cx.resolve_path(file, p));
-            if let Some(ca) = &ca_file
-                && let Err(m) = {
-                    cx.referenced.push(ca.clone());
-                    crate::tls::read_certs(ca)
-                }
-            {
-                cx.err(file, &path.clone().key("ca_file"), m);
-            }
+            let ca_file = ca_file(cx, file, path, s);
             if s.accept_invalid_certs == Some(true) {
                 cx.warn(
                     file,
@@ -344,12 +539,10 @@ fn server(
                 pool_idle_timeout: s
                     .pool_idle_timeout
                     .map_or(Duration::from_secs(30), |d| d.get()),
+                oauth,
             })
         }
     };
-    if s.client_id.is_some() || s.client_secret.is_some() || s.token_url.is_some() {
-        cx.err(file, path, "OAuth settings (client_id, client_secret, token_url) are not available in this version");
-    }
     if s.limit.is_some() {
         cx.warn(
             file,
@@ -364,10 +557,16 @@ fn server(
             "limit_counts has no effect without `limit`",
         );
     }
+    // A Graph mailbox can only send as itself (or as a configured `sender`
+    // it has SendAs rights for): it is the server's fixed sender.
+    let sender = match (&s.sender, &kind) {
+        (None, ServerKind::Graph(_)) => s.mailbox.clone(),
+        _ => s.sender.clone(),
+    };
     Some(Server {
         name: name.to_owned(),
         tenant: s.tenant.clone(),
-        sender: s.sender.clone(),
+        sender,
         display_name: s.display_name.clone(),
         reply_to: s.reply_to.clone(),
         limit: s.limit,

@@ -314,5 +314,15 @@ async fn hop(plan: &Plan<'_>, server: &Server, msg: &Message, cx: &Context<'_>) 
             };
             cx.upstreams.send(&server.name, s, &out).await
         }
+        ServerKind::Graph(g) => {
+            let out = crate::upstream::graph::GraphMessage {
+                mail_from: &mail_from,
+                rcpt_to: &plan.deliver_to,
+                header: &header,
+                message: msg,
+                body_offset: rw.body_offset,
+            };
+            crate::upstream::graph::send(cx.upstreams, &server.name, g, &out).await
+        }
     }
 }

@@ -13,6 +13,9 @@
 //! every parser downstream agrees where the body begins.
 
 mod encode;
+mod recipients;
+
+pub use recipients::envelope_recipients_only;
 
 use crate::config::values::normalize_address;
 use mail_parser::parsers::MessageStream;

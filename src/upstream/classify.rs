@@ -118,6 +118,9 @@ pub enum UpstreamError {
     /// The message could not be read from memory or the spool file.
     #[error("reading the message: {0}")]
     Local(io::Error),
+    /// No OAuth2 token for AUTH XOAUTH2 (the token endpoint failed).
+    #[error("XOAUTH2: {0}")]
+    OAuth(crate::oauth::OAuthError),
 }
 
 impl UpstreamError {
@@ -139,7 +142,8 @@ impl UpstreamError {
             UpstreamError::NoStartTls | UpstreamError::TlsSetup(_) => Stage::StartTls,
             UpstreamError::NoAuth
             | UpstreamError::NoAuthMechanism(_)
-            | UpstreamError::AuthWithoutTls => Stage::Auth,
+            | UpstreamError::AuthWithoutTls
+            | UpstreamError::OAuth(_) => Stage::Auth,
             UpstreamError::Capability(..) => Stage::Mail,
             UpstreamError::Local(_) => Stage::Data,
         }
@@ -155,7 +159,8 @@ impl UpstreamError {
             UpstreamError::NoStartTls | UpstreamError::TlsSetup(_) => Class::Tls,
             UpstreamError::NoAuth
             | UpstreamError::NoAuthMechanism(_)
-            | UpstreamError::AuthWithoutTls => Class::Auth,
+            | UpstreamError::AuthWithoutTls
+            | UpstreamError::OAuth(_) => Class::Auth,
             UpstreamError::Capability(..) => Class::Capability,
             UpstreamError::Local(_) => Class::Local,
         }
@@ -184,6 +189,7 @@ impl UpstreamError {
                     | UpstreamError::NoAuth
                     | UpstreamError::NoAuthMechanism(_)
                     | UpstreamError::AuthWithoutTls
+                    | UpstreamError::OAuth(_)
             ),
         }
     }

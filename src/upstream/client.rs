@@ -28,7 +28,8 @@ use crate::config::{Security, SmtpServer, UpstreamAuth};
 use crate::outcome::RefusedRecipient;
 use mail_send::{Credentials, SmtpClient};
 use smtp_proto::{
-    AUTH_LOGIN, AUTH_PLAIN, EXT_AUTH, EXT_PIPELINING, EXT_START_TLS, EhloResponse, Response,
+    AUTH_LOGIN, AUTH_PLAIN, AUTH_XOAUTH2, EXT_AUTH, EXT_PIPELINING, EXT_START_TLS, EhloResponse,
+    Response,
 };
 use std::io;
 use std::net::SocketAddr;
@@ -152,10 +153,12 @@ impl Recipients {
 }
 
 /// Opens a session to `server`: TCP, TLS per `security`, greeting, EHLO,
-/// AUTH. `connector` is asked for the TLS settings only when TLS is used.
+/// AUTH. `connector` is asked for the TLS settings only when TLS is used;
+/// `token` is the access token for `auth = "xoauth2"`.
 pub async fn connect(
     server: &SmtpServer,
     connector: impl FnOnce() -> Result<TlsConnector, String>,
+    token: Option<&crate::oauth::AccessToken>,
 ) -> Result<Session, UpstreamError> {
     let (tcp, connected_to) = tcp_connect(server).await?;
     let mut connector = Some(connector);
@@ -184,7 +187,7 @@ pub async fn connect(
             )
         }
     };
-    let auth = authenticate(&mut client, server, &caps).await?;
+    let auth = authenticate(&mut client, server, &caps, token).await?;
     let report = ProbeReport {
         connected_to,
         tls: tls_info(&client.stream),
@@ -374,10 +377,12 @@ async fn starttls(client: &mut SmtpClient<TcpStream>) -> Result<(), UpstreamErro
 /// mechanism is tried: the configured one, or PLAIN when offered, else
 /// LOGIN. (mail-send would try PLAIN before LOGIN on its own; handing it
 /// capabilities with a single mechanism forces the choice, pitfall 8.)
+/// XOAUTH2 sends `user={username}\x01auth=Bearer {token}\x01\x01`.
 async fn authenticate(
     client: &mut SmtpClient<Stream>,
     server: &SmtpServer,
     caps: &EhloResponse<String>,
+    token: Option<&crate::oauth::AccessToken>,
 ) -> Result<Option<&'static str>, UpstreamError> {
     let Some(user) = &server.username else {
         return Ok(None);
@@ -385,10 +390,10 @@ async fn authenticate(
     let offered = caps.auth_mechanisms;
     let (bit, name) = match server.auth {
         Some(UpstreamAuth::None) => return Ok(None),
-        Some(UpstreamAuth::Xoauth2) => return Err(UpstreamError::NoAuthMechanism("XOAUTH2")),
         _ if !caps.has_capability(EXT_AUTH) && offered == 0 => return Err(UpstreamError::NoAuth),
         Some(UpstreamAuth::Plain) => (AUTH_PLAIN, "PLAIN"),
         Some(UpstreamAuth::Login) => (AUTH_LOGIN, "LOGIN"),
+        Some(UpstreamAuth::Xoauth2) => (AUTH_XOAUTH2, "XOAUTH2"),
         None if offered & AUTH_PLAIN != 0 => (AUTH_PLAIN, "PLAIN"),
         None if offered & AUTH_LOGIN != 0 => (AUTH_LOGIN, "LOGIN"),
         None => return Err(UpstreamError::NoAuthMechanism("PLAIN or LOGIN")),
@@ -405,8 +410,18 @@ async fn authenticate(
     let mut only = EhloResponse::new(String::new());
     only.capabilities = EXT_AUTH;
     only.auth_mechanisms = bit;
-    let password = server.password.as_ref().map_or("", |p| p.expose());
-    let credentials = Credentials::new(user.as_str(), password);
+    let credentials = match (server.auth, token) {
+        (Some(UpstreamAuth::Xoauth2), Some(t)) => {
+            Credentials::new_xoauth2(user.as_str(), t.expose())
+        }
+        (Some(UpstreamAuth::Xoauth2), None) => {
+            return Err(UpstreamError::NoAuthMechanism("XOAUTH2 (no token)"));
+        }
+        _ => Credentials::new(
+            user.as_str(),
+            server.password.as_ref().map_or("", |p| p.expose()),
+        ),
+    };
     client
         .authenticate(&credentials, &only)
         .await
@@ -856,6 +871,7 @@ mod tests {
             helo_name: "me".into(),
             pool_size: 1,
             pool_idle_timeout: Duration::from_secs(1),
+            oauth: None,
         };
         assert!(implicit_tls(&server(Security::Auto, 465)));
         assert!(!implicit_tls(&server(Security::Auto, 587)));

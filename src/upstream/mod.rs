@@ -1,6 +1,6 @@
-//! SMTP upstreams: one hop of a delivery through one SMTP server, the
-//! connection pool, failure classification, and probes (`test-server`,
-//! `check-config --probe`, reload).
+//! Upstreams: one hop of a delivery through one SMTP server (or Microsoft
+//! Graph), the connection pool, failure classification, and probes
+//! (`test-server`, `check-config --probe`, reload).
 //!
 //! * `client` — one connection: TLS, EHLO, AUTH, a transaction; the only
 //!   module that imports mail-send.
@@ -9,6 +9,8 @@
 //! * `caps` — EHLO capabilities against what a message needs.
 //! * `tls` — the client TLS settings; `stuffing` — DATA transparency.
 //! * `probe` — connect without sending, and a real test message.
+//! * `graph` — the Microsoft Graph upstream; `https` — its HTTPS client
+//!   (also used for OAuth token endpoints, see [`crate::oauth`]).
 //!
 //! [`Upstreams::send`] ties them together: take a pooled session (RSET
 //! first, which also proves it is alive) or open one, run the transaction,
@@ -19,12 +21,14 @@
 mod caps;
 pub mod classify;
 mod client;
+pub mod graph;
+pub mod https;
 pub mod pool;
 pub mod probe;
 mod stuffing;
 mod tls;
 
-use crate::config::SmtpServer;
+use crate::config::{SmtpServer, UpstreamAuth};
 use crate::message::Message;
 use crate::outcome::HopResult;
 use classify::{Class, Stage, UpstreamError, enhanced, sanitize};
@@ -73,6 +77,20 @@ pub struct Upstreams {
     connectors: Mutex<HashMap<Key, TlsConnector>>,
     pools: Pools<Session>,
     metrics: Option<Arc<crate::metrics::Metrics>>,
+    /// OAuth2 access tokens (XOAUTH2 and Graph), per server.
+    pub tokens: crate::oauth::Tokens,
+    /// HTTPS clients by extra CA file (token endpoints and Graph).
+    https: Mutex<HashMap<Option<std::path::PathBuf>, https::Https>>,
+}
+
+/// What to redact from an SMTP server's error texts: its password or its
+/// OAuth client secret.
+pub(crate) fn secret_of(server: &SmtpServer) -> Option<&str> {
+    server
+        .password
+        .as_ref()
+        .or(server.oauth.as_ref().map(|o| &o.client_secret))
+        .map(|p| p.expose())
 }
 
 impl Upstreams {
@@ -107,7 +125,7 @@ impl Upstreams {
     /// Sends `msg` through `server` (named `name`).
     pub async fn send(&self, name: &str, server: &SmtpServer, msg: &Outgoing<'_>) -> HopResult {
         let key = Key::new(name, server);
-        let secret = server.password.as_ref().map(|p| p.expose());
+        let secret = secret_of(server);
         let mut may_reuse = true;
         loop {
             let pooled = if may_reuse {
@@ -170,6 +188,27 @@ impl Upstreams {
     /// then takes effect for new connections).
     pub fn forget_tls_configs(&self) {
         self.lock_connectors().clear();
+        self.https.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
+    /// The HTTPS client trusting the system roots plus `ca_file`, built
+    /// once per CA file.
+    pub fn https(&self, ca_file: Option<&std::path::Path>) -> Result<https::Https, String> {
+        let key = ca_file.map(std::path::Path::to_path_buf);
+        if let Some(h) = self
+            .https
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
+            return Ok(h.clone());
+        }
+        let h = https::Https::new(&self.roots, ca_file)?;
+        self.https
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, h.clone());
+        Ok(h)
     }
 
     /// Connection counters of server `name`: (opened, reused).
@@ -179,8 +218,40 @@ impl Upstreams {
     }
 
     /// Opens a new session (not pooled, not counted).
+    /// With `auth = "xoauth2"`, a cached token is used; when the server
+    /// refuses it (535 or 454 at AUTH), one new token is fetched and the
+    /// connection tried once more.
     async fn open(&self, key: &Key, server: &SmtpServer) -> Result<Session, UpstreamError> {
-        let session = client::connect(server, || self.connector(key, server)).await?;
+        let oauth = match &server.oauth {
+            Some(o) if server.auth == Some(UpstreamAuth::Xoauth2) => Some((
+                o,
+                self.https(server.ca_file.as_deref())
+                    .map_err(UpstreamError::TlsSetup)?,
+            )),
+            _ => None,
+        };
+        let token = match &oauth {
+            Some((o, h)) => Some(
+                self.tokens
+                    .get(key.name(), o, h)
+                    .await
+                    .map_err(UpstreamError::OAuth)?,
+            ),
+            None => None,
+        };
+        let first = client::connect(server, || self.connector(key, server), token.as_ref()).await;
+        let session = match (first, &oauth, &token) {
+            (Err(e), Some((o, h)), Some(stale)) if token_refused(&e) => {
+                tracing::info!(server = key.name(), reply = %e, "XOAUTH2 token refused; fetching a new one and retrying once");
+                let fresh = self
+                    .tokens
+                    .refresh(key.name(), o, h, stale)
+                    .await
+                    .map_err(UpstreamError::OAuth)?;
+                client::connect(server, || self.connector(key, server), Some(&fresh)).await?
+            }
+            (r, _, _) => r?,
+        };
         let r = session.report();
         tracing::debug!(
             server = key.name(),
@@ -234,6 +305,15 @@ fn close_all(sessions: Vec<Session>) {
     for s in sessions {
         tokio::spawn(s.quit());
     }
+}
+
+/// The server refused an XOAUTH2 token: 535 (invalid credentials) or 454
+/// (temporary authentication failure, Microsoft's answer to an expired
+/// token) at AUTH.
+fn token_refused(e: &UpstreamError) -> bool {
+    e.stage() == Stage::Auth
+        && e.server_reply()
+            .is_some_and(|r| matches!(r.code, 535 | 454))
 }
 
 /// A pooled session that failed at MAIL with a connection-class error

@@ -46,6 +46,9 @@ impl Key {
         server.ca_file.hash(&mut h);
         server.tls_name.hash(&mut h);
         server.helo_name.hash(&mut h);
+        if let Some(o) = &server.oauth {
+            (&o.token_url, &o.client_id, o.client_secret.expose()).hash(&mut h);
+        }
         Key {
             name: name.to_owned(),
             fingerprint: h.finish(),
@@ -222,6 +225,7 @@ mod tests {
             helo_name: "relay.test".into(),
             pool_size: 2,
             pool_idle_timeout: Duration::from_secs(30),
+            oauth: None,
         }
     }
 

@@ -56,7 +56,7 @@ pub async fn probe(
     name: &str,
     server: &SmtpServer,
 ) -> Result<ProbeReport, Failover> {
-    let secret = server.password.as_ref().map(|p| p.expose());
+    let secret = super::secret_of(server);
     match upstreams.open(&Key::new(name, server), server).await {
         Ok(session) => {
             let report = session.report().clone();
@@ -136,7 +136,7 @@ pub async fn test_message(
     rcpt: &str,
     content: Vec<u8>,
 ) -> TestReport {
-    let secret = server.password.as_ref().map(|p| p.expose());
+    let secret = super::secret_of(server);
     let mut session = match upstreams.open(&Key::new(name, server), server).await {
         Ok(s) => s,
         Err(e) => {

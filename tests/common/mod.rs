@@ -1,7 +1,9 @@
 pub mod admin;
 pub mod faults;
+pub mod graph;
 pub mod postfix;
 pub mod process;
 pub mod relay;
 pub mod sink;
 pub mod upstream;
+pub mod xoauth2;

@@ -40,6 +40,7 @@ pub fn server(port: u16) -> SmtpServer {
         helo_name: "relay.test".into(),
         pool_size: 4,
         pool_idle_timeout: Duration::from_secs(30),
+        oauth: None,
     }
 }
 
