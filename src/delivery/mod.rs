@@ -26,6 +26,11 @@ pub struct Failover {
     pub class: &'static str,
     /// What happened (sanitised; no secrets).
     pub reason: String,
+    /// Recipients this server refused permanently before the hop failed
+    /// (e.g. a 421 after some 550s): their refusal stands, and only the
+    /// other recipients go to the next server.
+    #[serde(skip)]
+    pub refused: Vec<RefusedRecipient>,
 }
 
 /// A recipient an upstream refused permanently although others were accepted.
@@ -163,6 +168,9 @@ pub async fn deliver(plan: &Plan<'_>, msg: &Message, cx: &Context<'_>) -> Outcom
     }
     let mut failovers = Vec::new();
     let mut skipped = 0;
+    // Recipients still to deliver, and those refused on a hop that failed.
+    let mut rcpts = plan.deliver_to.clone();
+    let mut refused_before: Vec<RefusedRecipient> = Vec::new();
     for (i, server) in plan.chain.iter().enumerate() {
         if cx.health.is_down(&server.name, Instant::now()) {
             tracing::debug!(id = cx.id, server = %server.name, "skipping a server marked down");
@@ -170,11 +178,12 @@ pub async fn deliver(plan: &Plan<'_>, msg: &Message, cx: &Context<'_>) -> Outcom
             continue;
         }
         let started = Instant::now();
-        let result = hop(plan, server, msg, cx).await;
+        let result = hop(plan, &rcpts, server, msg, cx).await;
         let elapsed = started.elapsed();
         tracing::debug!(id = cx.id, server = %server.name, elapsed_ms = elapsed.as_millis() as u64, ?result, "hop");
         match result {
-            HopResult::Accepted { refused } => {
+            HopResult::Accepted { mut refused } => {
+                refused.splice(0..0, refused_before);
                 cx.health.success(&server.name);
                 cx.metrics
                     .upstream_latency
@@ -223,7 +232,18 @@ pub async fn deliver(plan: &Plan<'_>, msg: &Message, cx: &Context<'_>) -> Outcom
                 {
                     tracing::warn!(server = %server.name, cooldown_s = h.cooldown.as_secs(), "server marked down after repeated failures");
                 }
+                rcpts.retain(|r| !f.refused.iter().any(|x| &x.rcpt == r));
+                refused_before.extend(f.refused.iter().cloned());
                 failovers.push(f);
+                if let (true, Some(first)) = (rcpts.is_empty(), refused_before.first()) {
+                    return Outcome::Refused {
+                        server: server.name.clone(),
+                        code: first.code,
+                        enhanced: first.enhanced,
+                        reason: first.reason.clone(),
+                        failovers,
+                    };
+                }
             }
         }
     }
@@ -236,7 +256,13 @@ pub async fn deliver(plan: &Plan<'_>, msg: &Message, cx: &Context<'_>) -> Outcom
     Outcome::Deferred { failovers }
 }
 
-async fn hop(plan: &Plan<'_>, server: &Server, msg: &Message, cx: &Context<'_>) -> HopResult {
+async fn hop(
+    plan: &Plan<'_>,
+    rcpts: &[String],
+    server: &Server,
+    msg: &Message,
+    cx: &Context<'_>,
+) -> HopResult {
     let spec = plan.rewrite_spec(server);
     let rw = rewrite::rewrite(&msg.head, &spec);
     let mail_from = rewrite::envelope_sender(&plan.envelope_from, &spec);
@@ -249,7 +275,7 @@ async fn hop(plan: &Plan<'_>, server: &Server, msg: &Message, cx: &Context<'_>) 
                 id: cx.id,
                 received_at: cx.received_at,
                 mail_from: &mail_from,
-                rcpt_to: &plan.deliver_to,
+                rcpt_to: rcpts,
                 original_mail_from: &plan.envelope_from,
                 recipients: &plan.recipients,
                 application: &plan.eff.app.name,
@@ -269,22 +295,18 @@ async fn hop(plan: &Plan<'_>, server: &Server, msg: &Message, cx: &Context<'_>) 
                     server: server.name.clone(),
                     class: "local",
                     reason: format!("cannot write to {}: {e}", c.path.display()),
+                    refused: Vec::new(),
                 }),
             }
         }
         ServerKind::Smtp(s) => {
             let out = crate::upstream::Outgoing {
                 mail_from: &mail_from,
-                rcpt_to: &plan.deliver_to,
+                rcpt_to: rcpts,
                 header: &header,
                 message: msg,
                 body_offset: rw.body_offset,
-                smtputf8: needs_smtputf8(
-                    cx.envelope.smtputf8,
-                    &header,
-                    &mail_from,
-                    &plan.deliver_to,
-                ),
+                smtputf8: needs_smtputf8(cx.envelope.smtputf8, &header, &mail_from, rcpts),
                 body_8bit: cx.envelope.body_8bit,
             };
             cx.upstreams.send(&server.name, s, &out).await

@@ -195,6 +195,7 @@ impl UpstreamError {
             server: server.to_owned(),
             class: self.class().failover_class(),
             reason: sanitize(&self.to_string(), secret),
+            refused: Vec::new(),
         }
     }
 }

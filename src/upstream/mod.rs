@@ -25,7 +25,7 @@ mod stuffing;
 mod tls;
 
 use crate::config::SmtpServer;
-use crate::delivery::HopResult;
+use crate::delivery::{Failover, HopResult};
 use crate::message::Message;
 use classify::{Class, Stage, UpstreamError, enhanced, sanitize};
 use client::{Session, TxOutcome};
@@ -251,5 +251,9 @@ fn hop_result(name: &str, secret: Option<&str>, outcome: TxOutcome) -> HopResult
             reason: sanitize(&r.message, secret),
         },
         TxOutcome::Failed(e) => HopResult::Failover(e.to_failover(name, secret)),
+        TxOutcome::Interrupted { error, refused } => HopResult::Failover(Failover {
+            refused,
+            ..error.to_failover(name, secret)
+        }),
     }
 }
