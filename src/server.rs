@@ -9,6 +9,7 @@
 
 use crate::config::{Config, ListenerTls, TestModeSetting};
 use crate::metrics::{ListenerLabel, ListenerOutcome, ResultLabel, TlsLabels};
+use crate::session::admission::{Admission, stranger_share};
 use crate::session::driver::{self, Conn};
 use crate::session::reply;
 use crate::session::state::Session;
@@ -20,7 +21,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
@@ -146,6 +147,40 @@ pub struct Relay {
     loops: Mutex<HashMap<LoopKey, AcceptLoop>>,
     reloading: tokio::sync::Mutex<()>,
     listening: AtomicBool,
+    /// Sessions of clients no application owns, per address.
+    admission: Arc<Admission>,
+    /// Rate limits for warnings that floods would repeat endlessly.
+    quiet_accept: Quiet,
+    quiet_refused: Quiet,
+}
+
+/// How often a flood-prone warning may be logged.
+const QUIET_INTERVAL: Duration = Duration::from_secs(10);
+
+/// A warning that may come thousands of times a second (accept errors when
+/// file descriptors run out, refused floods): logged at most once per
+/// [`QUIET_INTERVAL`], with how many were left out since. Counting stays
+/// with the metrics.
+#[derive(Default)]
+struct Quiet {
+    state: Mutex<(Option<Instant>, u64)>,
+}
+
+impl Quiet {
+    /// `Some(left_out)` when this occurrence is to be logged.
+    fn allow(&self, now: Instant) -> Option<u64> {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        match s.0 {
+            Some(last) if now.saturating_duration_since(last) < QUIET_INTERVAL => {
+                s.1 += 1;
+                None
+            }
+            _ => {
+                s.0 = Some(now);
+                Some(std::mem::take(&mut s.1))
+            }
+        }
+    }
 }
 
 /// Logs warnings and test modes of a config going live.
@@ -187,6 +222,9 @@ impl Relay {
             loops: Mutex::new(HashMap::new()),
             reloading: tokio::sync::Mutex::new(()),
             listening: AtomicBool::new(false),
+            admission: Arc::default(),
+            quiet_accept: Quiet::default(),
+            quiet_refused: Quiet::default(),
         })
     }
 
@@ -318,8 +356,11 @@ impl Relay {
                 r = b.socket.accept() => match r {
                     Ok((tcp, peer)) => self.clone().accepted(&key, tcp, peer),
                     Err(e) => {
-                        // Out of file descriptors and the like: back off briefly.
-                        tracing::error!(listener = %b.name, error = %e, "accept failed");
+                        // Out of file descriptors and the like: back off
+                        // briefly, and do not flood the log meanwhile.
+                        if let Some(left_out) = self.quiet_accept.allow(Instant::now()) {
+                            tracing::error!(listener = %b.name, error = %e, left_out, "accept failed");
+                        }
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                 },
@@ -338,28 +379,62 @@ impl Relay {
             tokio::spawn(refuse(tcp, reply::shutting_down()));
             return;
         };
+        let count = |outcome: &'static str| {
+            self.metrics
+                .connections
+                .get_or_create(&ListenerOutcome {
+                    listener: l.name.clone(),
+                    outcome,
+                })
+                .inc();
+        };
+        let owned = crate::policy::identify(&cfg, Some(&l), None, peer.ip()).is_some();
+        // A client nobody owns on a listener without AUTH and without a
+        // bound application can never relay (PRODUCT §3.1): refused at
+        // connect, counted, not logged line by line.
+        if !owned && l.auth == crate::config::ListenerAuth::None {
+            count("denied");
+            tokio::spawn(refuse(tcp, reply::connection_denied()));
+            return;
+        }
+        let ticket = if owned {
+            None
+        } else {
+            let share = stranger_share(cfg.limits.max_connections, cfg.identifies_without_auth());
+            match self.admission.admit_stranger(
+                peer.ip(),
+                cfg.limits.max_connections_per_client,
+                share,
+            ) {
+                Ok(t) => Some(t),
+                Err(why) => {
+                    count("per_client");
+                    if let Some(left_out) = self.quiet_refused.allow(Instant::now()) {
+                        tracing::warn!(listener = %l.name, %peer, ?why, left_out, "connection refused: too many from clients no application owns");
+                    }
+                    tokio::spawn(refuse(tcp, reply::too_many_from_client()));
+                    return;
+                }
+            }
+        };
         let permit = self.conns.clone().try_acquire_owned();
-        let outcome = if permit.is_ok() {
+        count(if permit.is_ok() {
             "accepted"
         } else {
             "refused"
-        };
-        self.metrics
-            .connections
-            .get_or_create(&ListenerOutcome {
-                listener: l.name.clone(),
-                outcome,
-            })
-            .inc();
+        });
         match permit {
             Ok(permit) => {
                 tokio::spawn(async move {
                     self.clone().session(cfg, l, tcp, peer).await;
                     self.release_connection(permit);
+                    drop(ticket);
                 });
             }
             Err(_) => {
-                tracing::warn!(listener = %l.name, %peer, "connection refused: max_connections reached");
+                if let Some(left_out) = self.quiet_refused.allow(Instant::now()) {
+                    tracing::warn!(listener = %l.name, %peer, left_out, "connection refused: max_connections reached");
+                }
                 tokio::spawn(refuse(tcp, reply::too_many_connections()));
             }
         }

@@ -11,12 +11,14 @@ fn unidentified_client_cannot_relay() {
         "client_ips = [\"127.0.0.0/8\"]",
         "client_ips = [\"127.0.0.2\"]",
     ));
-    let mut c = Raw::connect(relay.addr("main"));
-    c.expect("EHLO c", 250);
+    // No AUTH and no bound application: an address nobody owns can never
+    // relay, so it is refused at connect (PRODUCT §3.1).
+    let mut c = Raw::connect_no_greeting(relay.addr("main"));
     assert_eq!(
-        c.cmd("MAIL FROM:<a@legacy.test>"),
-        "550 5.7.1 Relaying denied: client not recognised\r\n"
+        c.reply(),
+        "554 5.7.1 Access denied: this address may not send here\r\n"
     );
+    assert!(c.closed());
     // From the application's address it works.
     let mut ok = Raw::connect_from(relay.addr("main"), "127.0.0.2");
     ok.expect("EHLO c", 250);

@@ -191,6 +191,12 @@ pub struct Limits {
     pub auth_lockout: Duration,
     /// Shutdown grace period.
     pub shutdown_grace: Duration,
+    /// Most sessions per client address that no application owns.
+    pub max_connections_per_client: usize,
+    /// Longest session.
+    pub max_session_time: Duration,
+    /// Idle time between commands before AUTH or identification.
+    pub unidentified_timeout: Duration,
 }
 
 /// `[admin]`.
@@ -458,6 +464,12 @@ impl Config {
             .iter()
             .find(|(c, _)| c.contains(ip))
             .and_then(|(_, n)| self.applications.get(n))
+    }
+
+    /// Whether some client can be identified without AUTH: an application
+    /// owns addresses, or a listener is bound to one.
+    pub fn identifies_without_auth(&self) -> bool {
+        !self.ip_index.is_empty() || self.listeners.iter().any(|l| l.application.is_some())
     }
 
     /// Whether any application can authenticate.

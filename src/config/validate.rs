@@ -7,8 +7,8 @@
 
 use super::load::{KeyPath, Located, RawDoc, Sources};
 use super::raw::{
-    BlacklistAction, DeliveryMode, LimitCounts, ListenerAuth, ListenerTls, LogFormat, RawServer,
-    RawTestMode, Security, ServerKindName, UpstreamAuth,
+    BlacklistAction, DeliveryMode, LimitCounts, ListenerAuth, ListenerTls, LogFormat, RawLimits,
+    RawServer, RawTestMode, Security, ServerKindName, UpstreamAuth,
 };
 use super::values::Cidr;
 use super::{
@@ -473,6 +473,15 @@ pub(super) fn validate(
         shutdown_grace: rl
             .shutdown_grace
             .map_or(Duration::from_secs(30), |d| d.get()),
+        max_connections_per_client: rl
+            .max_connections_per_client
+            .unwrap_or(RawLimits::DEFAULT_MAX_CONNECTIONS_PER_CLIENT),
+        max_session_time: rl
+            .max_session_time
+            .map_or(RawLimits::DEFAULT_MAX_SESSION_TIME, |d| d.get()),
+        unidentified_timeout: rl
+            .unidentified_timeout
+            .map_or(RawLimits::DEFAULT_UNIDENTIFIED_TIMEOUT, |d| d.get()),
     };
     if let Some(l) = &doc.limits {
         let p = &l.path;
@@ -483,6 +492,15 @@ pub(super) fn validate(
             ("command_timeout", limits.command_timeout.is_zero()),
             ("data_timeout", limits.data_timeout.is_zero()),
             ("auth_failures", limits.auth_failures == 0),
+            (
+                "max_connections_per_client",
+                limits.max_connections_per_client == 0,
+            ),
+            ("max_session_time", limits.max_session_time.is_zero()),
+            (
+                "unidentified_timeout",
+                limits.unidentified_timeout.is_zero(),
+            ),
         ] {
             if bad {
                 cx.err(l.file, &p.clone().key(key), "must be greater than zero");

@@ -35,6 +35,8 @@ pub enum End {
     Shutdown,
     /// Too many AUTH failures (421 4.7.0).
     LockedOut,
+    /// A client that may not send was refused and dropped.
+    Refused,
     /// A local error.
     Error,
 }
@@ -48,6 +50,7 @@ impl End {
             End::Timeout => "timeout",
             End::Shutdown => "shutdown",
             End::LockedOut => "locked_out",
+            End::Refused => "refused",
             End::Error => "error",
         }
     }
@@ -58,6 +61,7 @@ impl End {
             Some((421, Some((4, 4, 2)))) => End::Timeout,
             Some((421, Some((4, 3, 2)))) => End::Shutdown,
             Some((421, Some((4, 7, 0)))) => End::LockedOut,
+            Some((code, _)) if code >= 500 => End::Refused,
             Some(_) => End::Error,
             None => End::Closed,
         }
@@ -194,9 +198,22 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
     let mut spooler: Option<Spooler> = None;
     let mut data_deadline: Option<tokio::time::Instant> = None;
     let spool_dir = cfg.system.spool.join("tmp");
+    // The whole session is capped; each command line (not each read) must
+    // arrive within the command timeout of the previous reply, so a client
+    // sending a byte at a time cannot hold a slot (issue 14 item 3).
+    let session_deadline = tokio::time::Instant::now() + limits.max_session_time;
+    let command_deadline = |session: &Session| {
+        let idle = if session.identified() {
+            limits.command_timeout
+        } else {
+            limits.command_timeout.min(limits.unidentified_timeout)
+        };
+        (tokio::time::Instant::now() + idle).min(session_deadline)
+    };
 
     session.greet();
     write_out(&mut conn, session, limits.command_timeout).await?;
+    let mut cmd_deadline = command_deadline(session);
     loop {
         // Feed everything buffered, handling events as they come.
         let mut pos = 0;
@@ -286,6 +303,10 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
         if !session.in_transaction() {
             spooler = None;
         }
+        // A reply ends a command: the next one gets a fresh deadline.
+        if session.has_output() {
+            cmd_deadline = command_deadline(session);
+        }
         write_out(&mut conn, session, limits.command_timeout).await?;
         if session.closed() {
             let _ = tokio::time::timeout(Duration::from_secs(1), conn.shutdown()).await;
@@ -308,13 +329,16 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
             d.saturating_duration_since(tokio::time::Instant::now())
         } else {
             data_deadline = None;
-            limits.command_timeout
+            cmd_deadline.saturating_duration_since(tokio::time::Instant::now())
         };
         let stopping = *shutdown.borrow();
         let room = if session.in_data() { 64 << 10 } else { 4 << 10 };
         buf.reserve(room);
         tokio::select! {
             r = tokio::time::timeout(timeout, conn.read_buf(&mut buf)) => match r {
+                Err(_) if !session.in_data() && tokio::time::Instant::now() >= session_deadline => {
+                    session.close_with(reply::session_too_long());
+                }
                 Err(_) => {
                     session.close_with(reply::timeout());
                 }

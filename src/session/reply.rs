@@ -197,6 +197,23 @@ pub fn shutting_down() -> Reply {
 pub fn timeout() -> Reply {
     Reply::new(421, Some((4, 4, 2)), "Timeout, closing connection")
 }
+/// `421 4.4.2` the session lasted `max_session_time` (then close).
+pub fn session_too_long() -> Reply {
+    Reply::new(
+        421,
+        Some((4, 4, 2)),
+        "Session time limit reached, closing connection",
+    )
+}
+/// `421 4.7.0` this address already holds `max_connections_per_client`
+/// sessions, or clients nobody owns hold their whole share (then close).
+pub fn too_many_from_client() -> Reply {
+    Reply::new(
+        421,
+        Some((4, 7, 0)),
+        "Too many connections from your address, try again later",
+    )
+}
 /// `421 4.7.0` too many failed AUTH attempts from this address (then close).
 pub fn auth_locked_out() -> Reply {
     Reply::new(
@@ -316,6 +333,16 @@ pub fn auth_cancelled() -> Reply {
 /// `535 5.7.8` bad credentials.
 pub fn auth_failed() -> Reply {
     Reply::new(535, Some((5, 7, 8)), "Authentication credentials invalid")
+}
+/// `554 5.7.1` at connect: on a listener without AUTH and without a bound
+/// application, a client whose address no application owns can never
+/// relay (PRODUCT §3.1), so it is refused at once (then close).
+pub fn connection_denied() -> Reply {
+    Reply::new(
+        554,
+        Some((5, 7, 1)),
+        "Access denied: this address may not send here",
+    )
 }
 /// `550 5.7.1` the client is not an application: no open relay.
 pub fn relay_denied() -> Reply {

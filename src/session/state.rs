@@ -136,6 +136,8 @@ struct Tx {
 
 /// One SMTP session's protocol state.
 pub struct Session {
+    /// The client address or listener identifies an application.
+    owned: bool,
     cfg: Arc<Config>,
     listener: Listener,
     peer: SocketAddr,
@@ -248,7 +250,9 @@ impl Session {
         peer: SocketAddr,
         tls: Option<TlsInfo>,
     ) -> Self {
+        let owned = policy::identify(&cfg, Some(&listener), None, peer.ip()).is_some();
         Session {
+            owned,
             cfg,
             listener,
             peer,
@@ -337,6 +341,13 @@ impl Session {
 
     fn reply(&mut self, r: Reply) {
         r.write_to(&mut self.out);
+    }
+
+    /// Whether the client is known: authenticated, or identified by its
+    /// address or listener. Unknown clients get a shorter idle time and
+    /// are dropped after their first refused MAIL.
+    pub fn identified(&self) -> bool {
+        self.owned || self.auth_user.is_some()
     }
 
     /// Replies and closes (421s, QUIT).
@@ -573,6 +584,9 @@ impl Session {
         }
         let (app, by) = match self.identify() {
             Ok(x) => x,
+            // A client nobody knows that tries to send without AUTH is done:
+            // keeping its session open would only hold a slot.
+            Err(r) if !self.identified() => return self.close_with(r),
             Err(r) => return self.reply(r),
         };
         let Some(application) = self.cfg.applications.get(&app) else {
