@@ -106,3 +106,20 @@ fn pipelined_session_in_one_write() {
         2
     );
 }
+
+#[test]
+fn addresses_that_are_not_utf8_are_refused() {
+    let relay = TestRelay::start(&simple_config(""));
+    let mut c = Raw::connect(relay.addr("main"));
+    c.expect("EHLO c", 250);
+    c.send(b"MAIL FROM:<app\xff@legacy.test>\r\n");
+    assert_eq!(c.reply(), "553 5.1.7 Sender address is not valid UTF-8\r\n");
+    c.expect("MAIL FROM:<app@legacy.test>", 250);
+    c.send(b"RCPT TO:<r\xc3\x28@example.com>\r\n");
+    assert_eq!(
+        c.reply(),
+        "553 5.1.3 Recipient address is not valid UTF-8\r\n"
+    );
+    // Valid UTF-8 is fine.
+    c.expect("RCPT TO:<jörg@example.com>", 250);
+}

@@ -35,7 +35,8 @@ pub enum End {
     Shutdown,
     /// Too many AUTH failures (421 4.7.0).
     LockedOut,
-    /// A client that may not send was refused and dropped.
+    /// Refused and dropped: a client that may not send, or a BDAT size the
+    /// relay cannot read (5xx, then close).
     Refused,
     /// A local error.
     Error,

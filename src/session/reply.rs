@@ -298,6 +298,23 @@ pub fn bad_sender() -> Reply {
 pub fn bad_recipient() -> Reply {
     Reply::new(501, Some((5, 1, 3)), "Bad recipient address syntax")
 }
+/// `553 5.1.3` (RCPT) or `553 5.1.7` (MAIL): the address is not valid UTF-8.
+pub fn address_not_utf8(recipient: bool) -> Reply {
+    if recipient {
+        Reply::new(553, Some((5, 1, 3)), "Recipient address is not valid UTF-8")
+    } else {
+        Reply::new(553, Some((5, 1, 7)), "Sender address is not valid UTF-8")
+    }
+}
+/// `501 5.5.4` a BDAT chunk size that is not a number that fits (then
+/// close: the relay can no longer tell where the chunk ends).
+pub fn bad_chunk_size() -> Reply {
+    Reply::new(
+        501,
+        Some((5, 5, 4)),
+        "Invalid BDAT chunk size, closing connection",
+    )
+}
 /// `555 5.5.4` unsupported MAIL/RCPT parameter.
 pub fn unsupported_parameter(p: &str) -> Reply {
     Reply::new(555, Some((5, 5, 4)), format!("Unsupported parameter {p}"))

@@ -168,6 +168,25 @@ fn proto_error_reply(e: &ProtoError) -> Reply {
     }
 }
 
+/// The chunk size of a `BDAT size [LAST]` line: digits only, and a number
+/// that fits (RFC 3030 §2: `1*DIGIT`). `None` for anything else.
+fn bdat_size(line: &[u8]) -> Option<usize> {
+    let rest = line.get(4..)?;
+    if !rest.starts_with(b" ") {
+        return None;
+    }
+    let rest = rest.trim_ascii_start();
+    let end = rest
+        .iter()
+        .position(|b| !b.is_ascii_digit())
+        .unwrap_or(rest.len());
+    let digits = std::str::from_utf8(&rest[..end]).ok()?;
+    if digits.is_empty() {
+        return None;
+    }
+    digits.parse::<u64>().ok()?.try_into().ok()
+}
+
 /// smtp-proto returns quoted local parts without their quotes; put them
 /// back where the local part is not a dot-atom, so the address we relay is
 /// the address the client meant.
@@ -339,6 +358,11 @@ impl Session {
         self.auth_user.as_deref()
     }
 
+    fn reply_none(&mut self, r: Reply) -> Option<Event> {
+        self.reply(r);
+        None
+    }
+
     fn reply(&mut self, r: Reply) {
         r.write_to(&mut self.out);
     }
@@ -468,6 +492,16 @@ impl Session {
     }
 
     fn command(&mut self, line: &[u8]) -> Option<Event> {
+        // smtp-proto decodes addresses lossily: an address that is not
+        // UTF-8 would be relayed with U+FFFD in it.
+        if std::str::from_utf8(line).is_err() {
+            let verb = line.get(..4).map(<[u8]>::to_ascii_uppercase);
+            match verb.as_deref() {
+                Some(b"MAIL") => return self.reply_none(reply::address_not_utf8(false)),
+                Some(b"RCPT") => return self.reply_none(reply::address_not_utf8(true)),
+                _ => {}
+            }
+        }
         let req = match Request::parse(&mut line.iter()) {
             Ok(r) => r.into_owned(),
             Err(e) => {
@@ -529,10 +563,14 @@ impl Session {
                     self.phase = Phase::Data(DataDecoder::new(self.cfg.limits.max_message_size));
                 }
             },
-            Request::Bdat {
-                chunk_size,
-                is_last,
-            } => {
+            Request::Bdat { is_last, .. } => {
+                // smtp-proto saturates an overlong size; read it ourselves.
+                // A size we cannot read leaves us out of step with the byte
+                // stream, so the session ends.
+                let Some(chunk_size) = bdat_size(line) else {
+                    self.close_with(reply::bad_chunk_size());
+                    return Some(Event::Close);
+                };
                 // The chunk is read in every case, so the byte stream stays in step.
                 if let Some(tx) = self.tx.as_mut() {
                     tx.bdat_started = true;

@@ -521,3 +521,18 @@ fn ehlo_offers() {
     }
     assert!(!out.contains("AUTH"), "no AUTH before TLS: {out}");
 }
+
+#[test]
+fn bdat_sizes_are_read_exactly() {
+    assert_eq!(bdat_size(b"BDAT 3 LAST\r\n"), Some(3));
+    assert_eq!(bdat_size(b"bdat 0\r\n"), Some(0));
+    assert_eq!(bdat_size(b"BDAT  12\r\n"), Some(12));
+    assert_eq!(
+        bdat_size(b"BDAT 18446744073709551615\r\n"),
+        Some(usize::MAX)
+    );
+    assert_eq!(bdat_size(b"BDAT 184467440737095516163 LAST\r\n"), None);
+    assert_eq!(bdat_size(b"BDAT LAST\r\n"), None);
+    assert_eq!(bdat_size(b"BDAT\r\n"), None);
+    assert_eq!(bdat_size(b"BDATX 3\r\n"), None);
+}
