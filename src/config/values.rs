@@ -319,12 +319,22 @@ impl EmailAddress {
     }
 }
 
-/// Lowercases an address for case-insensitive comparison (blacklists,
-/// allow lists, "is this the same sender" checks) and drops a trailing dot
-/// on the domain.
+/// Normalises an address for comparison (blacklists, allow lists, "is
+/// this the same sender" checks): lowercase, and the domain in its IDNA
+/// ASCII form (UTS #46 mapping), so fullwidth letters, `。` for the dot
+/// and U-labels compare equal to the plain ASCII domain; no trailing dot.
+/// A domain IDNA refuses (e.g. an address literal) is only lowercased.
 pub fn normalize_address(a: &str) -> String {
     let a = a.trim().trim_start_matches('<').trim_end_matches('>');
     let mut s = a.to_lowercase();
+    if let Some(at) = s.rfind('@') {
+        let domain = &s[at + 1..];
+        if !domain.is_ascii() || domain.contains("xn--") {
+            if let Ok(ascii) = idna::domain_to_ascii(domain) {
+                s.replace_range(at + 1.., &ascii);
+            }
+        }
+    }
     if s.ends_with('.') {
         s.pop();
     }
@@ -829,6 +839,17 @@ mod tests {
         let a: BlacklistEntry = "<Former@Example.COM>".parse().unwrap();
         assert_eq!(a, BlacklistEntry::Address("former@example.com".into()));
         assert!(a.matches(&normalize_address("FORMER@example.com")));
+        // Fullwidth letters and the ideographic full stop are the same
+        // domain, in the list and in the recipient (issue 14 item 8).
+        let d: BlacklistEntry = "@competitor.example".parse().unwrap();
+        assert!(d.matches(&normalize_address("x@ｃｏｍｐｅｔｉｔｏｒ.example")));
+        assert!(d.matches(&normalize_address("x@competitor。example")));
+        assert!(d.matches(&normalize_address("x@COMPETITOR.example.")));
+        let u: BlacklistEntry = "@ｃｏｍｐｅｔｉｔｏｒ。example".parse().unwrap();
+        assert_eq!(u, d);
+        let idn: BlacklistEntry = "@bücher.example".parse().unwrap();
+        assert!(idn.matches(&normalize_address("a@xn--bcher-kva.example")));
+        assert!(idn.matches(&normalize_address("a@BÜCHER.example")));
         assert!(!a.matches("other@example.com"));
         assert!("@".parse::<BlacklistEntry>().is_err());
         assert!("nobody".parse::<BlacklistEntry>().is_err());
