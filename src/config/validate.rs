@@ -845,6 +845,8 @@ pub(super) fn validate(
     let raw_apps = dedupe(&mut cx, "application", doc.applications);
     let mut auth_users: HashMap<String, (String, usize, KeyPath)> = HashMap::new();
     let mut ip_owner: HashMap<Cidr, String> = HashMap::new();
+    let mut all_client_ips: Vec<Cidr> = Vec::new();
+    let mut union_reported = false;
     for (name, l) in &raw_apps {
         let a = &l.value;
         let (file, path) = (l.file, &l.path);
@@ -948,6 +950,7 @@ pub(super) fn validate(
                 IpAddr::V6(_) => c.prefix() < 16,
             };
             if broad && !c.is_private() {
+                union_reported = true;
                 cx.err(
                     file,
                     &p,
@@ -961,6 +964,18 @@ pub(super) fn validate(
             } else {
                 ip_owner.insert(*c, name.clone());
             }
+        }
+        // Entries that are each narrow enough may still add up to the
+        // Internet: the union of every application's networks so far.
+        all_client_ips.extend(a.client_ips.iter().copied());
+        let (v4, v6) = Cidr::public_span(&all_client_ips);
+        if !union_reported && (v4 > 1 << 24 || v6 > 1 << 112) {
+            union_reported = true;
+            cx.err(
+                file,
+                &path.clone().key("client_ips"),
+                "together with the client_ips of the applications before it, this spans more public addresses than a /8 (IPv6: /16): every client there could send, an open relay",
+            );
         }
         let tm = test_mode(&mut cx, file, path, &a.test_mode);
         cfg.applications.insert(
