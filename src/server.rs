@@ -142,8 +142,8 @@ pub struct Relay {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Upstream server health (survives reloads).
     pub health: Arc<crate::health::Health>,
-    /// Password checks that may run at once (one per CPU).
-    pub auth_slots: Semaphore,
+    /// Password checks, on a few threads with reused argon2 memory.
+    pub verifier: crate::auth::Verifier,
     loops: Mutex<HashMap<LoopKey, AcceptLoop>>,
     reloading: tokio::sync::Mutex<()>,
     listening: AtomicBool,
@@ -218,7 +218,9 @@ impl Relay {
             upstreams: Arc::new(crate::upstream::Upstreams::with_metrics(metrics.clone())),
             metrics,
             health: Arc::default(),
-            auth_slots: Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get())),
+            verifier: crate::auth::Verifier::new(
+                std::thread::available_parallelism().map_or(2, |n| n.get()),
+            ),
             loops: Mutex::new(HashMap::new()),
             reloading: tokio::sync::Mutex::new(()),
             listening: AtomicBool::new(false),

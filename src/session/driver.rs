@@ -363,8 +363,8 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
 /// Checks a password, applying and counting the per-address throttle:
 /// `auth_failures` counts failed checks, `auth_lockouts` the moments an
 /// address gets locked out. The attempt is counted before the check (see
-/// `throttle`), and checks run on blocking threads, at most one per CPU at
-/// a time: an argon2id check takes ~19 MiB and tens of milliseconds.
+/// `throttle`), and checks run on the relay's verifier threads (at most
+/// one per CPU, four at most, each reusing its ~19 MiB argon2 buffer).
 async fn authenticate(
     relay: &Relay,
     listener: &str,
@@ -393,14 +393,7 @@ async fn authenticate(
     let hash = app
         .and_then(|a| a.password_hash.clone())
         .unwrap_or_else(|| DUMMY_HASH.to_owned());
-    let ok = match relay.auth_slots.acquire().await {
-        Ok(_slot) => {
-            tokio::task::spawn_blocking(move || crate::auth::verify_password(&hash, &password))
-                .await
-                .unwrap_or(false)
-        }
-        Err(_) => false,
-    };
+    let ok = relay.verifier.verify(hash, password).await;
     // A user name that is not an account may be a password typed into the
     // wrong field: only known names are logged.
     let shown = if app.is_some() { user } else { "<unknown>" };
