@@ -92,7 +92,18 @@ pub enum ReloadError {
     /// A new listener address could not be bound.
     #[error("{0}")]
     Bind(io::Error),
+    /// The new config drops tenants or applications that had traffic,
+    /// and not by a clean edit (their file is missing or blank).
+    #[error(
+        "the new config drops {} that had traffic, and their file is missing or blank (a file being rewritten?); remove a definition from its file, or restart to drop a whole file",
+        .0.join(", ")
+    )]
+    Removes(Vec<String>),
 }
+
+/// How long after a reload that removed an application clients nobody
+/// knows get 4xx instead of 5xx (the removal may be a transient state).
+pub const REMOVAL_GRACE: Duration = Duration::from_secs(60);
 
 /// What identifies an accept loop across reloads: the configured address;
 /// for port 0 (the OS picks a port each time) also the listener's name.
@@ -147,6 +158,9 @@ pub struct Relay {
     loops: Mutex<HashMap<LoopKey, AcceptLoop>>,
     reloading: tokio::sync::Mutex<()>,
     listening: AtomicBool,
+    /// Applications that had traffic since start (a reload may not drop
+    /// them by accident, see `config::removal`).
+    active_apps: Mutex<std::collections::BTreeSet<String>>,
     /// Sessions of clients no application owns, per address.
     admission: Arc<Admission>,
     /// Rate limits for warnings that floods would repeat endlessly.
@@ -224,6 +238,7 @@ impl Relay {
             loops: Mutex::new(HashMap::new()),
             reloading: tokio::sync::Mutex::new(()),
             listening: AtomicBool::new(false),
+            active_apps: Mutex::default(),
             admission: Arc::default(),
             quiet_accept: Quiet::default(),
             quiet_refused: Quiet::default(),
@@ -396,7 +411,15 @@ impl Relay {
         // connect, counted, not logged line by line.
         if !owned && l.auth == crate::config::ListenerAuth::None {
             count("denied");
-            tokio::spawn(refuse(tcp, reply::connection_denied()));
+            let r = if cfg
+                .unknown_transient_until
+                .is_some_and(|t| Instant::now() < t)
+            {
+                reply::not_recognised_for_now()
+            } else {
+                reply::connection_denied()
+            };
+            tokio::spawn(refuse(tcp, r));
             return;
         }
         let ticket = if owned {
@@ -512,10 +535,23 @@ impl Relay {
         let Some(path) = old.files.first().cloned() else {
             return Err(ReloadError::NoFile);
         };
-        let new = tokio::task::spawn_blocking(move || crate::config::load_file(&path))
+        let mut new = tokio::task::spawn_blocking(move || crate::config::load_file(&path))
             .await
             .map_err(|e| ReloadError::Bind(io::Error::other(e)))?
             .map_err(ReloadError::Config)?;
+        let bad = {
+            let active = self.active_apps.lock().unwrap_or_else(|p| p.into_inner());
+            crate::config::removal::unsafe_removals(&old, &new, &active)
+        };
+        if !bad.is_empty() {
+            return Err(ReloadError::Removes(bad));
+        }
+        new.unknown_transient_until = if crate::config::removal::removes_an_application(&old, &new)
+        {
+            Some(Instant::now() + REMOVAL_GRACE)
+        } else {
+            old.unknown_transient_until
+        };
         if probe && new.reload.probe {
             let changed: Vec<(String, crate::config::SmtpServer)> = new
                 .servers
@@ -604,6 +640,14 @@ impl Relay {
             let gone = self.conns.forget_permits(fewer as usize) as u32;
             self.max_conns.fetch_sub(gone, Ordering::SeqCst);
             self.conn_debt.fetch_add(fewer - gone, Ordering::SeqCst);
+        }
+    }
+
+    /// Records that application `app` sent a message.
+    pub fn note_traffic(&self, app: &str) {
+        let mut active = self.active_apps.lock().unwrap_or_else(|p| p.into_inner());
+        if !active.contains(app) {
+            active.insert(app.to_owned());
         }
     }
 

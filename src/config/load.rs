@@ -486,7 +486,45 @@ fn read_includes(
                 let full = base.join(&pat);
                 let found = glob::glob(&full.to_string_lossy());
                 let mut paths: Vec<PathBuf> = match found {
-                    Ok(it) => it.filter_map(Result::ok).take(MAX_INCLUDES + 1).collect(),
+                    Ok(it) => {
+                        // A directory or file the glob cannot read is an
+                        // error, not a file that is not there: a reload must
+                        // not drop its tenants for a transient failure.
+                        let mut paths = Vec::new();
+                        let mut failed = false;
+                        for entry in it.take(MAX_INCLUDES + 1) {
+                            match entry {
+                                Ok(p) => paths.push(p),
+                                Err(e) => {
+                                    failed = true;
+                                    errors.push(ConfigError {
+                                        file: e.path().display().to_string(),
+                                        line: 0,
+                                        key: "include".into(),
+                                        message: format!(
+                                            "cannot read while matching {pat:?}: {}",
+                                            e.error()
+                                        ),
+                                    });
+                                }
+                            }
+                        }
+                        if failed {
+                            continue;
+                        }
+                        // A pattern without wildcards names one file: its
+                        // absence is an error (a glob may match nothing).
+                        if paths.is_empty() && !pat.contains(['*', '?', '[']) {
+                            errors.push(ConfigError {
+                                file: name.clone(),
+                                line: 0,
+                                key: "include".into(),
+                                message: format!("included file {pat:?} does not exist"),
+                            });
+                            continue;
+                        }
+                        paths
+                    }
                     Err(e) => {
                         errors.push(ConfigError {
                             file: name.clone(),

@@ -8,10 +8,11 @@
 
 mod load;
 pub mod raw;
+pub mod removal;
 mod validate;
 pub mod values;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -94,6 +95,16 @@ pub struct Config {
     pub referenced: Vec<PathBuf>,
     /// SHA-256 over the content of `referenced` at load time.
     pub referenced_hash: String,
+    /// The file that defines each tenant (`"tenant NAME"`) and application
+    /// (`"application NAME"`): a reload refuses to drop one that had
+    /// traffic unless its file is still there and not blank.
+    pub defined_in: BTreeMap<String, PathBuf>,
+    /// The files read that hold more than white space.
+    pub nonblank_files: BTreeSet<PathBuf>,
+    /// Set by a reload that removed an application: until then, a client
+    /// no application knows gets a 4xx (the removal may be a transient
+    /// state of the files), never a 5xx that would make it bounce mail.
+    pub unknown_transient_until: Option<std::time::Instant>,
     auth_index: HashMap<String, String>,
     ip_index: Vec<(Cidr, String)>,
 }

@@ -702,6 +702,18 @@ pub(super) fn validate(
         warnings: Vec::new(),
         referenced: Vec::new(),
         referenced_hash: String::new(),
+        defined_in: raw_tenants
+            .iter()
+            .map(|(n, l)| (format!("tenant {n}"), l.file))
+            .filter_map(|(k, f)| Some((k, src.files.get(f)?.path.clone()?)))
+            .collect(),
+        nonblank_files: src
+            .files
+            .iter()
+            .filter(|f| !f.text.trim().is_empty())
+            .filter_map(|f| f.path.clone())
+            .collect(),
+        unknown_transient_until: None,
         auth_index: HashMap::new(),
         ip_index: Vec::new(),
     };
@@ -843,6 +855,11 @@ pub(super) fn validate(
 
     // Applications.
     let raw_apps = dedupe(&mut cx, "application", doc.applications);
+    for (n, l) in &raw_apps {
+        if let Some(p) = src.files.get(l.file).and_then(|f| f.path.clone()) {
+            cfg.defined_in.insert(format!("application {n}"), p);
+        }
+    }
     let mut auth_users: HashMap<String, (String, usize, KeyPath)> = HashMap::new();
     let mut ip_owner: HashMap<Cidr, String> = HashMap::new();
     let mut all_client_ips: Vec<Cidr> = Vec::new();

@@ -212,6 +212,12 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
         (tokio::time::Instant::now() + idle).min(session_deadline)
     };
 
+    if cfg
+        .unknown_transient_until
+        .is_some_and(|t| std::time::Instant::now() < t)
+    {
+        session.unknown_is_transient();
+    }
     session.greet();
     write_out(&mut conn, session, limits.command_timeout).await?;
     let mut cmd_deadline = command_deadline(session);
@@ -271,6 +277,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
                 }
                 Some(Event::Message(env)) => {
                     data_deadline = None;
+                    relay.note_traffic(&env.application);
                     *messages += 1;
                     let rest = session.take_body();
                     let msg = match spooler.take() {

@@ -361,6 +361,16 @@ pub fn connection_denied() -> Reply {
         "Access denied: this address may not send here",
     )
 }
+/// `421 4.7.1` the client is not recognised, shortly after a reload that
+/// removed an application: that may be a transient state of the config
+/// files, so the client is asked to retry rather than to bounce (then close).
+pub fn not_recognised_for_now() -> Reply {
+    Reply::new(
+        421,
+        Some((4, 7, 1)),
+        "Client not recognised at the moment, try again later",
+    )
+}
 /// `550 5.7.1` the client is not an application: no open relay.
 pub fn relay_denied() -> Reply {
     Reply::new(

@@ -138,6 +138,9 @@ struct Tx {
 pub struct Session {
     /// The client address or listener identifies an application.
     owned: bool,
+    /// A reload removed an application a moment ago: refusing an unknown
+    /// client is not final (4xx instead of 5xx).
+    unknown_transient: bool,
     cfg: Arc<Config>,
     listener: Listener,
     peer: SocketAddr,
@@ -272,6 +275,7 @@ impl Session {
         let owned = policy::identify(&cfg, Some(&listener), None, peer.ip()).is_some();
         Session {
             owned,
+            unknown_transient: false,
             cfg,
             listener,
             peer,
@@ -365,6 +369,13 @@ impl Session {
 
     fn reply(&mut self, r: Reply) {
         r.write_to(&mut self.out);
+    }
+
+    /// Shortly after a reload that removed an application, a client nobody
+    /// knows gets `421 4.7.1` at MAIL instead of a 5xx: its application may
+    /// only be missing while the config files are being rewritten.
+    pub fn unknown_is_transient(&mut self) {
+        self.unknown_transient = true;
     }
 
     /// Whether the client is known: authenticated, or identified by its
@@ -624,6 +635,9 @@ impl Session {
             Ok(x) => x,
             // A client nobody knows that tries to send without AUTH is done:
             // keeping its session open would only hold a slot.
+            Err(_) if !self.identified() && self.unknown_transient => {
+                return self.close_with(reply::not_recognised_for_now());
+            }
             Err(r) if !self.identified() => return self.close_with(r),
             Err(r) => return self.reply(r),
         };
