@@ -735,15 +735,15 @@ impl Relay {
             // The config files and every file they refer to (certificates,
             // CA and secret files).
             let referenced = cfg.referenced.clone();
-            let hash = tokio::task::spawn_blocking(move || {
-                format!(
-                    "{}/{}",
-                    crate::config::source_hash(&path),
-                    crate::config::files_hash(&referenced)
-                )
-            })
-            .await
-            .unwrap_or_default();
+            let hash =
+                tokio::task::spawn_blocking(move || crate::config::watch_hash(&path, &referenced))
+                    .await;
+            // A file that could not be read now (out of file descriptors,
+            // an I/O error) is not a change: look again next interval.
+            let Ok(Some(hash)) = hash else {
+                tracing::debug!("config files unreadable just now; not a change");
+                continue;
+            };
             let current = format!("{}/{}", cfg.hash, cfg.referenced_hash);
             if hash == current || failed.as_deref() == Some(hash.as_str()) {
                 pending = None;

@@ -123,3 +123,23 @@ fn addresses_that_are_not_utf8_are_refused() {
     // Valid UTF-8 is fine.
     c.expect("RCPT TO:<jörg@example.com>", 250);
 }
+
+#[test]
+fn recipients_the_relay_cannot_send_get_its_own_refusal_at_rcpt() {
+    let relay = TestRelay::start(&simple_config(""));
+    let mut c = Raw::connect(relay.addr("main"));
+    c.expect("EHLO c", 250);
+    c.expect("MAIL FROM:<app@legacy.test>", 250);
+    // Valid RFC 5321 syntax, but not put into RCPT TO:<..> upstream: the
+    // relay says so itself, instead of "Upstream refused" after DATA.
+    assert_eq!(
+        c.cmd("RCPT TO:<\"a>b\"@example.com>"),
+        "553 5.1.3 This relay cannot send to that address\r\n"
+    );
+    // An address literal is a policy refusal, not a syntax error.
+    assert_eq!(
+        c.cmd("RCPT TO:<user@[192.0.2.1]>"),
+        "550 5.7.1 Recipients at address literals are not relayed\r\n"
+    );
+    c.expect("RCPT TO:<ok@example.com>", 250);
+}

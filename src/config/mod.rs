@@ -19,7 +19,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use load::{DEFAULT_CONFIG, files_hash, load_default, load_file, load_str, source_hash};
+pub use load::{
+    DEFAULT_CONFIG, files_hash, load_default, load_file, load_str, source_hash, watch_hash,
+};
 pub use raw::{
     BlacklistAction, DeliveryMode, LimitCounts, ListenerAuth, ListenerTls, LogFormat, Security,
     UpstreamAuth,

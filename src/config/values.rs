@@ -694,17 +694,21 @@ impl Serialize for Cidr {
 /// Reads a file referenced by the config, refusing anything over `max`
 /// bytes, so a path such as `/dev/zero` cannot exhaust memory.
 pub fn read_limited(path: &Path, max: u64) -> Result<Vec<u8>, String> {
-    use std::io::Read;
-    let f =
-        std::fs::File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let mut buf = Vec::new();
-    f.take(max + 1)
-        .read_to_end(&mut buf)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    if buf.len() as u64 > max {
-        return Err(format!("{} is larger than {max} bytes", path.display()));
+    match read_limited_io(path, max) {
+        Ok(Some(buf)) => Ok(buf),
+        Ok(None) => Err(format!("{} is larger than {max} bytes", path.display())),
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
     }
-    Ok(buf)
+}
+
+/// [`read_limited`] keeping the I/O error (the file watcher tells a missing
+/// file from a failed read); `Ok(None)` when the file is larger than `max`.
+pub fn read_limited_io(path: &Path, max: u64) -> std::io::Result<Option<Vec<u8>>> {
+    use std::io::Read;
+    let f = std::fs::File::open(path)?;
+    let mut buf = Vec::new();
+    f.take(max + 1).read_to_end(&mut buf)?;
+    Ok((buf.len() as u64 <= max).then_some(buf))
 }
 
 /// Where a secret comes from, as written in the config: a string, or

@@ -306,6 +306,24 @@ pub fn address_not_utf8(recipient: bool) -> Reply {
         Reply::new(553, Some((5, 1, 7)), "Sender address is not valid UTF-8")
     }
 }
+/// `550 5.7.1` a recipient at an address literal (`user@[192.0.2.1]`):
+/// valid syntax, not relayed by policy.
+pub fn address_literal_refused() -> Reply {
+    Reply::new(
+        550,
+        Some((5, 7, 1)),
+        "Recipients at address literals are not relayed",
+    )
+}
+/// `553 5.1.3` a valid recipient address the relay cannot send (angle
+/// brackets inside a quoted local part).
+pub fn unsendable_recipient() -> Reply {
+    Reply::new(
+        553,
+        Some((5, 1, 3)),
+        "This relay cannot send to that address",
+    )
+}
 /// `501 5.5.4` a BDAT chunk size that is not a number that fits (then
 /// close: the relay can no longer tell where the chunk ends).
 pub fn bad_chunk_size() -> Reply {

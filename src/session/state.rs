@@ -171,6 +171,19 @@ fn proto_error_reply(e: &ProtoError) -> Reply {
     }
 }
 
+/// Whether the address in a MAIL/RCPT line ends in an address literal
+/// (`@[...]>`).
+fn has_address_literal(line: &[u8]) -> bool {
+    let Some(open) = memchr(b'<', line) else {
+        return false;
+    };
+    let Some(close) = line.iter().rposition(|b| *b == b'>') else {
+        return false;
+    };
+    let addr = &line[open + 1..close.max(open + 1)];
+    addr.ends_with(b"]") && addr.windows(2).any(|w| w == b"@[")
+}
+
 /// The chunk size of a `BDAT size [LAST]` line: digits only, and a number
 /// that fits (RFC 3030 §2: `1*DIGIT`). `None` for anything else.
 fn bdat_size(line: &[u8]) -> Option<usize> {
@@ -515,6 +528,12 @@ impl Session {
         }
         let req = match Request::parse(&mut line.iter()) {
             Ok(r) => r.into_owned(),
+            // smtp-proto does not parse address literals (`user@[192.0.2.1]`,
+            // valid RFC 5321 syntax): a policy refusal, not a syntax error.
+            Err(ProtoError::InvalidRecipientAddress) if has_address_literal(line) => {
+                self.reply(reply::address_literal_refused());
+                return None;
+            }
             Err(e) => {
                 self.reply(proto_error_reply(&e));
                 return None;
@@ -702,6 +721,12 @@ impl Session {
             let a = requote(address);
             if a.parse::<EmailAddress>().is_err() {
                 return self.reply(reply::bad_recipient());
+            }
+            // Valid, but the upstream client would refuse to put it into
+            // `RCPT TO:<..>`: refuse it here, in the relay's own words,
+            // rather than blame an upstream after DATA.
+            if a.contains(['<', '>']) {
+                return self.reply(reply::unsendable_recipient());
             }
             a
         };

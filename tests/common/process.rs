@@ -25,6 +25,12 @@ impl Proc {
     /// Writes `toml` (with `{dir}` and `{certs}` replaced) and starts the
     /// binary on it; waits (bounded) until every listener is up.
     pub fn start(toml: &str) -> Proc {
+        Self::start_with_prefix(toml, &[])
+    }
+
+    /// [`Proc::start`], the binary run through `prefix` (e.g. `prlimit
+    /// --nofile=64:64 --` to start it with few file descriptors).
+    pub fn start_with_prefix(toml: &str, prefix: &[&str]) -> Proc {
         let dir = tempfile::tempdir().unwrap();
         let text = toml
             .replace("{dir}", dir.path().to_str().unwrap())
@@ -32,7 +38,13 @@ impl Proc {
         let path = dir.path().join("smarthost.toml");
         std::fs::write(&path, &text).unwrap();
         let listeners = smarthost::config::load_file(&path).unwrap().listeners.len();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_smarthost"))
+        let bin = env!("CARGO_BIN_EXE_smarthost");
+        let (program, pre) = match prefix.split_first() {
+            Some((p, rest)) => (*p, rest.iter().copied().chain([bin]).collect::<Vec<_>>()),
+            None => (bin, Vec::new()),
+        };
+        let mut child = Command::new(program)
+            .args(pre)
             .args(["run", "--config", path.to_str().unwrap()])
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
