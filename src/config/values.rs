@@ -329,10 +329,10 @@ pub fn normalize_address(a: &str) -> String {
     let mut s = a.to_lowercase();
     if let Some(at) = s.rfind('@') {
         let domain = &s[at + 1..];
-        if !domain.is_ascii() || domain.contains("xn--") {
-            if let Ok(ascii) = idna::domain_to_ascii(domain) {
-                s.replace_range(at + 1.., &ascii);
-            }
+        if (!domain.is_ascii() || domain.contains("xn--"))
+            && let Ok(ascii) = idna::domain_to_ascii(domain)
+        {
+            s.replace_range(at + 1.., &ascii);
         }
     }
     if s.ends_with('.') {
