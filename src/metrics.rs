@@ -127,6 +127,7 @@ pub const SESSION_OUTCOMES: &[&str] = &[
     "timeout",
     "shutdown",
     "locked_out",
+    "refused",
     "error",
 ];
 /// Delivery outcomes.
@@ -262,7 +263,7 @@ impl Metrics {
         );
         r.register(
             "connections",
-            "Client connections by listener and outcome (accepted, refused at max_connections)",
+            "Client connections by listener and outcome (accepted, refused at max_connections, per_client: over max_connections_per_client or the share of clients no application owns, denied: 554 at connect)",
             m.connections.clone(),
         );
         r.register(
@@ -377,7 +378,7 @@ impl Metrics {
     /// config gauges. Called at start and after every reload.
     pub fn prime(&self, cfg: &Config, loaded_at: i64) {
         for l in &cfg.listeners {
-            for outcome in ["accepted", "refused"] {
+            for outcome in ["accepted", "refused", "per_client", "denied"] {
                 let _ = self.connections.get_or_create(&ListenerOutcome {
                     listener: l.name.clone(),
                     outcome,

@@ -111,6 +111,11 @@ pub struct Failover {
     /// `Retry-After`); the queue defers at least that long.
     #[serde(skip)]
     pub retry_after: Option<Duration>,
+    /// Recipients this server refused permanently before the hop failed
+    /// (e.g. a 421 after some 550s): their refusal stands, and only the
+    /// other recipients go to the next server.
+    #[serde(skip)]
+    pub refused: Vec<RefusedRecipient>,
 }
 
 impl Failover {
@@ -122,6 +127,7 @@ impl Failover {
             reason: reason.into(),
             message_caused: false,
             retry_after: None,
+            refused: Vec::new(),
         }
     }
 

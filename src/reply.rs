@@ -226,6 +226,23 @@ pub fn shutting_down() -> Reply {
 pub fn timeout() -> Reply {
     Reply::new(421, Some((4, 4, 2)), "Timeout, closing connection")
 }
+/// `421 4.4.2` the session lasted `max_session_time` (then close).
+pub fn session_too_long() -> Reply {
+    Reply::new(
+        421,
+        Some((4, 4, 2)),
+        "Session time limit reached, closing connection",
+    )
+}
+/// `421 4.7.0` this address already holds `max_connections_per_client`
+/// sessions, or clients nobody owns hold their whole share (then close).
+pub fn too_many_from_client() -> Reply {
+    Reply::new(
+        421,
+        Some((4, 7, 0)),
+        "Too many connections from your address, try again later",
+    )
+}
 /// `421 4.7.0` too many failed AUTH attempts from this address (then close).
 pub fn auth_locked_out() -> Reply {
     Reply::new(
@@ -310,6 +327,41 @@ pub fn bad_sender() -> Reply {
 pub fn bad_recipient() -> Reply {
     Reply::new(501, Some((5, 1, 3)), "Bad recipient address syntax")
 }
+/// `553 5.1.3` (RCPT) or `553 5.1.7` (MAIL): the address is not valid UTF-8.
+pub fn address_not_utf8(recipient: bool) -> Reply {
+    if recipient {
+        Reply::new(553, Some((5, 1, 3)), "Recipient address is not valid UTF-8")
+    } else {
+        Reply::new(553, Some((5, 1, 7)), "Sender address is not valid UTF-8")
+    }
+}
+/// `550 5.7.1` a recipient at an address literal (`user@[192.0.2.1]`):
+/// valid syntax, not relayed by policy.
+pub fn address_literal_refused() -> Reply {
+    Reply::new(
+        550,
+        Some((5, 7, 1)),
+        "Recipients at address literals are not relayed",
+    )
+}
+/// `553 5.1.3` a valid recipient address the relay cannot send (angle
+/// brackets inside a quoted local part).
+pub fn unsendable_recipient() -> Reply {
+    Reply::new(
+        553,
+        Some((5, 1, 3)),
+        "This relay cannot send to that address",
+    )
+}
+/// `501 5.5.4` a BDAT chunk size that is not a number that fits (then
+/// close: the relay can no longer tell where the chunk ends).
+pub fn bad_chunk_size() -> Reply {
+    Reply::new(
+        501,
+        Some((5, 5, 4)),
+        "Invalid BDAT chunk size, closing connection",
+    )
+}
 /// `555 5.5.4` unsupported MAIL/RCPT parameter.
 pub fn unsupported_parameter(p: &str) -> Reply {
     Reply::new(555, Some((5, 5, 4)), format!("Unsupported parameter {p}"))
@@ -345,6 +397,26 @@ pub fn auth_cancelled() -> Reply {
 /// `535 5.7.8` bad credentials.
 pub fn auth_failed() -> Reply {
     Reply::new(535, Some((5, 7, 8)), "Authentication credentials invalid")
+}
+/// `554 5.7.1` at connect: on a listener without AUTH and without a bound
+/// application, a client whose address no application owns can never
+/// relay (PRODUCT §3.1), so it is refused at once (then close).
+pub fn connection_denied() -> Reply {
+    Reply::new(
+        554,
+        Some((5, 7, 1)),
+        "Access denied: this address may not send here",
+    )
+}
+/// `421 4.7.1` the client is not recognised, shortly after a reload that
+/// removed an application: that may be a transient state of the config
+/// files, so the client is asked to retry rather than to bounce (then close).
+pub fn not_recognised_for_now() -> Reply {
+    Reply::new(
+        421,
+        Some((4, 7, 1)),
+        "Client not recognised at the moment, try again later",
+    )
 }
 /// `550 5.7.1` the client is not an application: no open relay.
 pub fn relay_denied() -> Reply {

@@ -9,6 +9,7 @@
 
 use crate::config::{Config, ListenerTls, TestModeSetting};
 use crate::metrics::{ListenerLabel, ListenerOutcome, ResultLabel, TlsLabels};
+use crate::session::admission::{Admission, stranger_share};
 use crate::session::driver::{self, Conn};
 use crate::session::reply;
 use crate::session::state::Session;
@@ -19,7 +20,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
@@ -87,7 +88,18 @@ pub enum ReloadError {
     /// A new listener address could not be bound.
     #[error("{0}")]
     Bind(io::Error),
+    /// The new config drops tenants or applications that had traffic,
+    /// and not by a clean edit (their file is missing or blank).
+    #[error(
+        "the new config drops {} that had traffic, and their file is missing or blank (a file being rewritten?); remove a definition from its file, or restart to drop a whole file",
+        .0.join(", ")
+    )]
+    Removes(Vec<String>),
 }
+
+/// How long after a reload that removed an application clients nobody
+/// knows get 4xx instead of 5xx (the removal may be a transient state).
+pub const REMOVAL_GRACE: Duration = Duration::from_secs(60);
 
 /// What identifies an accept loop across reloads: the configured address;
 /// for port 0 (the OS picks a port each time) also the listener's name.
@@ -137,8 +149,8 @@ pub struct Relay {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Upstream server health (survives reloads).
     pub health: Arc<crate::health::Health>,
-    /// Password checks that may run at once (one per CPU).
-    pub auth_slots: Semaphore,
+    /// Password checks, on a few threads with reused argon2 memory.
+    pub verifier: crate::auth::Verifier,
     loops: Mutex<HashMap<LoopKey, AcceptLoop>>,
     reloading: tokio::sync::Mutex<()>,
     listening: AtomicBool,
@@ -152,6 +164,43 @@ pub struct Relay {
     limits_control: std::sync::OnceLock<Arc<dyn crate::admin::types::LimitsControl>>,
     /// `run --no-probe-on-reload` not given (reloads from the admin API too).
     pub probe_on_reload: AtomicBool,
+    /// Applications that had traffic since start (a reload may not drop
+    /// them by accident, see `config::removal`).
+    active_apps: Mutex<std::collections::BTreeSet<String>>,
+    /// Sessions of clients no application owns, per address.
+    admission: Arc<Admission>,
+    /// Rate limits for warnings that floods would repeat endlessly.
+    quiet_accept: Quiet,
+    quiet_refused: Quiet,
+}
+
+/// How often a flood-prone warning may be logged.
+const QUIET_INTERVAL: Duration = Duration::from_secs(10);
+
+/// A warning that may come thousands of times a second (accept errors when
+/// file descriptors run out, refused floods): logged at most once per
+/// [`QUIET_INTERVAL`], with how many were left out since. Counting stays
+/// with the metrics.
+#[derive(Default)]
+struct Quiet {
+    state: Mutex<(Option<Instant>, u64)>,
+}
+
+impl Quiet {
+    /// `Some(left_out)` when this occurrence is to be logged.
+    fn allow(&self, now: Instant) -> Option<u64> {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        match s.0 {
+            Some(last) if now.saturating_duration_since(last) < QUIET_INTERVAL => {
+                s.1 += 1;
+                None
+            }
+            _ => {
+                s.0 = Some(now);
+                Some(std::mem::take(&mut s.1))
+            }
+        }
+    }
 }
 
 /// Logs warnings and test modes of a config going live.
@@ -217,7 +266,9 @@ impl Relay {
             upstreams,
             metrics,
             health,
-            auth_slots: Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get())),
+            verifier: crate::auth::Verifier::new(
+                std::thread::available_parallelism().map_or(2, |n| n.get()),
+            ),
             loops: Mutex::new(HashMap::new()),
             reloading: tokio::sync::Mutex::new(()),
             listening: AtomicBool::new(false),
@@ -227,6 +278,10 @@ impl Relay {
             queue_control: Default::default(),
             limits_control: Default::default(),
             probe_on_reload: AtomicBool::new(true),
+            active_apps: Mutex::default(),
+            admission: Arc::default(),
+            quiet_accept: Quiet::default(),
+            quiet_refused: Quiet::default(),
         }))
     }
 
@@ -419,8 +474,11 @@ impl Relay {
                 r = b.socket.accept() => match r {
                     Ok((tcp, peer)) => self.clone().accepted(&key, tcp, peer),
                     Err(e) => {
-                        // Out of file descriptors and the like: back off briefly.
-                        tracing::error!(listener = %b.name, error = %e, "accept failed");
+                        // Out of file descriptors and the like: back off
+                        // briefly, and do not flood the log meanwhile.
+                        if let Some(left_out) = self.quiet_accept.allow(Instant::now()) {
+                            tracing::error!(listener = %b.name, error = %e, left_out, "accept failed");
+                        }
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                 },
@@ -439,28 +497,70 @@ impl Relay {
             tokio::spawn(refuse(tcp, reply::shutting_down()));
             return;
         };
+        let count = |outcome: &'static str| {
+            self.metrics
+                .connections
+                .get_or_create(&ListenerOutcome {
+                    listener: l.name.clone(),
+                    outcome,
+                })
+                .inc();
+        };
+        let owned = crate::policy::identify(&cfg, Some(&l), None, peer.ip()).is_some();
+        // A client nobody owns on a listener without AUTH and without a
+        // bound application can never relay (PRODUCT §3.1): refused at
+        // connect, counted, not logged line by line.
+        if !owned && l.auth == crate::config::ListenerAuth::None {
+            count("denied");
+            let r = if cfg
+                .unknown_transient_until
+                .is_some_and(|t| Instant::now() < t)
+            {
+                reply::not_recognised_for_now()
+            } else {
+                reply::connection_denied()
+            };
+            tokio::spawn(refuse(tcp, r));
+            return;
+        }
+        let ticket = if owned {
+            None
+        } else {
+            let share = stranger_share(cfg.limits.max_connections, cfg.identifies_without_auth());
+            match self.admission.admit_stranger(
+                peer.ip(),
+                cfg.limits.max_connections_per_client,
+                share,
+            ) {
+                Ok(t) => Some(t),
+                Err(why) => {
+                    count("per_client");
+                    if let Some(left_out) = self.quiet_refused.allow(Instant::now()) {
+                        tracing::warn!(listener = %l.name, %peer, ?why, left_out, "connection refused: too many from clients no application owns");
+                    }
+                    tokio::spawn(refuse(tcp, reply::too_many_from_client()));
+                    return;
+                }
+            }
+        };
         let permit = self.conns.clone().try_acquire_owned();
-        let outcome = if permit.is_ok() {
+        count(if permit.is_ok() {
             "accepted"
         } else {
             "refused"
-        };
-        self.metrics
-            .connections
-            .get_or_create(&ListenerOutcome {
-                listener: l.name.clone(),
-                outcome,
-            })
-            .inc();
+        });
         match permit {
             Ok(permit) => {
                 tokio::spawn(async move {
                     self.clone().session(cfg, l, tcp, peer).await;
                     self.release_connection(permit);
+                    drop(ticket);
                 });
             }
             Err(_) => {
-                tracing::warn!(listener = %l.name, %peer, "connection refused: max_connections reached");
+                if let Some(left_out) = self.quiet_refused.allow(Instant::now()) {
+                    tracing::warn!(listener = %l.name, %peer, left_out, "connection refused: max_connections reached");
+                }
                 tokio::spawn(refuse(tcp, reply::too_many_connections()));
             }
         }
@@ -557,10 +657,23 @@ impl Relay {
         let Some(path) = old.files.first().cloned() else {
             return Err(ReloadError::NoFile);
         };
-        let new = tokio::task::spawn_blocking(move || crate::config::load_file(&path))
+        let mut new = tokio::task::spawn_blocking(move || crate::config::load_file(&path))
             .await
             .map_err(|e| ReloadError::Bind(io::Error::other(e)))?
             .map_err(ReloadError::Config)?;
+        let bad = {
+            let active = self.active_apps.lock().unwrap_or_else(|p| p.into_inner());
+            crate::config::removal::unsafe_removals(&old, &new, &active)
+        };
+        if !bad.is_empty() {
+            return Err(ReloadError::Removes(bad));
+        }
+        new.unknown_transient_until = if crate::config::removal::removes_an_application(&old, &new)
+        {
+            Some(Instant::now() + REMOVAL_GRACE)
+        } else {
+            old.unknown_transient_until
+        };
         if probe && new.reload.probe {
             let changed: Vec<(String, crate::config::SmtpServer)> = new
                 .servers
@@ -651,6 +764,14 @@ impl Relay {
             let gone = self.conns.forget_permits(fewer as usize) as u32;
             self.max_conns.fetch_sub(gone, Ordering::SeqCst);
             self.conn_debt.fetch_add(fewer - gone, Ordering::SeqCst);
+        }
+    }
+
+    /// Records that application `app` sent a message.
+    pub fn note_traffic(&self, app: &str) {
+        let mut active = self.active_apps.lock().unwrap_or_else(|p| p.into_inner());
+        if !active.contains(app) {
+            active.insert(app.to_owned());
         }
     }
 
@@ -753,15 +874,15 @@ impl Relay {
             // The config files and every file they refer to (certificates,
             // CA and secret files).
             let referenced = cfg.referenced.clone();
-            let hash = tokio::task::spawn_blocking(move || {
-                format!(
-                    "{}/{}",
-                    crate::config::source_hash(&path),
-                    crate::config::files_hash(&referenced)
-                )
-            })
-            .await
-            .unwrap_or_default();
+            let hash =
+                tokio::task::spawn_blocking(move || crate::config::watch_hash(&path, &referenced))
+                    .await;
+            // A file that could not be read now (out of file descriptors,
+            // an I/O error) is not a change: look again next interval.
+            let Ok(Some(hash)) = hash else {
+                tracing::debug!("config files unreadable just now; not a change");
+                continue;
+            };
             let current = format!("{}/{}", cfg.hash, cfg.referenced_hash);
             if hash == current || failed.as_deref() == Some(hash.as_str()) {
                 pending = None;

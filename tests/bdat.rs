@@ -68,3 +68,22 @@ fn small_chunks_and_an_empty_last_chunk() {
     let m = relay.wait_captured(1, Duration::from_secs(5)).remove(0);
     assert_eq!(body_of(&m.eml), body_of(&sent));
 }
+
+#[test]
+fn a_chunk_size_that_overflows_is_refused_and_the_session_ends() {
+    let relay = TestRelay::start(&simple_config(""));
+    let mut c = Raw::connect(relay.addr("main"));
+    c.expect("EHLO c", 250);
+    c.expect("MAIL FROM:<app@legacy.test>", 250);
+    c.expect("RCPT TO:<rcpt@example.com>", 250);
+    // smtp-proto alone saturates this to a 3-byte chunk; the bytes after it
+    // would then be read as commands.
+    c.send(b"BDAT 184467440737095516163 LAST\r\nabc");
+    assert_eq!(
+        c.reply(),
+        "501 5.5.4 Invalid BDAT chunk size, closing connection\r\n"
+    );
+    assert!(c.closed());
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(relay.captured().is_empty());
+}

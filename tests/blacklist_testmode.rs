@@ -93,3 +93,21 @@ fn location_rejects_and_redirects_in_test_mode() {
     );
     assert_eq!(m.header("Subject").as_deref(), Some("[TEST] Order 42"));
 }
+
+#[test]
+fn lookalike_domains_do_not_evade_a_blacklist() {
+    // The tenant `store` rejects @closed.example; 127.0.0.2 is its app.
+    let relay = TestRelay::start(&config());
+    let mut c = Raw::connect_from(relay.addr("main"), "127.0.0.2");
+    c.expect("EHLO c", 250);
+    c.expect("MAIL FROM:<app@legacy.test>", 250);
+    for rcpt in [
+        "x@ｃｌｏｓｅｄ.example",         // fullwidth letters
+        "x@closed。example",              // ideographic full stop
+        "x@CLOSED.Example",               // case
+        "x@ｃｌｏｓｅｄ．ｅｘａｍｐｌｅ", // fullwidth full stop too
+    ] {
+        let r = c.cmd(&format!("RCPT TO:<{rcpt}>"));
+        assert!(r.starts_with("550 5.7.1"), "{rcpt}: {r}");
+    }
+}

@@ -331,3 +331,42 @@ fn hash_password_round_trips() {
         "correct horse\n"
     ));
 }
+
+#[test]
+fn many_public_eights_that_add_up_to_the_internet_are_refused() {
+    // Each /8 alone passes the per-entry check; together they are an
+    // open relay (issue 14 item 7).
+    let eights: Vec<String> = (1..=223u8)
+        .filter(|i| ![10, 127].contains(i))
+        .map(|i| format!("\"{i}.0.0.0/8\""))
+        .collect();
+    refused(
+        "client_ips = [\"10.1.0.0/16\", \"192.0.2.10\"]",
+        &format!("client_ips = [{}]", eights.join(", ")),
+        "application.scanner.client_ips",
+        "spans more public addresses than a /8",
+    );
+}
+
+#[test]
+fn a_few_narrow_public_networks_pass() {
+    let text = std::fs::read_to_string(example()).unwrap().replacen(
+        "client_ips = [\"10.1.0.0/16\", \"192.0.2.10\"]",
+        "client_ips = [\"10.1.0.0/16\", \"192.0.2.10\", \"198.51.100.0/24\", \"44.0.0.0/9\"]",
+        1,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ok.toml");
+    std::fs::write(&path, &text).unwrap();
+    std::os::unix::fs::symlink(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("certs"),
+        dir.path().join("certs"),
+    )
+    .unwrap();
+    let out = smarthost(&["check-config", "--config", path.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -11,12 +11,14 @@ fn unidentified_client_cannot_relay() {
         "client_ips = [\"127.0.0.0/8\"]",
         "client_ips = [\"127.0.0.2\"]",
     ));
-    let mut c = Raw::connect(relay.addr("main"));
-    c.expect("EHLO c", 250);
+    // No AUTH and no bound application: an address nobody owns can never
+    // relay, so it is refused at connect (PRODUCT §3.1).
+    let mut c = Raw::connect_no_greeting(relay.addr("main"));
     assert_eq!(
-        c.cmd("MAIL FROM:<a@legacy.test>"),
-        "550 5.7.1 Relaying denied: client not recognised\r\n"
+        c.reply(),
+        "554 5.7.1 Access denied: this address may not send here\r\n"
     );
+    assert!(c.closed());
     // From the application's address it works.
     let mut ok = Raw::connect_from(relay.addr("main"), "127.0.0.2");
     ok.expect("EHLO c", 250);
@@ -103,4 +105,41 @@ fn pipelined_session_in_one_write() {
             .len(),
         2
     );
+}
+
+#[test]
+fn addresses_that_are_not_utf8_are_refused() {
+    let relay = TestRelay::start(&simple_config(""));
+    let mut c = Raw::connect(relay.addr("main"));
+    c.expect("EHLO c", 250);
+    c.send(b"MAIL FROM:<app\xff@legacy.test>\r\n");
+    assert_eq!(c.reply(), "553 5.1.7 Sender address is not valid UTF-8\r\n");
+    c.expect("MAIL FROM:<app@legacy.test>", 250);
+    c.send(b"RCPT TO:<r\xc3\x28@example.com>\r\n");
+    assert_eq!(
+        c.reply(),
+        "553 5.1.3 Recipient address is not valid UTF-8\r\n"
+    );
+    // Valid UTF-8 is fine.
+    c.expect("RCPT TO:<jörg@example.com>", 250);
+}
+
+#[test]
+fn recipients_the_relay_cannot_send_get_its_own_refusal_at_rcpt() {
+    let relay = TestRelay::start(&simple_config(""));
+    let mut c = Raw::connect(relay.addr("main"));
+    c.expect("EHLO c", 250);
+    c.expect("MAIL FROM:<app@legacy.test>", 250);
+    // Valid RFC 5321 syntax, but not put into RCPT TO:<..> upstream: the
+    // relay says so itself, instead of "Upstream refused" after DATA.
+    assert_eq!(
+        c.cmd("RCPT TO:<\"a>b\"@example.com>"),
+        "553 5.1.3 This relay cannot send to that address\r\n"
+    );
+    // An address literal is a policy refusal, not a syntax error.
+    assert_eq!(
+        c.cmd("RCPT TO:<user@[192.0.2.1]>"),
+        "550 5.7.1 Recipients at address literals are not relayed\r\n"
+    );
+    c.expect("RCPT TO:<ok@example.com>", 250);
 }

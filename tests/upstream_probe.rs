@@ -243,3 +243,72 @@ fn cli_check_config_probe() {
     let (code, _, _) = smarthost(&["--config", cfg.to_str().unwrap(), "check-config"]);
     assert_eq!(code, Some(0));
 }
+
+/// A server offering AUTH PLAIN that echoes the client's AUTH line in its
+/// 535 reply, as some do. Serves a bounded number of connections.
+fn echoing_server() -> u16 {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(4) {
+            let Ok(mut w) = stream else { return };
+            let _ = w.set_read_timeout(Some(WAIT));
+            let mut r = BufReader::new(w.try_clone().unwrap());
+            let _ = w.write_all(b"220 echo ESMTP\r\n");
+            let mut line = String::new();
+            while r.read_line(&mut line).unwrap_or(0) > 0 {
+                let cmd = line.trim_end().to_owned();
+                line.clear();
+                let reply = if cmd.starts_with("EHLO") {
+                    "250-echo\r\n250 AUTH PLAIN LOGIN\r\n".to_owned()
+                } else if cmd.starts_with("AUTH") {
+                    format!("535 5.7.8 Authentication failed: {cmd}\r\n")
+                } else if cmd.starts_with("QUIT") {
+                    let _ = w.write_all(b"221 bye\r\n");
+                    break;
+                } else {
+                    "250 ok\r\n".to_owned()
+                };
+                if w.write_all(reply.as_bytes()).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    port
+}
+
+#[test]
+fn an_echoed_auth_blob_is_redacted_in_test_server_output() {
+    use base64::Engine;
+    let port = echoing_server();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        dir.path(),
+        &format!(
+            "[server.good]\nhost = \"127.0.0.1\"\nport = {port}\nsecurity = \"none\"\nusername = \"relay\"\npassword = \"s3cret-pw\"\nauth = \"plain\"\n"
+        ),
+    );
+    let (code, out, err) = smarthost(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "test-server",
+        "good",
+        "--to",
+        "b@y.test",
+    ]);
+    assert_eq!(code, Some(1), "{out}\n{err}");
+    assert!(out.contains("<redacted>"), "{out}");
+    let b64 = |s: &[u8]| base64::engine::general_purpose::STANDARD.encode(s);
+    for leak in [
+        "s3cret-pw".to_owned(),
+        b64(b"\0relay\0s3cret-pw"),
+        b64(b"relay\0relay\0s3cret-pw"),
+        b64(b"s3cret-pw"),
+    ] {
+        let leak = leak.trim_end_matches('=');
+        assert!(!out.contains(leak), "{leak} in:\n{out}");
+        assert!(!err.contains(leak), "{leak} in:\n{err}");
+    }
+}

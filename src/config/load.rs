@@ -429,7 +429,7 @@ fn load_inner(text: &str, name: String, path: Option<PathBuf>) -> Result<Config,
     // tables borrow the text.
     let included = match &files[0].table {
         Some(t) => {
-            let (inc, errs) = read_includes(t, text, &name, path.as_deref());
+            let (inc, errs, _) = read_includes(t, text, &name, path.as_deref());
             errors.extend(errs);
             inc
         }
@@ -464,15 +464,19 @@ fn load_inner(text: &str, name: String, path: Option<PathBuf>) -> Result<Config,
 }
 
 /// Reads every file the `include` globs of the main file's `table` match.
+/// The third value says whether some read failed for a reason other than
+/// a missing file (out of file descriptors, an I/O error): the file watcher
+/// must not take such a moment for a change.
 #[allow(clippy::type_complexity)]
 fn read_includes(
     t: &Spanned<DeTable<'_>>,
     text: &str,
     name: &str,
     path: Option<&Path>,
-) -> (Vec<(String, PathBuf, String)>, Vec<ConfigError>) {
+) -> (Vec<(String, PathBuf, String)>, Vec<ConfigError>, bool) {
     let mut included: Vec<(String, PathBuf, String)> = Vec::new();
     let mut errors = Vec::new();
+    let mut transient = false;
     let name = name.to_owned();
     let base = path
         .as_ref()
@@ -493,7 +497,46 @@ fn read_includes(
                 let full = base.join(&pat);
                 let found = glob::glob(&full.to_string_lossy());
                 let mut paths: Vec<PathBuf> = match found {
-                    Ok(it) => it.filter_map(Result::ok).take(MAX_INCLUDES + 1).collect(),
+                    Ok(it) => {
+                        // A directory or file the glob cannot read is an
+                        // error, not a file that is not there: a reload must
+                        // not drop its tenants for a transient failure.
+                        let mut paths = Vec::new();
+                        let mut failed = false;
+                        for entry in it.take(MAX_INCLUDES + 1) {
+                            match entry {
+                                Ok(p) => paths.push(p),
+                                Err(e) => {
+                                    failed = true;
+                                    transient |= e.error().kind() != std::io::ErrorKind::NotFound;
+                                    errors.push(ConfigError {
+                                        file: e.path().display().to_string(),
+                                        line: 0,
+                                        key: "include".into(),
+                                        message: format!(
+                                            "cannot read while matching {pat:?}: {}",
+                                            e.error()
+                                        ),
+                                    });
+                                }
+                            }
+                        }
+                        if failed {
+                            continue;
+                        }
+                        // A pattern without wildcards names one file: its
+                        // absence is an error (a glob may match nothing).
+                        if paths.is_empty() && !pat.contains(['*', '?', '[']) {
+                            errors.push(ConfigError {
+                                file: name.clone(),
+                                line: 0,
+                                key: "include".into(),
+                                message: format!("included file {pat:?} does not exist"),
+                            });
+                            continue;
+                        }
+                        paths
+                    }
                     Err(e) => {
                         errors.push(ConfigError {
                             file: name.clone(),
@@ -515,8 +558,14 @@ fn read_includes(
                 }
                 paths.sort();
                 for p in paths {
-                    let read = super::values::read_limited(&p, MAX_FILE)
-                        .and_then(|b| String::from_utf8(b).map_err(|_| "not UTF-8".to_owned()));
+                    let read = match super::values::read_limited_io(&p, MAX_FILE) {
+                        Ok(Some(b)) => String::from_utf8(b).map_err(|_| "not UTF-8".to_owned()),
+                        Ok(None) => Err(format!("larger than {MAX_FILE} bytes")),
+                        Err(e) => {
+                            transient |= e.kind() != std::io::ErrorKind::NotFound;
+                            Err(e.to_string())
+                        }
+                    };
                     match read {
                         Ok(t) => included.push((p.display().to_string(), p, t)),
                         Err(e) => errors.push(ConfigError {
@@ -530,7 +579,7 @@ fn read_includes(
             }
         }
     }
-    (included, errors)
+    (included, errors, transient)
 }
 
 fn content_hash<'a>(files: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
@@ -570,21 +619,47 @@ pub fn files_hash(paths: &[PathBuf]) -> String {
 /// modification times); a file that cannot be read or parsed still gives
 /// a hash, so a broken edit is noticed too.
 pub fn source_hash(path: &Path) -> String {
+    source_hash_checked(path).0
+}
+
+/// [`source_hash`], and whether some read failed for a reason other than a
+/// missing file (then the hash says nothing about the files).
+fn source_hash_checked(path: &Path) -> (String, bool) {
     let name = path.display().to_string();
-    let text = super::values::read_limited(path, MAX_FILE)
-        .ok()
-        .and_then(|b| String::from_utf8(b).ok())
-        .unwrap_or_default();
+    let (text, mut transient) = match super::values::read_limited_io(path, MAX_FILE) {
+        Ok(b) => (
+            b.and_then(|b| String::from_utf8(b).ok())
+                .unwrap_or_default(),
+            false,
+        ),
+        Err(e) => (String::new(), e.kind() != std::io::ErrorKind::NotFound),
+    };
     let (table, syntax) = DeTable::parse_recoverable(&text);
     let included = if syntax.is_empty() {
-        read_includes(&table, &text, &name, Some(path)).0
+        let (inc, _, t) = read_includes(&table, &text, &name, Some(path));
+        transient |= t;
+        inc
     } else {
         Vec::new()
     };
-    content_hash(
+    let hash = content_hash(
         std::iter::once((name.as_str(), text.as_str()))
             .chain(included.iter().map(|(n, _, t)| (n.as_str(), t.as_str()))),
-    )
+    );
+    (hash, transient)
+}
+
+/// What the file watcher compares: the hash of the config files and of
+/// the files they refer to, or `None` when a file could not be read for a
+/// reason other than being missing (out of file descriptors, an I/O
+/// error): such a moment is not a config change.
+pub fn watch_hash(main: &Path, referenced: &[PathBuf]) -> Option<String> {
+    let (source, transient) = source_hash_checked(main);
+    let unreadable = referenced.iter().any(|p| {
+        super::values::read_limited_io(p, MAX_FILE)
+            .is_err_and(|e| e.kind() != std::io::ErrorKind::NotFound)
+    });
+    (!transient && !unreadable).then(|| format!("{source}/{}", files_hash(referenced)))
 }
 
 #[cfg(test)]

@@ -8,17 +8,20 @@
 
 mod load;
 pub mod raw;
+pub mod removal;
 mod validate;
 pub mod values;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use load::{DEFAULT_CONFIG, files_hash, load_default, load_file, load_str, source_hash};
+pub use load::{
+    DEFAULT_CONFIG, files_hash, load_default, load_file, load_str, source_hash, watch_hash,
+};
 pub use raw::{
     BlacklistAction, DeliveryMode, LimitCounts, ListenerAuth, ListenerTls, LogFormat,
     QueueSettings, Security, UpstreamAuth,
@@ -98,6 +101,16 @@ pub struct Config {
     pub referenced: Vec<PathBuf>,
     /// SHA-256 over the content of `referenced` at load time.
     pub referenced_hash: String,
+    /// The file that defines each tenant (`"tenant NAME"`) and application
+    /// (`"application NAME"`): a reload refuses to drop one that had
+    /// traffic unless its file is still there and not blank.
+    pub defined_in: BTreeMap<String, PathBuf>,
+    /// The files read that hold more than white space.
+    pub nonblank_files: BTreeSet<PathBuf>,
+    /// Set by a reload that removed an application: until then, a client
+    /// no application knows gets a 4xx (the removal may be a transient
+    /// state of the files), never a 5xx that would make it bounce mail.
+    pub unknown_transient_until: Option<std::time::Instant>,
     auth_index: HashMap<String, String>,
     ip_index: Vec<(Cidr, String)>,
 }
@@ -199,6 +212,12 @@ pub struct Limits {
     pub auth_lockout: Duration,
     /// Shutdown grace period.
     pub shutdown_grace: Duration,
+    /// Most sessions per client address that no application owns.
+    pub max_connections_per_client: usize,
+    /// Longest session.
+    pub max_session_time: Duration,
+    /// Idle time between commands before AUTH or identification.
+    pub unidentified_timeout: Duration,
 }
 
 /// `[admin]`.
@@ -522,6 +541,12 @@ impl Config {
             .iter()
             .find(|(c, _)| c.contains(ip))
             .and_then(|(_, n)| self.applications.get(n))
+    }
+
+    /// Whether some client can be identified without AUTH: an application
+    /// owns addresses, or a listener is bound to one.
+    pub fn identifies_without_auth(&self) -> bool {
+        !self.ip_index.is_empty() || self.listeners.iter().any(|l| l.application.is_some())
     }
 
     /// Whether any application can authenticate.

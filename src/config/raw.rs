@@ -144,7 +144,8 @@ pub struct RawLimits {
     pub max_recipients: Option<usize>,
     /// Most concurrent sessions over all listeners. Default 1000.
     pub max_connections: Option<usize>,
-    /// Idle time allowed between commands. Default `"5m"`.
+    /// Time allowed for each whole command line, counted from the previous
+    /// reply (not reset by each byte that arrives). Default `"5m"`.
     pub command_timeout: Option<Dur>,
     /// Time allowed for the whole DATA/BDAT phase. Default `"10m"`.
     pub data_timeout: Option<Dur>,
@@ -161,6 +162,29 @@ pub struct RawLimits {
     pub auth_lockout: Option<Dur>,
     /// At shutdown, how long transactions in progress may take to finish. Default `"30s"`.
     pub shutdown_grace: Option<Dur>,
+    /// Most concurrent sessions from one client address that no application
+    /// owns (IPv6: per /64), like Postfix's
+    /// `smtpd_client_connection_count_limit`. Default
+    /// [`RawLimits::DEFAULT_MAX_CONNECTIONS_PER_CLIENT`].
+    pub max_connections_per_client: Option<usize>,
+    /// Longest a session may last; at the next command after it, the client
+    /// gets `421 4.4.2` (a message in transfer may finish). Default
+    /// [`RawLimits::DEFAULT_MAX_SESSION_TIME`].
+    pub max_session_time: Option<Dur>,
+    /// Idle time allowed between commands while a session is neither
+    /// authenticated nor identified by its address or listener. Default
+    /// [`RawLimits::DEFAULT_UNIDENTIFIED_TIMEOUT`].
+    pub unidentified_timeout: Option<Dur>,
+}
+
+impl RawLimits {
+    /// Default of `max_connections_per_client` (Postfix's default too).
+    pub const DEFAULT_MAX_CONNECTIONS_PER_CLIENT: usize = 50;
+    /// Default of `max_session_time`: one hour.
+    pub const DEFAULT_MAX_SESSION_TIME: std::time::Duration = std::time::Duration::from_secs(3600);
+    /// Default of `unidentified_timeout`: twenty seconds.
+    pub const DEFAULT_UNIDENTIFIED_TIMEOUT: std::time::Duration =
+        std::time::Duration::from_secs(20);
 }
 
 /// `[admin]`: the admin and metrics port.

@@ -770,3 +770,38 @@ fn dkim_keys_in_included_files_belong_to_their_tenants() {
         );
     }
 }
+
+#[test]
+fn the_watcher_hash_ignores_files_it_cannot_read_now() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("tenants")).unwrap();
+    let main = dir.path().join("main.toml");
+    std::fs::write(&main, format!("include = [\"tenants/*.toml\"]\n{}", base())).unwrap();
+    std::fs::write(dir.path().join("tenants/a.toml"), "[tenant.a]\n").unwrap();
+    let cert = dir.path().join("cert.pem");
+    std::fs::write(&cert, "x").unwrap();
+    let c = load_file(&main).unwrap();
+    let h = watch_hash(&main, std::slice::from_ref(&cert)).unwrap();
+    assert!(h.starts_with(&c.hash));
+    // A missing file is a change (it may appear); a file that cannot be
+    // read (here a directory: EISDIR, as EMFILE would be) is not.
+    assert!(watch_hash(&main, &[dir.path().join("missing.pem")]).is_some());
+    assert!(watch_hash(&main, &[dir.path().join("tenants")]).is_none());
+    std::fs::create_dir(dir.path().join("tenants/b.toml")).unwrap();
+    assert!(watch_hash(&main, std::slice::from_ref(&cert)).is_none());
+}
+
+#[test]
+fn a_missing_literal_include_is_an_error_a_glob_may_match_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let main = dir.path().join("main.toml");
+    std::fs::write(&main, format!("include = [\"tenants/*.toml\"]\n{}", base())).unwrap();
+    assert!(load_file(&main).is_ok());
+    std::fs::write(&main, format!("include = [\"tenant.toml\"]\n{}", base())).unwrap();
+    let errs = load_file(&main).unwrap_err().0;
+    assert!(
+        errs.iter()
+            .any(|e| e.key == "include" && e.message.contains("does not exist")),
+        "{errs:?}"
+    );
+}

@@ -7,8 +7,8 @@
 
 use super::load::{KeyPath, Located, RawDoc, Sources};
 use super::raw::{
-    BlacklistAction, DeliveryMode, LimitCounts, ListenerAuth, ListenerTls, LogFormat, RawServer,
-    RawTestMode, Security, ServerKindName, UpstreamAuth,
+    BlacklistAction, DeliveryMode, LimitCounts, ListenerAuth, ListenerTls, LogFormat, RawLimits,
+    RawServer, RawTestMode, Security, ServerKindName, UpstreamAuth,
 };
 use super::values::Cidr;
 use super::{
@@ -683,6 +683,15 @@ pub(super) fn validate(
         shutdown_grace: rl
             .shutdown_grace
             .map_or(Duration::from_secs(30), |d| d.get()),
+        max_connections_per_client: rl
+            .max_connections_per_client
+            .unwrap_or(RawLimits::DEFAULT_MAX_CONNECTIONS_PER_CLIENT),
+        max_session_time: rl
+            .max_session_time
+            .map_or(RawLimits::DEFAULT_MAX_SESSION_TIME, |d| d.get()),
+        unidentified_timeout: rl
+            .unidentified_timeout
+            .map_or(RawLimits::DEFAULT_UNIDENTIFIED_TIMEOUT, |d| d.get()),
     };
     if let Some(l) = &doc.limits {
         let p = &l.path;
@@ -693,6 +702,15 @@ pub(super) fn validate(
             ("command_timeout", limits.command_timeout.is_zero()),
             ("data_timeout", limits.data_timeout.is_zero()),
             ("auth_failures", limits.auth_failures == 0),
+            (
+                "max_connections_per_client",
+                limits.max_connections_per_client == 0,
+            ),
+            ("max_session_time", limits.max_session_time.is_zero()),
+            (
+                "unidentified_timeout",
+                limits.unidentified_timeout.is_zero(),
+            ),
         ] {
             if bad {
                 cx.err(l.file, &p.clone().key(key), "must be greater than zero");
@@ -928,6 +946,18 @@ pub(super) fn validate(
         warnings: Vec::new(),
         referenced: Vec::new(),
         referenced_hash: String::new(),
+        defined_in: raw_tenants
+            .iter()
+            .map(|(n, l)| (format!("tenant {n}"), l.file))
+            .filter_map(|(k, f)| Some((k, src.files.get(f)?.path.clone()?)))
+            .collect(),
+        nonblank_files: src
+            .files
+            .iter()
+            .filter(|f| !f.text.trim().is_empty())
+            .filter_map(|f| f.path.clone())
+            .collect(),
+        unknown_transient_until: None,
         auth_index: HashMap::new(),
         ip_index: Vec::new(),
     };
@@ -1069,8 +1099,15 @@ pub(super) fn validate(
 
     // Applications.
     let raw_apps = dedupe(&mut cx, "application", doc.applications);
+    for (n, l) in &raw_apps {
+        if let Some(p) = src.files.get(l.file).and_then(|f| f.path.clone()) {
+            cfg.defined_in.insert(format!("application {n}"), p);
+        }
+    }
     let mut auth_users: HashMap<String, (String, usize, KeyPath)> = HashMap::new();
     let mut ip_owner: HashMap<Cidr, String> = HashMap::new();
+    let mut all_client_ips: Vec<Cidr> = Vec::new();
+    let mut union_reported = false;
     for (name, l) in &raw_apps {
         let a = &l.value;
         let (file, path) = (l.file, &l.path);
@@ -1174,6 +1211,7 @@ pub(super) fn validate(
                 IpAddr::V6(_) => c.prefix() < 16,
             };
             if broad && !c.is_private() {
+                union_reported = true;
                 cx.err(
                     file,
                     &p,
@@ -1187,6 +1225,18 @@ pub(super) fn validate(
             } else {
                 ip_owner.insert(*c, name.clone());
             }
+        }
+        // Entries that are each narrow enough may still add up to the
+        // Internet: the union of every application's networks so far.
+        all_client_ips.extend(a.client_ips.iter().copied());
+        let (v4, v6) = Cidr::public_span(&all_client_ips);
+        if !union_reported && (v4 > 1 << 24 || v6 > 1 << 112) {
+            union_reported = true;
+            cx.err(
+                file,
+                &path.clone().key("client_ips"),
+                "together with the client_ips of the applications before it, this spans more public addresses than a /8 (IPv6: /16): every client there could send, an open relay",
+            );
         }
         let tm = test_mode(&mut cx, file, path, &a.test_mode);
         cfg.applications.insert(

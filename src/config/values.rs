@@ -319,12 +319,22 @@ impl EmailAddress {
     }
 }
 
-/// Lowercases an address for case-insensitive comparison (blacklists,
-/// allow lists, "is this the same sender" checks) and drops a trailing dot
-/// on the domain.
+/// Normalises an address for comparison (blacklists, allow lists, "is
+/// this the same sender" checks): lowercase, and the domain in its IDNA
+/// ASCII form (UTS #46 mapping), so fullwidth letters, `。` for the dot
+/// and U-labels compare equal to the plain ASCII domain; no trailing dot.
+/// A domain IDNA refuses (e.g. an address literal) is only lowercased.
 pub fn normalize_address(a: &str) -> String {
     let a = a.trim().trim_start_matches('<').trim_end_matches('>');
     let mut s = a.to_lowercase();
+    if let Some(at) = s.rfind('@') {
+        let domain = &s[at + 1..];
+        if (!domain.is_ascii() || domain.contains("xn--"))
+            && let Ok(ascii) = idna::domain_to_ascii(domain)
+        {
+            s.replace_range(at + 1.., &ascii);
+        }
+    }
     if s.ends_with('.') {
         s.pop();
     }
@@ -564,6 +574,64 @@ impl Cidr {
             .any(|p| p.parse::<Cidr>().is_ok_and(|net| self.within(&net)))
     }
 
+    /// The networks [`Cidr::is_private`] treats as not public.
+    fn private_nets() -> Vec<ipnet::IpNet> {
+        [
+            "127.0.0.0/8",
+            "10.0.0.0/8",
+            "172.16.0.0/12",
+            "192.168.0.0/16",
+            "100.64.0.0/10",
+            "169.254.0.0/16",
+            "::1/128",
+            "fc00::/7",
+            "fe80::/10",
+        ]
+        .iter()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+    }
+
+    /// How many public addresses the union of `nets` covers, as
+    /// (IPv4 addresses, IPv6 addresses): overlaps count once, private
+    /// ranges not at all. The open-relay guard compares this with a /8
+    /// (IPv6: /16), so many narrow entries cannot add up to the Internet.
+    pub fn public_span(nets: &[Cidr]) -> (u128, u128) {
+        let all: Vec<ipnet::IpNet> = nets
+            .iter()
+            .filter_map(|c| ipnet::IpNet::new(c.addr, c.prefix).ok())
+            .map(|n| n.trunc())
+            .collect();
+        let private = Self::private_nets();
+        let size = |n: &ipnet::IpNet| -> u128 {
+            let host_bits = u32::from(n.max_prefix_len() - n.prefix_len());
+            1u128.checked_shl(host_bits).unwrap_or(u128::MAX)
+        };
+        let (mut v4, mut v6) = (0u128, 0u128);
+        for n in ipnet::IpNet::aggregate(&all) {
+            // Aggregated networks are disjoint, and two CIDR blocks either
+            // nest or do not meet.
+            let hidden: u128 = private
+                .iter()
+                .map(|p| {
+                    if p.contains(&n) {
+                        size(&n)
+                    } else if n.contains(p) {
+                        size(p)
+                    } else {
+                        0
+                    }
+                })
+                .sum();
+            let public = size(&n).saturating_sub(hidden);
+            match n {
+                ipnet::IpNet::V4(_) => v4 = v4.saturating_add(public),
+                ipnet::IpNet::V6(_) => v6 = v6.saturating_add(public),
+            }
+        }
+        (v4, v6)
+    }
+
     /// Whether every address in the network is a loopback address.
     pub fn is_loopback(&self) -> bool {
         match self.addr {
@@ -626,17 +694,21 @@ impl Serialize for Cidr {
 /// Reads a file referenced by the config, refusing anything over `max`
 /// bytes, so a path such as `/dev/zero` cannot exhaust memory.
 pub fn read_limited(path: &Path, max: u64) -> Result<Vec<u8>, String> {
-    use std::io::Read;
-    let f =
-        std::fs::File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let mut buf = Vec::new();
-    f.take(max + 1)
-        .read_to_end(&mut buf)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    if buf.len() as u64 > max {
-        return Err(format!("{} is larger than {max} bytes", path.display()));
+    match read_limited_io(path, max) {
+        Ok(Some(buf)) => Ok(buf),
+        Ok(None) => Err(format!("{} is larger than {max} bytes", path.display())),
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
     }
-    Ok(buf)
+}
+
+/// [`read_limited`] keeping the I/O error (the file watcher tells a missing
+/// file from a failed read); `Ok(None)` when the file is larger than `max`.
+pub fn read_limited_io(path: &Path, max: u64) -> std::io::Result<Option<Vec<u8>>> {
+    use std::io::Read;
+    let f = std::fs::File::open(path)?;
+    let mut buf = Vec::new();
+    f.take(max + 1).read_to_end(&mut buf)?;
+    Ok((buf.len() as u64 <= max).then_some(buf))
 }
 
 /// Where a secret comes from, as written in the config: a string, or
@@ -837,7 +909,33 @@ mod tests {
         assert!(!d.matches("joe@sub.competitor.example"));
         let a: BlacklistEntry = "<Former@Example.COM>".parse().unwrap();
         assert_eq!(a, BlacklistEntry::Address("former@example.com".into()));
+        let spans = |v: &[&str]| {
+            Cidr::public_span(&v.iter().map(|s| s.parse().unwrap()).collect::<Vec<_>>())
+        };
+        assert_eq!(spans(&["10.0.0.0/8", "127.0.0.1"]), (0, 0));
+        assert_eq!(spans(&["192.0.2.0/24", "192.0.2.0/25"]), (256, 0));
+        // 223 public /8s, each allowed alone, together cover most of IPv4.
+        let eights: Vec<String> = (1..=223u8)
+            .filter(|i| ![10, 127].contains(i))
+            .map(|i| format!("{i}.0.0.0/8"))
+            .collect();
+        let e: Vec<&str> = eights.iter().map(String::as_str).collect();
+        // 172.16/12, 192.168/16, 100.64/10, 169.254/16 are not counted.
+        let private = (1u128 << 20) + (1 << 16) + (1 << 22) + (1 << 16);
+        assert_eq!(spans(&e).0, 221 * (1u128 << 24) - private);
+        assert_eq!(spans(&["2001:db8::/32"]).1, 1u128 << 96);
         assert!(a.matches(&normalize_address("FORMER@example.com")));
+        // Fullwidth letters and the ideographic full stop are the same
+        // domain, in the list and in the recipient (issue 14 item 8).
+        let d: BlacklistEntry = "@competitor.example".parse().unwrap();
+        assert!(d.matches(&normalize_address("x@ｃｏｍｐｅｔｉｔｏｒ.example")));
+        assert!(d.matches(&normalize_address("x@competitor。example")));
+        assert!(d.matches(&normalize_address("x@COMPETITOR.example.")));
+        let u: BlacklistEntry = "@ｃｏｍｐｅｔｉｔｏｒ。example".parse().unwrap();
+        assert_eq!(u, d);
+        let idn: BlacklistEntry = "@bücher.example".parse().unwrap();
+        assert!(idn.matches(&normalize_address("a@xn--bcher-kva.example")));
+        assert!(idn.matches(&normalize_address("a@BÜCHER.example")));
         assert!(!a.matches("other@example.com"));
         assert!("@".parse::<BlacklistEntry>().is_err());
         assert!("nobody".parse::<BlacklistEntry>().is_err());

@@ -175,6 +175,9 @@ pub async fn deliver(plan: &Plan<'_>, msg: &Message, cx: &Context<'_>) -> Outcom
         return Outcome::NothingToDeliver;
     }
     let mut failovers = Vec::new();
+    // Recipients still to deliver, and those refused on a hop that failed.
+    let mut rcpts = cx.rcpts.to_vec();
+    let mut refused_before: Vec<RefusedRecipient> = Vec::new();
     for (i, server) in plan.chain.iter().enumerate() {
         if cx.health.is_down(&server.name, Instant::now()) {
             tracing::debug!(id = cx.id, server = %server.name, "skipping a server marked down");
@@ -185,62 +188,98 @@ pub async fn deliver(plan: &Plan<'_>, msg: &Message, cx: &Context<'_>) -> Outcom
             ));
             continue;
         }
-        let started = Instant::now();
-        let result = hop(plan, server, msg, cx).await;
-        let elapsed = started.elapsed();
-        tracing::debug!(id = cx.id, server = %server.name, elapsed_ms = elapsed.as_millis() as u64, ?result, "hop");
-        match result {
-            HopResult::Accepted { refused, deferred } => {
-                cx.health.success(&server.name);
-                cx.metrics
-                    .upstream_latency
-                    .get_or_create(&ServerLabel {
-                        server: server.name.clone(),
-                    })
-                    .observe(elapsed.as_secs_f64());
-                return Outcome::Delivered {
-                    server: server.name.clone(),
-                    failovers,
-                    refused,
+        // A server that refused some recipients and then cut the
+        // connection (its error limit) passes the rest to the next server;
+        // the last server of the chain is asked again, a few times, for
+        // them: each round removes the refused ones, so this ends instead
+        // of the client retrying for ever against the same error.
+        let mut rounds = 0;
+        loop {
+            let started = Instant::now();
+            let result = hop(plan, &rcpts, server, msg, cx).await;
+            let elapsed = started.elapsed();
+            tracing::debug!(id = cx.id, server = %server.name, elapsed_ms = elapsed.as_millis() as u64, ?result, "hop");
+            match result {
+                HopResult::Accepted {
+                    mut refused,
                     deferred,
-                };
-            }
-            HopResult::Permanent {
-                code,
-                enhanced,
-                reason,
-            } => {
-                cx.health.success(&server.name);
-                return Outcome::Refused {
-                    server: server.name.clone(),
+                } => {
+                    refused.splice(0..0, refused_before);
+                    cx.health.success(&server.name);
+                    cx.metrics
+                        .upstream_latency
+                        .get_or_create(&ServerLabel {
+                            server: server.name.clone(),
+                        })
+                        .observe(elapsed.as_secs_f64());
+                    return Outcome::Delivered {
+                        server: server.name.clone(),
+                        failovers,
+                        refused,
+                        deferred,
+                    };
+                }
+                HopResult::Permanent {
                     code,
                     enhanced,
                     reason,
-                    failovers,
-                };
-            }
-            HopResult::Failover(f) => {
-                tracing::warn!(id = cx.id, server = %f.server, class = %f.class, reason = %f.reason, "hop failed, trying the next server");
-                let to_server = plan
-                    .chain
-                    .get(i + 1)
-                    .map_or_else(|| "none".to_owned(), |s| s.name.clone());
-                cx.metrics
-                    .failovers
-                    .get_or_create(&FailoverLabels {
-                        from_server: f.server.clone(),
-                        to_server,
-                        class: f.class.as_str(),
-                    })
-                    .inc();
-                cx.health.note_error(&server.name, &f.reason);
-                let (h, now) = (cx.health_settings, Instant::now());
-                if f.counts_for_health()
-                    && cx.health.failure(&server.name, now, h.failures, h.cooldown)
-                {
-                    tracing::warn!(server = %server.name, cooldown_s = h.cooldown.as_secs(), reason = %f.reason, "server marked down after repeated failures");
+                } => {
+                    cx.health.success(&server.name);
+                    return Outcome::Refused {
+                        server: server.name.clone(),
+                        code,
+                        enhanced,
+                        reason,
+                        failovers,
+                    };
                 }
-                failovers.push(f);
+                HopResult::Failover(mut f) => {
+                    // A server that refused recipients and then gave up (a 421
+                    // after too many unknown recipients) reacted to this
+                    // message: that says nothing about the server's health.
+                    f.message_caused |= !f.refused.is_empty();
+                    tracing::warn!(id = cx.id, server = %f.server, class = %f.class, reason = %f.reason, "hop failed, trying the next server");
+                    let to_server = plan
+                        .chain
+                        .get(i + 1)
+                        .map_or_else(|| "none".to_owned(), |s| s.name.clone());
+                    cx.metrics
+                        .failovers
+                        .get_or_create(&FailoverLabels {
+                            from_server: f.server.clone(),
+                            to_server,
+                            class: f.class.as_str(),
+                        })
+                        .inc();
+                    cx.health.note_error(&server.name, &f.reason);
+                    let (h, now) = (cx.health_settings, Instant::now());
+                    if f.counts_for_health()
+                        && cx.health.failure(&server.name, now, h.failures, h.cooldown)
+                    {
+                        tracing::warn!(server = %server.name, cooldown_s = h.cooldown.as_secs(), reason = %f.reason, "server marked down after repeated failures");
+                    }
+                    rcpts.retain(|r| !f.refused.iter().any(|x| &x.rcpt == r));
+                    refused_before.extend(f.refused.iter().cloned());
+                    let again = f.message_caused
+                        && !f.refused.is_empty()
+                        && rounds < 3
+                        && i + 1 == plan.chain.len();
+                    failovers.push(f);
+                    if let (true, Some(first)) = (rcpts.is_empty(), refused_before.first()) {
+                        return Outcome::Refused {
+                            server: server.name.clone(),
+                            code: first.code,
+                            enhanced: first.enhanced,
+                            reason: first.reason.clone(),
+                            failovers,
+                        };
+                    }
+                    if again {
+                        rounds += 1;
+                        continue;
+                    }
+                    break;
+                }
             }
         }
     }
@@ -256,9 +295,15 @@ pub async fn deliver(plan: &Plan<'_>, msg: &Message, cx: &Context<'_>) -> Outcom
     Outcome::Deferred { failovers }
 }
 
-/// One hop: the rewrite for this server, then the one dispatch over the
-/// upstream kinds.
-async fn hop(plan: &Plan<'_>, server: &Server, msg: &Message, cx: &Context<'_>) -> HopResult {
+/// One hop to `rcpts`: the rewrite for this server, then the one dispatch
+/// over the upstream kinds.
+async fn hop(
+    plan: &Plan<'_>,
+    rcpts: &[String],
+    server: &Server,
+    msg: &Message,
+    cx: &Context<'_>,
+) -> HopResult {
     let mut spec = plan.rewrite_spec(server);
     // RFC 6409 §8: a submission without Date or Message-ID gets them; the
     // same values on every hop, since they derive from the message id and
@@ -277,7 +322,7 @@ async fn hop(plan: &Plan<'_>, server: &Server, msg: &Message, cx: &Context<'_>) 
                 id: cx.id,
                 received_at: cx.received_at,
                 mail_from: &mail_from,
-                rcpt_to: cx.rcpts,
+                rcpt_to: rcpts,
                 original_mail_from: &plan.envelope_from,
                 recipients: &plan.recipients,
                 application: &plan.eff.app.name,
@@ -304,11 +349,11 @@ async fn hop(plan: &Plan<'_>, server: &Server, msg: &Message, cx: &Context<'_>) 
         ServerKind::Smtp(s) => {
             let out = crate::upstream::Outgoing {
                 mail_from: &mail_from,
-                rcpt_to: cx.rcpts,
+                rcpt_to: rcpts,
                 header: &header,
                 message: msg,
                 body_offset: rw.body_offset,
-                smtputf8: needs_smtputf8(cx.envelope.smtputf8, &header, &mail_from, cx.rcpts),
+                smtputf8: needs_smtputf8(cx.envelope.smtputf8, &header, &mail_from, rcpts),
                 body_8bit: cx.envelope.body_8bit,
                 partial: cx.partial,
             };
@@ -317,7 +362,7 @@ async fn hop(plan: &Plan<'_>, server: &Server, msg: &Message, cx: &Context<'_>) 
         ServerKind::Graph(g) => {
             let out = crate::upstream::graph::GraphMessage {
                 mail_from: &mail_from,
-                rcpt_to: &plan.deliver_to,
+                rcpt_to: rcpts,
                 header: &header,
                 message: msg,
                 body_offset: rw.body_offset,

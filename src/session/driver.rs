@@ -33,6 +33,9 @@ pub enum End {
     Shutdown,
     /// Too many AUTH failures (421 4.7.0).
     LockedOut,
+    /// Refused and dropped: a client that may not send, or a BDAT size the
+    /// relay cannot read (5xx, then close).
+    Refused,
     /// A local error.
     Error,
 }
@@ -46,6 +49,7 @@ impl End {
             End::Timeout => "timeout",
             End::Shutdown => "shutdown",
             End::LockedOut => "locked_out",
+            End::Refused => "refused",
             End::Error => "error",
         }
     }
@@ -56,6 +60,7 @@ impl End {
             Some((421, Some((4, 4, 2)))) => End::Timeout,
             Some((421, Some((4, 3, 2)))) => End::Shutdown,
             Some((421, Some((4, 7, 0)))) => End::LockedOut,
+            Some((code, _)) if code >= 500 => End::Refused,
             Some(_) => End::Error,
             None => End::Closed,
         }
@@ -192,9 +197,28 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
     let mut spooler: Option<Spooler> = None;
     let mut data_deadline: Option<tokio::time::Instant> = None;
     let spool_dir = cfg.system.spool.join("tmp");
+    // The whole session is capped; each command line (not each read) must
+    // arrive within the command timeout of the previous reply, so a client
+    // sending a byte at a time cannot hold a slot (issue 14 item 3).
+    let session_deadline = tokio::time::Instant::now() + limits.max_session_time;
+    let command_deadline = |session: &Session| {
+        let idle = if session.identified() {
+            limits.command_timeout
+        } else {
+            limits.command_timeout.min(limits.unidentified_timeout)
+        };
+        (tokio::time::Instant::now() + idle).min(session_deadline)
+    };
 
+    if cfg
+        .unknown_transient_until
+        .is_some_and(|t| std::time::Instant::now() < t)
+    {
+        session.unknown_is_transient();
+    }
     session.greet();
     write_out(&mut conn, session, limits.command_timeout).await?;
+    let mut cmd_deadline = command_deadline(session);
     loop {
         // Feed everything buffered, handling events as they come.
         let mut pos = 0;
@@ -251,6 +275,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
                 }
                 Some(Event::Message(env)) => {
                     data_deadline = None;
+                    relay.note_traffic(&env.application);
                     *messages += 1;
                     let rest = session.take_body();
                     let msg = match spooler.take() {
@@ -284,6 +309,10 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
         if !session.in_transaction() {
             spooler = None;
         }
+        // A reply ends a command: the next one gets a fresh deadline.
+        if session.has_output() {
+            cmd_deadline = command_deadline(session);
+        }
         write_out(&mut conn, session, limits.command_timeout).await?;
         if session.closed() {
             let _ = tokio::time::timeout(Duration::from_secs(1), conn.shutdown()).await;
@@ -306,13 +335,16 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
             d.saturating_duration_since(tokio::time::Instant::now())
         } else {
             data_deadline = None;
-            limits.command_timeout
+            cmd_deadline.saturating_duration_since(tokio::time::Instant::now())
         };
         let stopping = *shutdown.borrow();
         let room = if session.in_data() { 64 << 10 } else { 4 << 10 };
         buf.reserve(room);
         tokio::select! {
             r = tokio::time::timeout(timeout, conn.read_buf(&mut buf)) => match r {
+                Err(_) if !session.in_data() && tokio::time::Instant::now() >= session_deadline => {
+                    session.close_with(reply::session_too_long());
+                }
                 Err(_) => {
                     session.close_with(reply::timeout());
                 }
@@ -336,8 +368,8 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
 /// Checks a password, applying and counting the per-address throttle:
 /// `auth_failures` counts failed checks, `auth_lockouts` the moments an
 /// address gets locked out. The attempt is counted before the check (see
-/// `throttle`), and checks run on blocking threads, at most one per CPU at
-/// a time: an argon2id check takes ~19 MiB and tens of milliseconds.
+/// `throttle`), and checks run on the relay's verifier threads (at most
+/// one per CPU, four at most, each reusing its ~19 MiB argon2 buffer).
 async fn authenticate(
     relay: &Relay,
     listener: &str,
@@ -366,14 +398,7 @@ async fn authenticate(
     let hash = app
         .and_then(|a| a.password_hash.clone())
         .unwrap_or_else(|| DUMMY_HASH.to_owned());
-    let ok = match relay.auth_slots.acquire().await {
-        Ok(_slot) => {
-            tokio::task::spawn_blocking(move || crate::auth::verify_password(&hash, &password))
-                .await
-                .unwrap_or(false)
-        }
-        Err(_) => false,
-    };
+    let ok = relay.verifier.verify(hash, password).await;
     // A user name that is not an account may be a password typed into the
     // wrong field: only known names are logged.
     let shown = if app.is_some() { user } else { "<unknown>" };

@@ -2,6 +2,7 @@
 //! decoding (`data`), the reply catalogue (`reply`), and the driver that
 //! connects them to a socket.
 
+pub mod admission;
 pub mod data;
 pub mod driver;
 /// The reply catalogue lives in [`crate::reply`] (the engine uses it too).

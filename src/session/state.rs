@@ -104,6 +104,11 @@ struct Tx {
 
 /// One SMTP session's protocol state.
 pub struct Session {
+    /// The client address or listener identifies an application.
+    owned: bool,
+    /// A reload removed an application a moment ago: refusing an unknown
+    /// client is not final (4xx instead of 5xx).
+    unknown_transient: bool,
     cfg: Arc<Config>,
     listener: Listener,
     peer: SocketAddr,
@@ -141,6 +146,38 @@ fn proto_error_reply(e: &ProtoError) -> Reply {
         | ProtoError::NeedsMoreData { .. }
         | ProtoError::InvalidResponse { .. } => reply::syntax_error("malformed command"),
     }
+}
+
+/// Whether the address in a MAIL/RCPT line ends in an address literal
+/// (`@[...]>`).
+fn has_address_literal(line: &[u8]) -> bool {
+    let Some(open) = memchr(b'<', line) else {
+        return false;
+    };
+    let Some(close) = line.iter().rposition(|b| *b == b'>') else {
+        return false;
+    };
+    let addr = &line[open + 1..close.max(open + 1)];
+    addr.ends_with(b"]") && addr.windows(2).any(|w| w == b"@[")
+}
+
+/// The chunk size of a `BDAT size [LAST]` line: digits only, and a number
+/// that fits (RFC 3030 §2: `1*DIGIT`). `None` for anything else.
+fn bdat_size(line: &[u8]) -> Option<usize> {
+    let rest = line.get(4..)?;
+    if !rest.starts_with(b" ") {
+        return None;
+    }
+    let rest = rest.trim_ascii_start();
+    let end = rest
+        .iter()
+        .position(|b| !b.is_ascii_digit())
+        .unwrap_or(rest.len());
+    let digits = std::str::from_utf8(&rest[..end]).ok()?;
+    if digits.is_empty() {
+        return None;
+    }
+    digits.parse::<u64>().ok()?.try_into().ok()
 }
 
 /// smtp-proto returns quoted local parts without their quotes; put them
@@ -225,7 +262,10 @@ impl Session {
         peer: SocketAddr,
         tls: Option<TlsInfo>,
     ) -> Self {
+        let owned = policy::identify(&cfg, Some(&listener), None, peer.ip()).is_some();
         Session {
+            owned,
+            unknown_transient: false,
             cfg,
             listener,
             peer,
@@ -320,8 +360,27 @@ impl Session {
         self.auth_user.as_deref()
     }
 
+    fn reply_none(&mut self, r: Reply) -> Option<Event> {
+        self.reply(r);
+        None
+    }
+
     fn reply(&mut self, r: Reply) {
         r.write_to(&mut self.out);
+    }
+
+    /// Shortly after a reload that removed an application, a client nobody
+    /// knows gets `421 4.7.1` at MAIL instead of a 5xx: its application may
+    /// only be missing while the config files are being rewritten.
+    pub fn unknown_is_transient(&mut self) {
+        self.unknown_transient = true;
+    }
+
+    /// Whether the client is known: authenticated, or identified by its
+    /// address or listener. Unknown clients get a shorter idle time and
+    /// are dropped after their first refused MAIL.
+    pub fn identified(&self) -> bool {
+        self.owned || self.auth_user.is_some()
     }
 
     /// Replies and closes (421s, QUIT).
@@ -443,8 +502,24 @@ impl Session {
     }
 
     fn command(&mut self, line: &[u8]) -> Option<Event> {
+        // smtp-proto decodes addresses lossily: an address that is not
+        // UTF-8 would be relayed with U+FFFD in it.
+        if std::str::from_utf8(line).is_err() {
+            let verb = line.get(..4).map(<[u8]>::to_ascii_uppercase);
+            match verb.as_deref() {
+                Some(b"MAIL") => return self.reply_none(reply::address_not_utf8(false)),
+                Some(b"RCPT") => return self.reply_none(reply::address_not_utf8(true)),
+                _ => {}
+            }
+        }
         let req = match Request::parse(&mut line.iter()) {
             Ok(r) => r.into_owned(),
+            // smtp-proto does not parse address literals (`user@[192.0.2.1]`,
+            // valid RFC 5321 syntax): a policy refusal, not a syntax error.
+            Err(ProtoError::InvalidRecipientAddress) if has_address_literal(line) => {
+                self.reply(reply::address_literal_refused());
+                return None;
+            }
             Err(e) => {
                 self.reply(proto_error_reply(&e));
                 return None;
@@ -508,10 +583,14 @@ impl Session {
                     self.phase = Phase::Data(dec);
                 }
             },
-            Request::Bdat {
-                chunk_size,
-                is_last,
-            } => {
+            Request::Bdat { is_last, .. } => {
+                // smtp-proto saturates an overlong size; read it ourselves.
+                // A size we cannot read leaves us out of step with the byte
+                // stream, so the session ends.
+                let Some(chunk_size) = bdat_size(line) else {
+                    self.close_with(reply::bad_chunk_size());
+                    return Some(Event::Close);
+                };
                 // The chunk is read in every case, so the byte stream stays in step.
                 if let Some(tx) = self.tx.as_mut() {
                     tx.bdat_started = true;
@@ -563,6 +642,12 @@ impl Session {
         }
         let (app, by) = match self.identify() {
             Ok(x) => x,
+            // A client nobody knows that tries to send without AUTH is done:
+            // keeping its session open would only hold a slot.
+            Err(_) if !self.identified() && self.unknown_transient => {
+                return self.close_with(reply::not_recognised_for_now());
+            }
+            Err(r) if !self.identified() => return self.close_with(r),
             Err(r) => return self.reply(r),
         };
         let Some(application) = self.cfg.applications.get(&app) else {
@@ -626,6 +711,12 @@ impl Session {
             let a = requote(address);
             if a.parse::<EmailAddress>().is_err() {
                 return self.reply(reply::bad_recipient());
+            }
+            // Valid, but the upstream client would refuse to put it into
+            // `RCPT TO:<..>`: refuse it here, in the relay's own words,
+            // rather than blame an upstream after DATA.
+            if a.contains(['<', '>']) {
+                return self.reply(reply::unsendable_recipient());
             }
             a
         };

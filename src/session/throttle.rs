@@ -52,7 +52,7 @@ pub enum FailureVerdict {
 /// The address failures are counted under: the address itself, IPv4 for an
 /// IPv4-mapped IPv6 address, the /64 for other IPv6 addresses (one host
 /// usually owns a whole /64).
-fn key(ip: IpAddr) -> IpAddr {
+pub(crate) fn key(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(_) => ip,
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {

@@ -323,15 +323,10 @@ const MAX_REASON: usize = 300;
 pub fn sanitize(text: &str, secret: Option<&str>) -> String {
     let mut owned = text.to_owned();
     if let Some(s) = secret.filter(|s| s.chars().count() >= 3) {
-        // The password itself, and its base64 form (AUTH LOGIN sends it
-        // so; a server echoing the exchange would show that).
-        use base64::Engine;
-        let b64 = base64::engine::general_purpose::STANDARD.encode(s);
-        for form in [s, b64.trim_end_matches('=')] {
-            if owned.contains(form) {
-                owned = owned.replace(form, "<redacted>");
-            }
+        if owned.contains(s) {
+            owned = owned.replace(s, "<redacted>");
         }
+        owned = redact_base64(&owned, s.as_bytes());
     }
     let text = owned.as_str();
     let mut out = String::with_capacity(text.len().min(MAX_REASON));
@@ -349,6 +344,39 @@ pub fn sanitize(text: &str, secret: Option<&str>) -> String {
         out.push(c);
     }
     out.trim().to_owned()
+}
+
+/// Replaces every base64 word of `text` whose decoded bytes contain
+/// `secret`: the password's own encoding (AUTH LOGIN) and every blob it was
+/// sent in (AUTH PLAIN's `authzid\0user\0password`, XOAUTH2), whichever
+/// of them a server echoes in its reply.
+fn redact_base64(text: &str, secret: &[u8]) -> String {
+    use base64::Engine;
+    use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+    const LENIENT: GeneralPurpose = GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        GeneralPurposeConfig::new()
+            .with_decode_allow_trailing_bits(true)
+            .with_decode_padding_mode(DecodePaddingMode::Indifferent),
+    );
+    let is_b64 = |c: char| c.is_ascii_alphanumeric() || matches!(c, '+' | '/' | '=');
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find(is_b64) {
+        out.push_str(&rest[..start]);
+        let word_len = rest[start..]
+            .find(|c| !is_b64(c))
+            .unwrap_or(rest.len() - start);
+        let word = &rest[start..start + word_len];
+        let hides_secret = word.len() >= 4
+            && LENIENT
+                .decode(word.trim_end_matches('='))
+                .is_ok_and(|bytes| bytes.windows(secret.len()).any(|w| w == secret));
+        out.push_str(if hides_secret { "<redacted>" } else { word });
+        rest = &rest[start + word_len..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// The enhanced status code of a reply, if it had one.
@@ -431,7 +459,30 @@ mod tests {
         // aHVudGVyMg== is base64 of hunter2 (AUTH LOGIN).
         assert_eq!(
             sanitize("535 bad aHVudGVyMg== here", Some("hunter2")),
-            "535 bad <redacted>== here"
+            "535 bad <redacted> here"
+        );
+        // AUTH PLAIN's blob, as Postfix-like servers may echo it.
+        use base64::Engine;
+        let b64 = |s: &[u8]| base64::engine::general_purpose::STANDARD.encode(s);
+        for blob in [
+            &b"relay\0relay\0hunter2"[..],
+            b"\0relay\0hunter2",
+            b"\0u\0hunter2",
+        ] {
+            let text = format!("535 5.7.8 AUTH PLAIN {} failed", b64(blob));
+            assert_eq!(
+                sanitize(&text, Some("hunter2")),
+                "535 5.7.8 AUTH PLAIN <redacted> failed",
+                "{text}"
+            );
+        }
+        // Words that do not hide the password stay.
+        assert_eq!(
+            sanitize(
+                "535 5.7.8 Error: authentication failed: UGFzc3dvcmQ6",
+                Some("hunter2")
+            ),
+            "535 5.7.8 Error: authentication failed: UGFzc3dvcmQ6"
         );
         let long = "x".repeat(1000);
         assert_eq!(sanitize(&long, None).chars().count(), MAX_REASON + 1);

@@ -85,6 +85,15 @@ pub enum TxOutcome {
     Refused(Reply),
     /// Anything else: fail over.
     Failed(UpstreamError),
+    /// The transaction failed (a 4xx, a 421 or a cut connection) after the
+    /// server had refused some recipients with 5xx: those refusals stand
+    /// (they get a DSN), the other recipients fail over.
+    Interrupted {
+        /// Why the transaction failed.
+        error: UpstreamError,
+        /// Recipients refused permanently before it failed.
+        refused: Vec<RefusedRecipient>,
+    },
 }
 
 /// A transaction's outcome and whether the connection may be used again.
@@ -102,6 +111,18 @@ impl Tx {
             outcome: TxOutcome::Failed(e),
             reusable,
         }
+    }
+
+    /// This transaction's failure, keeping the recipients the server had
+    /// already refused permanently (a refusal of the whole message stays one).
+    fn keeping(self, refused: Vec<RefusedRecipient>) -> Tx {
+        let outcome = match self.outcome {
+            TxOutcome::Failed(error) if !refused.is_empty() => {
+                TxOutcome::Interrupted { error, refused }
+            }
+            other => other,
+        };
+        Tx { outcome, ..self }
     }
 }
 
@@ -502,6 +523,56 @@ fn abandoned(stage: Stage, reply: Reply) -> Tx {
     }
 }
 
+/// A pipelined transaction whose connection failed before every reply
+/// arrived (typically a 421 after too many refused recipients, then EOF).
+/// That is a connection failure whatever did arrive: a 5xx to MAIL still
+/// refuses the message, recipients refused with 5xx stay refused, and the
+/// rest fail over. It must never turn into a refusal of the whole message.
+fn cut_short(rcpt_to: &[String], sent: &[bool], replies: Vec<Reply>, source: SmtpError) -> Tx {
+    let mut replies = replies.into_iter();
+    let cut = |stage| Tx::failed(UpstreamError::Smtp { stage, source }, false);
+    match replies.next() {
+        None => return cut(Stage::Mail),
+        Some(r) if is_positive(&r) => {}
+        Some(r) => return abandoned(Stage::Mail, r),
+    }
+    let mut refused = Vec::new();
+    for (rcpt, ok) in rcpt_to.iter().zip(sent) {
+        let reply = if *ok {
+            match replies.next() {
+                Some(r) => r,
+                None => return cut(Stage::Rcpt).keeping(refused),
+            }
+        } else {
+            not_sent()
+        };
+        if is_positive(&reply) {
+            continue;
+        }
+        if reply_class(Stage::Rcpt, reply.code) != Class::Permanent {
+            // A 421 (or 4xx): what came after it does not count.
+            return Tx::failed(UpstreamError::reply(Stage::Rcpt, reply), false).keeping(refused);
+        }
+        refused.push(refusal(rcpt, &reply));
+    }
+    cut(Stage::Data).keeping(refused)
+}
+
+/// The local refusal of a recipient that could not be sent safely.
+fn not_sent() -> Reply {
+    local_reply(553, [5, 1, 3], "invalid recipient address (not sent)")
+}
+
+/// A recipient's permanent refusal as delivery reports it.
+fn refusal(rcpt: &str, reply: &Reply) -> RefusedRecipient {
+    RefusedRecipient {
+        rcpt: rcpt.to_owned(),
+        code: reply.code,
+        enhanced: super::classify::enhanced(reply),
+        reason: super::classify::sanitize(&reply.message, None),
+    }
+}
+
 fn is_positive(r: &Reply) -> bool {
     (200..300).contains(&r.code)
 }
@@ -575,9 +646,9 @@ impl Session {
             };
         }
         match self.command(Stage::Data, b"DATA\r\n").await {
-            Err(e) => return Tx::failed(e, false),
+            Err(e) => return Tx::failed(e, false).keeping(rcpts.refused),
             Ok(r) if r.code == 354 => {}
-            Ok(r) => return self.abort(Stage::Data, r).await,
+            Ok(r) => return self.abort(Stage::Data, r).await.keeping(rcpts.refused),
         }
         self.finish_data(server, msg, rcpts.refused, rcpts.deferred)
             .await
@@ -619,22 +690,7 @@ impl Session {
             Err(_) => (Vec::new(), Some(SmtpError::Timeout)),
         };
         if let Some(source) = cut {
-            // The connection failed part way: report the first refusal that
-            // did arrive (a 421 says more than the EOF after it), else the
-            // stage whose reply is missing.
-            let stages = std::iter::once(Stage::Mail).chain(std::iter::repeat(Stage::Rcpt));
-            for (reply, stage) in replies.into_iter().zip(stages) {
-                if !is_positive(&reply) {
-                    return abandoned(stage, reply);
-                }
-            }
-            return Tx::failed(
-                UpstreamError::Smtp {
-                    stage: Stage::Mail,
-                    source,
-                },
-                false,
-            );
+            return cut_short(msg.rcpt_to, &sent, replies, source);
         }
         let mut replies = replies.into_iter();
         let (Some(mail_reply), Some(data_reply)) = (replies.next(), replies.next_back()) else {
@@ -670,16 +726,17 @@ impl Session {
                     }
                 }
             } else {
-                local_reply(553, [5, 1, 3], "invalid recipient address (not sent)")
+                not_sent()
             };
             if is_positive(&reply) {
                 rcpts.accepted += 1;
             } else if let Err(reply) = rcpts.file(rcpt, reply, msg.partial) {
-                return if in_data {
+                let tx = if in_data {
                     abandoned(Stage::Rcpt, reply)
                 } else {
                     self.abort(Stage::Rcpt, reply).await
                 };
+                return tx.keeping(rcpts.refused);
             }
         }
         if rcpts.accepted == 0 {
@@ -696,7 +753,10 @@ impl Session {
             };
         }
         if !in_data {
-            return self.abort(Stage::Data, data_reply).await;
+            return self
+                .abort(Stage::Data, data_reply)
+                .await
+                .keeping(rcpts.refused);
         }
         self.finish_data(server, msg, rcpts.refused, rcpts.deferred)
             .await
@@ -710,16 +770,17 @@ impl Session {
         for rcpt in rcpt_to {
             let reply = if safe_address(rcpt) {
                 let line = format!("RCPT TO:<{rcpt}>\r\n");
-                self.command(Stage::Rcpt, line.as_bytes())
-                    .await
-                    .map_err(|e| Tx::failed(e, false))?
+                match self.command(Stage::Rcpt, line.as_bytes()).await {
+                    Ok(r) => r,
+                    Err(e) => return Err(Tx::failed(e, false).keeping(out.refused)),
+                }
             } else {
-                local_reply(553, [5, 1, 3], "invalid recipient address (not sent)")
+                not_sent()
             };
             if is_positive(&reply) {
                 out.accepted += 1;
             } else if let Err(reply) = out.file(rcpt, reply, partial) {
-                return Err(self.abort(Stage::Rcpt, reply).await);
+                return Err(self.abort(Stage::Rcpt, reply).await.keeping(out.refused));
             }
         }
         Ok(out)
@@ -734,7 +795,7 @@ impl Session {
         deferred: Vec<RefusedRecipient>,
     ) -> Tx {
         let reply = match self.transfer(server, msg).await {
-            Err(e) => return Tx::failed(e, false),
+            Err(e) => return Tx::failed(e, false).keeping(refused),
             Ok(r) => r,
         };
         if is_positive(&reply) {
@@ -753,8 +814,10 @@ impl Session {
                 outcome: TxOutcome::Refused(reply),
                 reusable: true,
             },
-            Class::Temporary => Tx::failed(UpstreamError::reply(Stage::EndOfData, reply), true),
-            _ => Tx::failed(UpstreamError::reply(Stage::EndOfData, reply), false),
+            Class::Temporary => {
+                Tx::failed(UpstreamError::reply(Stage::EndOfData, reply), true).keeping(refused)
+            }
+            _ => Tx::failed(UpstreamError::reply(Stage::EndOfData, reply), false).keeping(refused),
         }
     }
 

@@ -30,6 +30,7 @@ mod tls;
 
 use crate::config::{SmtpServer, UpstreamAuth};
 use crate::message::Message;
+use crate::outcome::Failover;
 use crate::outcome::HopResult;
 use classify::{Class, Stage, UpstreamError, enhanced, sanitize};
 use client::{Session, TxOutcome};
@@ -339,5 +340,9 @@ fn hop_result(name: &str, secret: Option<&str>, outcome: TxOutcome) -> HopResult
             reason: sanitize(&r.message, secret),
         },
         TxOutcome::Failed(e) => HopResult::Failover(e.to_failover(name, secret)),
+        TxOutcome::Interrupted { error, refused } => HopResult::Failover(Failover {
+            refused,
+            ..error.to_failover(name, secret)
+        }),
     }
 }

@@ -187,6 +187,10 @@ pub async fn test_message(
             Vec::new(),
             Err(TestFailure::Failed(e.to_failover(name, secret))),
         ),
+        TxOutcome::Interrupted { error, refused } => (
+            refused,
+            Err(TestFailure::Failed(error.to_failover(name, secret))),
+        ),
     };
     TestReport {
         session: Some(report),

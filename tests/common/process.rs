@@ -31,13 +31,29 @@ impl Proc {
     /// Like [`Proc::start`], in `dir` (e.g. the directory of a relay that
     /// was stopped, to start it again on the same spool).
     pub fn start_in(dir: TempDir, toml: &str) -> Proc {
+        Self::start_full(dir, toml, &[])
+    }
+
+    /// [`Proc::start`], the binary run through `prefix` (e.g. `prlimit
+    /// --nofile=64:64 --` to start it with few file descriptors).
+    pub fn start_with_prefix(toml: &str, prefix: &[&str]) -> Proc {
+        Self::start_full(tempfile::tempdir().unwrap(), toml, prefix)
+    }
+
+    fn start_full(dir: TempDir, toml: &str, prefix: &[&str]) -> Proc {
         let text = super::relay::direct_by_default(toml)
             .replace("{dir}", dir.path().to_str().unwrap())
             .replace("{certs}", super::relay::certs().to_str().unwrap());
         let path = dir.path().join("smarthost.toml");
         std::fs::write(&path, &text).unwrap();
         let listeners = smarthost::config::load_file(&path).unwrap().listeners.len();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_smarthost"))
+        let bin = env!("CARGO_BIN_EXE_smarthost");
+        let (program, pre) = match prefix.split_first() {
+            Some((p, rest)) => (*p, rest.iter().copied().chain([bin]).collect::<Vec<_>>()),
+            None => (bin, Vec::new()),
+        };
+        let mut child = Command::new(program)
+            .args(pre)
             .args(["run", "--config", path.to_str().unwrap()])
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())

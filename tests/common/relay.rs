@@ -367,6 +367,14 @@ impl Raw {
     /// Connects from the loopback address `from` (e.g. 127.0.0.2, to look
     /// like another client) and reads the greeting.
     pub fn connect_from(addr: SocketAddr, from: &str) -> Raw {
+        let mut r = Raw::connect_no_greeting_from(addr, from);
+        let g = r.reply();
+        assert!(g.starts_with("220 "), "greeting: {g}");
+        r
+    }
+
+    /// Connects from the loopback address `from` without reading anything.
+    pub fn connect_no_greeting_from(addr: SocketAddr, from: &str) -> Raw {
         let local: SocketAddr = format!("{from}:0").parse().unwrap();
         let stream = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -378,10 +386,7 @@ impl Raw {
                 sock.connect(addr).await.unwrap().into_std().unwrap()
             });
         stream.set_nonblocking(false).unwrap();
-        let mut r = Raw::from_stream(stream);
-        let g = r.reply();
-        assert!(g.starts_with("220 "), "greeting: {g}");
-        r
+        Raw::from_stream(stream)
     }
 
     /// Wraps an already connected socket (nothing is read).

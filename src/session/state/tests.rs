@@ -521,3 +521,41 @@ fn ehlo_offers() {
     }
     assert!(!out.contains("AUTH"), "no AUTH before TLS: {out}");
 }
+
+#[test]
+fn bdat_sizes_are_read_exactly() {
+    assert_eq!(bdat_size(b"BDAT 3 LAST\r\n"), Some(3));
+    assert_eq!(bdat_size(b"bdat 0\r\n"), Some(0));
+    assert_eq!(bdat_size(b"BDAT  12\r\n"), Some(12));
+    assert_eq!(
+        bdat_size(b"BDAT 18446744073709551615\r\n"),
+        Some(usize::MAX)
+    );
+    assert_eq!(bdat_size(b"BDAT 184467440737095516163 LAST\r\n"), None);
+    assert_eq!(bdat_size(b"BDAT LAST\r\n"), None);
+    assert_eq!(bdat_size(b"BDAT\r\n"), None);
+    assert_eq!(bdat_size(b"BDATX 3\r\n"), None);
+}
+
+#[test]
+fn address_literals_and_unsendable_recipients_get_policy_replies() {
+    let mut h = Harness::new(cfg(""), "127.0.0.1:1");
+    h.send(b"EHLO c\r\nMAIL FROM:<a@legacy.test>\r\n");
+    for rcpt in ["user@[192.0.2.1]", "user@[IPv6:2001:db8::1]"] {
+        assert_eq!(
+            h.send(format!("RCPT TO:<{rcpt}>\r\n").as_bytes()),
+            "550 5.7.1 Recipients at address literals are not relayed\r\n",
+            "{rcpt}"
+        );
+    }
+    assert_eq!(
+        h.send(b"RCPT TO:<\"a>b\"@example.com>\r\n"),
+        "553 5.1.3 This relay cannot send to that address\r\n"
+    );
+    assert_eq!(
+        h.send(b"RCPT TO:<\"a b\"@example.com>\r\n"),
+        "250 2.1.5 Recipient OK\r\n"
+    );
+    // Other malformed addresses are still syntax errors.
+    assert!(h.send(b"RCPT TO:<a@@b>\r\n").starts_with("501 "));
+}
