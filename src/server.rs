@@ -506,7 +506,12 @@ impl Relay {
                 })
                 .inc();
         };
-        let owned = crate::policy::identify(&cfg, Some(&l), None, peer.ip()).is_some();
+        // Behind a PROXY-protocol balancer the peer is the balancer: the
+        // client's address is known only once the header is read, so the
+        // connect-time checks by address do not apply there (identification
+        // at MAIL still does).
+        let owned =
+            l.proxy_protocol || crate::policy::identify(&cfg, Some(&l), None, peer.ip()).is_some();
         // A client nobody owns on a listener without AUTH and without a
         // bound application can never relay (PRODUCT §3.1): refused at
         // connect, counted, not logged line by line.

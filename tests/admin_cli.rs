@@ -99,10 +99,8 @@ fn status_limits_and_blacklist_against_the_daemon() {
         text.contains("outbox") && text.contains("up") && text.contains("500"),
         "{text}"
     );
-    assert!(
-        text.contains("queue: none (delivery = \"direct\")"),
-        "{text}"
-    );
+    // Direct mode still has a queue: it carries the DSNs.
+    assert!(text.contains("queue: 0 message(s)"), "{text}");
     assert!(
         text.contains("test mode: tenant t (Tenant T) -> qa@relay.test"),
         "{text}"
@@ -113,7 +111,7 @@ fn status_limits_and_blacklist_against_the_daemon() {
         json_of(&o),
         json!({
             "servers": [{"name": "outbox", "kind": "capture", "tenant": null, "health": "up", "limit_remaining": 500, "last_error": null}],
-            "queue": {"depth": 0, "oldest_age_secs": null, "enabled": false},
+            "queue": {"depth": 0, "oldest_age_secs": null, "enabled": true},
             "test_mode": [
                 {"kind": "tenant", "name": "t", "display_name": "Tenant T", "redirect_to": "qa@relay.test", "subject_prefix": null},
                 {"kind": "application", "name": "app", "display_name": "Tenant T", "redirect_to": "qa@relay.test", "subject_prefix": null},
@@ -212,10 +210,12 @@ fn status_limits_and_blacklist_against_the_daemon() {
         json!([{"entry": "@file.example", "action": "drop", "scope": "system", "source": "file"}])
     );
 
-    // No queue in direct mode: refused with the reason.
-    let o = run(&cfg, &["queue", "list"]);
-    assert_eq!(code(&o), 1);
-    assert!(stderr(&o).contains("queue not enabled"), "{}", stderr(&o));
+    // Direct mode still has a queue (for DSNs): empty here; an unknown id
+    // is refused with exit 1.
+    let o = run(&cfg, &["queue", "list", "--json"]);
+    assert_eq!((code(&o), json_of(&o)), (0, json!([])));
+    let o = run(&cfg, &["queue", "retry", "nope"]);
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
 
     let log = d.log().join("\n");
     assert!(!log.contains(TOKEN), "token in the daemon's log");
