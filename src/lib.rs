@@ -24,6 +24,7 @@ pub mod delivery;
 pub mod envelope;
 pub mod explain;
 pub mod health;
+pub mod limits;
 pub mod message;
 pub mod metrics;
 pub mod notify;

@@ -201,6 +201,12 @@ pub struct Metrics {
     pub queue_attempts: Counter,
     /// Queue attempts deferred, by the failure class of each server tried.
     pub queue_deferrals: Family<ClassLabel, Counter>,
+    /// Send-limit budget left per server (updated as it is used).
+    pub limit_remaining: Family<ServerLabel, Gauge>,
+    /// Deliveries that found a server over its send limit.
+    pub limit_hits: Family<ServerLabel, Counter>,
+    /// Hops that had to wait for a connection slot (`max_connections`).
+    pub connection_slot_waits: Family<ServerLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -238,8 +244,26 @@ impl Metrics {
             queue_oldest_age: Gauge::default(),
             queue_attempts: Counter::default(),
             queue_deferrals: Family::default(),
+            limit_remaining: Family::default(),
+            limit_hits: Family::default(),
+            connection_slot_waits: Family::default(),
             registry: Registry::default(),
         };
+        r.register(
+            "limit_remaining",
+            "Send-limit budget left per server in its sliding window",
+            m.limit_remaining.clone(),
+        );
+        r.register(
+            "limit_hits",
+            "Deliveries that found a server over its send limit and skipped it",
+            m.limit_hits.clone(),
+        );
+        r.register(
+            "connection_slot_waits",
+            "Upstream hops that waited for a connection slot (max_connections)",
+            m.connection_slot_waits.clone(),
+        );
         r.register(
             "queue_depth",
             "Messages in the queue",

@@ -248,6 +248,9 @@ pub struct Server {
     pub limit: Option<Limit>,
     /// What the limit counts.
     pub limit_counts: LimitCounts,
+    /// SMTP: most concurrent transactions (connections in use) at this
+    /// server; `None`: no cap.
+    pub max_connections: Option<usize>,
     /// Kind-specific settings.
     pub kind: ServerKind,
 }

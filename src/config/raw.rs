@@ -290,6 +290,11 @@ pub struct RawServer {
     pub helo_name: Option<String>,
     /// SMTP: most idle connections kept open to this server for reuse. Default 100.
     pub pool_size: Option<usize>,
+    /// SMTP: most concurrent connections (transactions) to this server
+    /// across every session and the queue; a delivery waits for a slot up
+    /// to `connect_timeout`, then fails over (direct) or defers (queue).
+    /// Default: no cap.
+    pub max_connections: Option<usize>,
     /// SMTP: how long an idle pooled connection is kept. Default `"30s"`.
     pub pool_idle_timeout: Option<Dur>,
     /// Capture: the directory messages are written to (relative to the config).

@@ -155,6 +155,7 @@ fn kind_specific_keys(s: &RawServer) -> Vec<(&'static str, bool, ServerKindName)
         ("helo_name", s.helo_name.is_some(), Smtp),
         ("pool_size", s.pool_size.is_some(), Smtp),
         ("pool_idle_timeout", s.pool_idle_timeout.is_some(), Smtp),
+        ("max_connections", s.max_connections.is_some(), Smtp),
         ("path", s.path.is_some(), Capture),
         ("tenant_id", s.tenant_id.is_some(), Graph),
         ("mailbox", s.mailbox.is_some(), Graph),
@@ -334,11 +335,11 @@ fn server(
     if s.client_id.is_some() || s.client_secret.is_some() || s.token_url.is_some() {
         cx.err(file, path, "OAuth settings (client_id, client_secret, token_url) are not available in this version");
     }
-    if s.limit.is_some() {
-        cx.warn(
+    if s.max_connections == Some(0) {
+        cx.err(
             file,
-            &path.clone().key("limit"),
-            "send limits are not enforced in this version: the server is used regardless of the limit",
+            &path.clone().key("max_connections"),
+            "max_connections must be at least 1",
         );
     }
     if s.limit_counts.is_some() && s.limit.is_none() {
@@ -354,6 +355,7 @@ fn server(
         sender: s.sender.clone(),
         limit: s.limit,
         limit_counts: s.limit_counts.unwrap_or(LimitCounts::Messages),
+        max_connections: s.max_connections,
         kind,
     })
 }

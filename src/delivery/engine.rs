@@ -112,6 +112,8 @@ pub struct Engine {
     queue: OnceLock<Arc<Queue>>,
     /// The last outcomes, for the admin API and status page.
     pub deliveries: Arc<crate::admin::types::Recent>,
+    /// Send-limit budgets and connection slots (survive reloads).
+    pub limiter: Arc<crate::limits::Limiter>,
 }
 
 impl Engine {
@@ -122,6 +124,7 @@ impl Engine {
         metrics: Arc<crate::metrics::Metrics>,
         health: Arc<crate::health::Health>,
         deliveries: Arc<crate::admin::types::Recent>,
+        limiter: Arc<crate::limits::Limiter>,
     ) -> Engine {
         Engine {
             config,
@@ -131,6 +134,7 @@ impl Engine {
             ids: IdGen::default(),
             queue: OnceLock::new(),
             deliveries,
+            limiter,
         }
     }
 
@@ -280,7 +284,10 @@ impl Engine {
                     .filter(|f| !matches!(f.class, super::FailureClass::Down))
                     .count(),
             ),
-            Outcome::NoServer { .. } => reply::no_server_available(),
+            Outcome::NoServer { .. } => match a.outcome.limit_wait() {
+                Some(wait) => reply::over_send_limit(wait),
+                None => reply::no_server_available(),
+            },
         }
     }
 
@@ -343,6 +350,7 @@ impl Engine {
             metrics: &self.metrics,
             health: &self.health,
             health_settings: &cfg.health,
+            limiter: &self.limiter,
         };
         Attempted {
             outcome: super::deliver(&plan, msg, &cx).await,

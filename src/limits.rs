@@ -1,0 +1,661 @@
+//! Send limits (PRODUCT §3.7): `limit = "N/hour|day|week"` per server on a
+//! sliding window, and `max_connections`, the cap on concurrent upstream
+//! transactions per server.
+//!
+//! * [`Counter`] — the pure part: one server's uses in per-minute buckets,
+//!   with the current time passed in. A use counts from its minute's end,
+//!   so it leaves the window at most 60 s after its exact time: the
+//!   approximation errs on the safe side (never over the limit) by at most
+//!   one minute, 1/60 of an hour.
+//! * [`Limiter`] — the service the chain walk (`delivery::deliver`) asks:
+//!   [`Limiter::reserve`] takes budget before a hop (so concurrent
+//!   deliveries can never overshoot), the [`Reservation`] is committed with
+//!   the units the upstream accepted or released when it did not. Counters
+//!   are keyed by server name (a reload that changes the limit keeps the
+//!   counts) and persisted in the state store (`{spool}/state.redb`, table
+//!   `limit_counters`): committed uses are written behind, off the async
+//!   threads, by one flusher that batches every changed server into one
+//!   transaction; `run` flushes again at shutdown.
+//! * Connection slots — a semaphore per server with `max_connections`;
+//!   a hop waits for a slot up to the server's `connect_timeout`.
+
+use crate::admin::types::{BoxFut, ControlError, LimitRow, LimitsControl, check_limited};
+use crate::config::values::Limit;
+use crate::config::{Config, LimitCounts};
+use crate::metrics::{Metrics, ServerLabel};
+use crate::store::{Store, StoreError, TableDef};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Seconds per bucket.
+const BUCKET: i64 = 60;
+
+/// The store table of the counters, keyed by server name.
+pub const TABLE: TableDef<Counter> = TableDef::new("limit_counters");
+
+/// One server's committed uses in per-minute buckets, oldest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counter {
+    /// `(minute since the epoch, units used in it)`.
+    buckets: VecDeque<(i64, u64)>,
+}
+
+/// When the uses of minute `m` leave a window of `window` seconds: counted
+/// from the minute's end (the safe side).
+fn expires(m: i64, window: i64) -> i64 {
+    (m + 1) * BUCKET + window
+}
+
+impl Counter {
+    /// Drops the buckets that left a window of `window` seconds at `now`
+    /// (seconds since the epoch).
+    pub fn prune(&mut self, now: i64, window: i64) {
+        while let Some(&(m, _)) = self.buckets.front() {
+            if expires(m, window) > now {
+                break;
+            }
+            self.buckets.pop_front();
+        }
+    }
+
+    /// Units used in the window at `now`.
+    pub fn used(&self, now: i64, window: i64) -> u64 {
+        self.buckets
+            .iter()
+            .filter(|&&(m, _)| expires(m, window) > now)
+            .map(|&(_, n)| n)
+            .sum()
+    }
+
+    /// Adds `units` at `now`.
+    pub fn add(&mut self, now: i64, units: u64) {
+        if units == 0 {
+            return;
+        }
+        let m = now.div_euclid(BUCKET);
+        match self.buckets.back_mut() {
+            Some((last, n)) if *last == m => *n += units,
+            // A clock that stepped back: count in the newest bucket.
+            Some((last, n)) if *last > m => *n += units,
+            _ => self.buckets.push_back((m, units)),
+        }
+    }
+
+    /// Seconds until the oldest use still in the window leaves it (0 when
+    /// nothing is used).
+    pub fn resets_in(&self, now: i64, window: i64) -> u64 {
+        self.buckets
+            .iter()
+            .map(|&(m, _)| expires(m, window) - now)
+            .find(|&s| s > 0)
+            .unwrap_or(0) as u64
+    }
+
+    /// Seconds from `now` until `need` more units fit under `limit`, with
+    /// `pending` units reserved but not settled: 0 when they fit now,
+    /// `None` when they never can (`need > limit`). Reserved units that
+    /// may still be committed are assumed to be (the safe side).
+    pub fn returns_in(
+        &self,
+        now: i64,
+        window: i64,
+        limit: u64,
+        pending: u64,
+        need: u64,
+    ) -> Option<u64> {
+        if need > limit {
+            return None;
+        }
+        let live: Vec<(i64, u64)> = self
+            .buckets
+            .iter()
+            .copied()
+            .filter(|&(m, _)| expires(m, window) > now)
+            .collect();
+        let mut used = live.iter().map(|&(_, n)| n).sum::<u64>() + pending;
+        if used + need <= limit {
+            return Some(0);
+        }
+        for (m, n) in live {
+            used -= n;
+            if used + need <= limit {
+                return Some((expires(m, window) - now).max(1) as u64);
+            }
+        }
+        // Only reserved units stand in the way: if they are committed now,
+        // they leave with this minute.
+        Some((expires(now.div_euclid(BUCKET), window) - now) as u64)
+    }
+}
+
+/// What a server without budget answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denied {
+    /// Units used (committed and reserved) in the window.
+    pub used: u64,
+    /// Units this delivery needs.
+    pub need: u64,
+    /// When enough budget returns; `None`: never (it needs more than the
+    /// whole limit).
+    pub returns_in: Option<Duration>,
+}
+
+impl Denied {
+    /// The failover reason, e.g. `send limit 3/hour used up (3 used); budget
+    /// returns in 42 s`.
+    pub fn reason(&self, limit: &Limit, counts: LimitCounts) -> String {
+        let unit = match counts {
+            LimitCounts::Messages => "messages",
+            LimitCounts::Recipients => "recipients",
+        };
+        match self.returns_in {
+            Some(d) => format!(
+                "send limit {limit} used up ({} {unit} used, {} needed); budget returns in {} s",
+                self.used,
+                self.need,
+                d.as_secs()
+            ),
+            None => format!(
+                "send limit {limit} is smaller than this message ({} {unit})",
+                self.need
+            ),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Entry {
+    counter: Counter,
+    /// Reserved, not yet settled.
+    pending: u64,
+}
+
+/// The send-limit and connection-slot service; one per relay, kept across
+/// reloads.
+pub struct Limiter {
+    shared: Arc<Shared>,
+    slots: Mutex<HashMap<String, (usize, Arc<Semaphore>)>>,
+    store: Arc<Store>,
+    metrics: Arc<Metrics>,
+}
+
+/// What the flusher shares with the limiter.
+#[derive(Debug, Default)]
+struct Shared {
+    entries: Mutex<HashMap<String, Entry>>,
+    /// Servers whose committed uses are not written yet.
+    dirty: Mutex<BTreeSet<String>>,
+    /// The flusher runs.
+    flushing: AtomicBool,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Entry>> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn dirty(&self) -> MutexGuard<'_, BTreeSet<String>> {
+        self.dirty.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn is_dirty(&self) -> bool {
+        !self.dirty().is_empty()
+    }
+
+    /// The changed counters, now marked clean.
+    fn take_dirty(&self) -> Vec<(String, Counter)> {
+        let names = std::mem::take(&mut *self.dirty());
+        let g = self.lock();
+        names
+            .into_iter()
+            .filter_map(|n| g.get(&n).map(|e| (n, e.counter.clone())))
+            .collect()
+    }
+}
+
+impl std::fmt::Debug for Limiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Limiter").finish_non_exhaustive()
+    }
+}
+
+/// Budget taken by [`Limiter::reserve`]; released when dropped without
+/// [`Reservation::commit`].
+#[derive(Debug)]
+pub struct Reservation<'a> {
+    limiter: &'a Limiter,
+    server: String,
+    limit: Limit,
+    units: u64,
+    settled: bool,
+}
+
+impl Reservation<'_> {
+    /// The upstream accepted `used` units (at most the reserved ones): they
+    /// count in the window from now on.
+    pub fn commit(mut self, used: u64) {
+        self.settled = true;
+        self.limiter
+            .settle(&self.server, &self.limit, self.units, used.min(self.units));
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.limiter.settle(&self.server, &self.limit, self.units, 0);
+        }
+    }
+}
+
+impl Limiter {
+    /// A limiter with the counters the store holds (blocking: call at
+    /// start).
+    pub fn load(store: Arc<Store>, metrics: Arc<Metrics>) -> Result<Limiter, StoreError> {
+        let entries = store
+            .list(&TABLE)?
+            .into_iter()
+            .map(|(k, counter)| (k, Entry { counter, pending: 0 }))
+            .collect();
+        Ok(Limiter {
+            shared: Arc::new(Shared {
+                entries: Mutex::new(entries),
+                ..Shared::default()
+            }),
+            slots: Mutex::default(),
+            store,
+            metrics,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Entry>> {
+        self.shared.lock()
+    }
+
+    fn window(limit: &Limit) -> i64 {
+        limit.window.duration().as_secs() as i64
+    }
+
+    fn set_remaining(&self, server: &str, limit: &Limit, used: u64) {
+        self.metrics
+            .limit_remaining
+            .get_or_create(&ServerLabel {
+                server: server.to_owned(),
+            })
+            .set(limit.count.saturating_sub(used) as i64);
+    }
+
+    /// Takes `units` of `server`'s budget under `limit` at `now` (seconds
+    /// since the epoch), or says when enough returns.
+    pub fn reserve(
+        &self,
+        server: &str,
+        limit: Limit,
+        units: u64,
+        now: i64,
+    ) -> Result<Reservation<'_>, Denied> {
+        let w = Self::window(&limit);
+        let used = {
+            let mut g = self.lock();
+            let e = g.entry(server.to_owned()).or_default();
+            e.counter.prune(now, w);
+            let used = e.counter.used(now, w) + e.pending;
+            if used + units > limit.count {
+                let returns_in = e
+                    .counter
+                    .returns_in(now, w, limit.count, e.pending, units)
+                    .map(Duration::from_secs);
+                drop(g);
+                self.metrics
+                    .limit_hits
+                    .get_or_create(&ServerLabel {
+                        server: server.to_owned(),
+                    })
+                    .inc();
+                self.set_remaining(server, &limit, used);
+                return Err(Denied {
+                    used,
+                    need: units,
+                    returns_in,
+                });
+            }
+            e.pending += units;
+            used + units
+        };
+        self.set_remaining(server, &limit, used);
+        Ok(Reservation {
+            limiter: self,
+            server: server.to_owned(),
+            limit,
+            units,
+            settled: false,
+        })
+    }
+
+    fn settle(&self, server: &str, limit: &Limit, reserved: u64, used: u64) {
+        let now = crate::util::unix_now();
+        let w = Self::window(limit);
+        let total = {
+            let mut g = self.lock();
+            let e = g.entry(server.to_owned()).or_default();
+            e.pending = e.pending.saturating_sub(reserved);
+            e.counter.add(now, used);
+            e.counter.used(now, w) + e.pending
+        };
+        self.set_remaining(server, limit, total);
+        if used > 0 {
+            self.shared.dirty().insert(server.to_owned());
+            self.kick();
+        }
+    }
+
+    /// Starts the flusher unless it runs: on a blocking thread, it writes
+    /// every changed counter in one transaction, again until nothing is
+    /// dirty. Outside a runtime (never in the daemon) the next flush writes.
+    fn kick(&self) {
+        let sh = &self.shared;
+        if sh.flushing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            sh.flushing.store(false, Ordering::Release);
+            return;
+        };
+        let (store, sh) = (self.store.clone(), sh.clone());
+        rt.spawn_blocking(move || {
+            loop {
+                let batch = sh.take_dirty();
+                if batch.is_empty() {
+                    sh.flushing.store(false, Ordering::Release);
+                    // A commit between the take and the store above saw
+                    // the flag set: look once more.
+                    if sh.is_dirty() && !sh.flushing.swap(true, Ordering::AcqRel) {
+                        continue;
+                    }
+                    break;
+                }
+                if let Err(e) = store.put_many(&TABLE, &batch) {
+                    tracing::error!(error = %e, "cannot persist send-limit counters");
+                }
+            }
+        });
+    }
+
+    /// Writes every changed counter now (at shutdown).
+    pub async fn flush(&self) {
+        let batch = self.shared.take_dirty();
+        if batch.is_empty() {
+            return;
+        }
+        if let Err(e) = self.store.run(move |s| s.put_many(&TABLE, &batch)).await {
+            tracing::error!(error = %e, "cannot persist send-limit counters");
+        }
+    }
+
+
+    /// `{server, limit, window_secs, counts, used, remaining,
+    /// resets_in_secs}` for every server of `cfg` with a limit, at `now`.
+    pub fn rows(&self, cfg: &Config, now: i64) -> Vec<LimitRow> {
+        let g = self.lock();
+        let mut rows = Vec::new();
+        for s in cfg.servers.values() {
+            let Some(l) = s.limit else { continue };
+            let w = Self::window(&l);
+            let (used, resets) = g.get(&s.name).map_or((0, 0), |e| {
+                (
+                    e.counter.used(now, w) + e.pending,
+                    e.counter.resets_in(now, w),
+                )
+            });
+            rows.push(LimitRow {
+                server: s.name.clone(),
+                limit: l.to_string(),
+                window_secs: w as u64,
+                counts: counts_name(s.limit_counts).to_owned(),
+                used,
+                remaining: l.count.saturating_sub(used),
+                resets_in_secs: resets,
+            });
+        }
+        drop(g);
+        for r in &rows {
+            if let Some(l) = cfg.servers.get(&r.server).and_then(|s| s.limit) {
+                self.set_remaining(&r.server, &l, r.used);
+            }
+        }
+        rows
+    }
+
+    /// Clears `server`'s counter (memory and store).
+    pub async fn clear(&self, server: &str) -> Result<(), StoreError> {
+        if let Some(e) = self.lock().get_mut(server) {
+            e.counter = Counter::default();
+        }
+        self.shared.dirty().remove(server);
+        let name = server.to_owned();
+        self.store
+            .run(move |s| s.remove(&TABLE, &name).map(|_| ()))
+            .await
+    }
+
+    /// A connection slot at `server` when it has `max_connections` (`max`):
+    /// waits up to `wait`; `Err` with how long it waited when none freed.
+    /// `Ok(None)` when the server has no cap.
+    pub async fn slot(
+        &self,
+        server: &str,
+        max: Option<usize>,
+        wait: Duration,
+    ) -> Result<Option<OwnedSemaphorePermit>, Duration> {
+        let Some(max) = max else {
+            return Ok(None);
+        };
+        let sem = {
+            let mut g = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+            let e = g
+                .entry(server.to_owned())
+                .or_insert_with(|| (max, Arc::new(Semaphore::new(max))));
+            if e.0 != max {
+                // A reload changed the cap: new transactions use a new
+                // semaphore; those in flight finish on the old one.
+                *e = (max, Arc::new(Semaphore::new(max)));
+            }
+            e.1.clone()
+        };
+        if let Ok(p) = sem.clone().try_acquire_owned() {
+            return Ok(Some(p));
+        }
+        self.metrics
+            .connection_slot_waits
+            .get_or_create(&ServerLabel {
+                server: server.to_owned(),
+            })
+            .inc();
+        match tokio::time::timeout(wait, sem.acquire_owned()).await {
+            Ok(Ok(p)) => Ok(Some(p)),
+            _ => Err(wait),
+        }
+    }
+}
+
+/// The name of what a limit counts.
+pub fn counts_name(c: LimitCounts) -> &'static str {
+    match c {
+        LimitCounts::Messages => "messages",
+        LimitCounts::Recipients => "recipients",
+    }
+}
+
+impl LimitsControl for Limiter {
+    fn show<'a>(&'a self, cfg: &'a Config) -> BoxFut<'a, Vec<LimitRow>> {
+        Box::pin(async move { self.rows(cfg, crate::util::unix_now()) })
+    }
+
+    fn reset<'a>(
+        &'a self,
+        cfg: &'a Config,
+        server: &'a str,
+    ) -> BoxFut<'a, Result<(), ControlError>> {
+        Box::pin(async move {
+            check_limited(cfg, server)?;
+            self.clear(server)
+                .await
+                .map_err(|e| ControlError::Failed(e.to_string()))?;
+            let _ = self.rows(cfg, crate::util::unix_now());
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::values::Window;
+
+    const HOUR: i64 = 3600;
+
+    fn counter(uses: &[(i64, u64)]) -> Counter {
+        let mut c = Counter::default();
+        for &(t, n) in uses {
+            c.add(t, n);
+        }
+        c
+    }
+
+    #[test]
+    fn used_and_expiry_per_minute_bucket() {
+        // (uses at times, now, window, expected used, expected resets_in)
+        let cases: &[(&[(i64, u64)], i64, i64, u64, u64)] = &[
+            (&[], 1000, HOUR, 0, 0),
+            (&[(0, 1)], 0, HOUR, 1, 3660),
+            (&[(0, 1)], 59, HOUR, 1, 3601),
+            (&[(0, 1), (59, 2)], 60, HOUR, 3, 3600),
+            // A use leaves at its minute's end plus the window ...
+            (&[(0, 1)], 3659, HOUR, 1, 1),
+            (&[(0, 1)], 3660, HOUR, 0, 0),
+            // ... never more than 60 s after its exact time.
+            (&[(30, 1)], 3630, HOUR, 1, 30),
+            (&[(0, 2), (120, 3)], 3660, HOUR, 3, 120),
+            (&[(0, 2), (120, 3)], 86_400, 86_400, 5, 60),
+        ];
+        for (i, &(uses, now, w, used, resets)) in cases.iter().enumerate() {
+            let c = counter(uses);
+            assert_eq!(c.used(now, w), used, "case {i}: used");
+            assert_eq!(c.resets_in(now, w), resets, "case {i}: resets_in");
+        }
+    }
+
+    #[test]
+    fn when_budget_returns() {
+        // (uses, now, limit, pending, need, expected)
+        let cases: &[(&[(i64, u64)], i64, u64, u64, u64, Option<u64>)] = &[
+            (&[], 0, 3, 0, 1, Some(0)),
+            (&[(0, 2)], 10, 3, 0, 1, Some(0)),
+            (&[(0, 3)], 10, 3, 0, 1, Some(3650)),
+            (&[(0, 1), (600, 2)], 700, 3, 0, 1, Some(2960)),
+            // Two units needed: the first minute frees one, the second two.
+            (&[(0, 1), (600, 2)], 700, 3, 0, 2, Some(3560)),
+            // More than the limit: never.
+            (&[], 0, 3, 0, 4, None),
+            // Only reservations in the way: they leave with this minute.
+            (&[], 30, 3, 3, 1, Some(3630)),
+        ];
+        for (i, &(uses, now, limit, pending, need, want)) in cases.iter().enumerate() {
+            let c = counter(uses);
+            assert_eq!(
+                c.returns_in(now, HOUR, limit, pending, need),
+                want,
+                "case {i}"
+            );
+        }
+    }
+
+    #[test]
+    fn prune_drops_only_expired_buckets_and_serde_round_trips() {
+        let mut c = counter(&[(0, 1), (60, 2), (4000, 3)]);
+        c.prune(3661, HOUR);
+        assert_eq!(c.used(3661, HOUR), 5);
+        assert_eq!(c.buckets.len(), 2);
+        let back: Counter = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
+        assert_eq!(back, c);
+    }
+
+    fn limiter() -> Limiter {
+        Limiter::load(
+            Arc::new(Store::in_memory().unwrap()),
+            Arc::new(Metrics::new()),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn reservations_hold_budget_until_settled() {
+        let l = limiter();
+        let lim = Limit {
+            count: 3,
+            window: Window::Hour,
+        };
+        let a = l.reserve("p", lim, 2, 0).unwrap();
+        let denied = l.reserve("p", lim, 2, 0).unwrap_err();
+        assert_eq!((denied.used, denied.need), (2, 2));
+        // Released: the budget is back.
+        drop(a);
+        let a = l.reserve("p", lim, 2, 0).unwrap();
+        // Committed with one accepted recipient: one unit stays used.
+        a.commit(1);
+        let b = l.reserve("p", lim, 2, 0).unwrap();
+        b.commit(2);
+        let denied = l.reserve("p", lim, 1, 0).unwrap_err();
+        assert!(denied.returns_in.is_some());
+        assert!(denied.reason(&lim, LimitCounts::Messages).contains("3/hour"));
+        // Another server has its own budget; a bigger limit (a reload)
+        // keeps the counts.
+        assert!(l.reserve("q", lim, 3, 0).is_ok());
+        let bigger = Limit { count: 4, ..lim };
+        l.reserve("p", bigger, 1, 0).unwrap().commit(1);
+        assert!(l.reserve("p", bigger, 1, 0).is_err());
+    }
+
+    #[tokio::test]
+    async fn counters_are_persisted_and_cleared() {
+        let dir = tempfile::tempdir().unwrap();
+        let lim = Limit {
+            count: 5,
+            window: Window::Hour,
+        };
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        {
+            let l = Limiter::load(store.clone(), Arc::new(Metrics::new())).unwrap();
+            let now = crate::util::unix_now();
+            l.reserve("p", lim, 2, now).unwrap().commit(2);
+            l.flush().await;
+            // The background flusher may write the same batch too.
+            while l.shared.flushing.load(Ordering::Acquire) {
+                tokio::task::yield_now().await;
+            }
+        }
+        // A new limiter on the store (a restart) has the counts.
+        let l = Limiter::load(store.clone(), Arc::new(Metrics::new())).unwrap();
+        let now = crate::util::unix_now();
+        let _held = l.reserve("p", lim, 3, now).unwrap();
+        assert!(l.reserve("p", lim, 1, now).is_err());
+        l.clear("p").await.unwrap();
+        assert!(store.get(&TABLE, "p").unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn connection_slots_wait_then_give_up() {
+        let l = limiter();
+        let wait = Duration::from_millis(50);
+        assert!(l.slot("s", None, wait).await.unwrap().is_none());
+        let a = l.slot("s", Some(1), wait).await.unwrap();
+        assert!(a.is_some());
+        assert_eq!(l.slot("s", Some(1), wait).await.unwrap_err(), wait);
+        drop(a);
+        assert!(l.slot("s", Some(1), wait).await.unwrap().is_some());
+    }
+}
