@@ -482,6 +482,43 @@ impl Limiter {
     }
 }
 
+/// Why [`offline_rows`] could not read the counters.
+#[derive(Debug, thiserror::Error)]
+pub enum OfflineError {
+    /// The running daemon holds the store (redb locks the file).
+    #[error("daemon running; see `smarthost limits show`")]
+    Locked,
+    /// The store could not be read.
+    #[error("{0}")]
+    Store(#[from] StoreError),
+}
+
+/// The limits rows of `cfg` from the persisted counters in
+/// `{spool}/state.redb`, for `explain` (which runs without the daemon).
+/// Nothing used when there is no store yet; [`OfflineError::Locked`] while
+/// a daemon holds it.
+pub fn offline_rows(cfg: &Config) -> Result<Vec<LimitRow>, OfflineError> {
+    let path = cfg.system.spool.join(crate::store::FILE_NAME);
+    let store = if path.exists() {
+        match Store::open(&cfg.system.spool) {
+            Ok(s) => s,
+            Err(StoreError::Open { source, .. })
+                if matches!(
+                    *source,
+                    redb::Error::DatabaseAlreadyOpen
+                ) =>
+            {
+                return Err(OfflineError::Locked);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    } else {
+        Store::in_memory()?
+    };
+    let l = Limiter::load(Arc::new(store), Arc::new(Metrics::new()))?;
+    Ok(l.rows(cfg, crate::util::unix_now()))
+}
+
 /// The name of what a limit counts.
 pub fn counts_name(c: LimitCounts) -> &'static str {
     match c {

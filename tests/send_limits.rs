@@ -270,6 +270,27 @@ fn recipients_are_counted_and_a_message_is_never_split() {
     assert!(send(a, &["d1@example.com"]).starts_with("250 "));
     assert_eq!(primary.got().len(), 2);
     assert_eq!(fallback.got().len(), 2);
+
+    // `explain` shows the budget: from the daemon while it holds the
+    // store, from the store once it is stopped.
+    let cfg = cfg_path(&d);
+    let explain = |cfg: &Path| {
+        run(
+            cfg,
+            &["explain", "--app", "app", "--from", "x@legacy.test", "--to", "y@example.com"],
+        )
+    };
+    let text = explain(&cfg);
+    assert!(
+        text.contains("limit 5/hour, budget: 0 of 5 recipients left"),
+        "{text}"
+    );
+    let dir = d.stop();
+    let text = explain(&dir.path().join("smarthost.toml"));
+    assert!(
+        text.contains("limit 5/hour, budget: 0 of 5 recipients left"),
+        "{text}"
+    );
 }
 
 #[test]
