@@ -207,6 +207,9 @@ pub struct Metrics {
     pub limit_hits: Family<ServerLabel, Counter>,
     /// Hops that had to wait for a connection slot (`max_connections`).
     pub connection_slot_waits: Family<ServerLabel, Counter>,
+    /// Send-limit reservations made without Redis (`[cluster]`), because it
+    /// could not be reached: counted locally or refused (`on_redis_error`).
+    pub limit_redis_unavailable: Counter,
 }
 
 impl Default for Metrics {
@@ -247,8 +250,14 @@ impl Metrics {
             limit_remaining: Family::default(),
             limit_hits: Family::default(),
             connection_slot_waits: Family::default(),
+            limit_redis_unavailable: Counter::default(),
             registry: Registry::default(),
         };
+        r.register(
+            "limit_redis_unavailable",
+            "Send-limit reservations made without Redis because it could not be reached (on_redis_error applied)",
+            m.limit_redis_unavailable.clone(),
+        );
         r.register(
             "limit_remaining",
             "Send-limit budget left per server in its sliding window",

@@ -16,6 +16,8 @@ command -v python3 >/dev/null || need+=(python3)
 command -v promtool >/dev/null || need+=(prometheus)
 # Headless Chromium loads the status page (tests/status_page.rs).
 command -v chromium >/dev/null || need+=(chromium)
+# redis-server backs the shared send limits (tests/send_limits.rs).
+command -v redis-server >/dev/null || need+=(redis-server)
 # swaks needs Net::SSLeay for --tls (only a Recommends of swaks).
 perl -MNet::SSLeay -e1 2>/dev/null || need+=(libnet-ssleay-perl)
 if [ ${#need[@]} -gt 0 ]; then

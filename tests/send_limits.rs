@@ -442,3 +442,125 @@ fn no_slot_within_connect_timeout_fails_over() {
     assert!(slow.join().unwrap().starts_with("250 "));
     assert_eq!(primary.got().len(), 1);
 }
+
+/// A `redis-server` on a free loopback port, nothing saved to disk.
+struct RedisServer {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl RedisServer {
+    fn start() -> RedisServer {
+        let port = free_port();
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server (Debian package redis-server) is installed");
+        let end = std::time::Instant::now() + WAIT;
+        loop {
+            if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+                use std::io::{Read, Write};
+                s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                let mut buf = [0u8; 16];
+                if s.write_all(b"PING\r\n").is_ok()
+                    && s.read(&mut buf).is_ok_and(|n| buf[..n].starts_with(b"+PONG"))
+                {
+                    break;
+                }
+            }
+            assert!(std::time::Instant::now() < end, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        RedisServer { child, port }
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[test]
+fn two_instances_share_one_limit_through_redis_and_fall_back_as_configured() {
+    let mut redis = RedisServer::start();
+    let (primary, fallback) = (Sink::start(), Sink::start());
+    let instance = |on_error: &str| {
+        let admin = free_port();
+        let toml = format!(
+            "{}\n[cluster]\nredis = \"redis://127.0.0.1:{}/\"\non_redis_error = \"{on_error}\"\n",
+            config(
+                admin,
+                primary.port(),
+                "limit = \"10/hour\"",
+                Some(fallback.port()),
+                "",
+            ),
+            redis.port
+        );
+        (Proc::start(&toml), admin)
+    };
+    let (a, admin_a) = instance("local");
+    let (b, _) = instance("closed");
+    for i in 0..16 {
+        let via = if i % 2 == 0 { &a } else { &b };
+        let r = send(via.addr("main"), &[&format!("m{i}@example.com")]);
+        assert!(r.starts_with("250 "), "message {i}: {r}");
+    }
+    assert_eq!(primary.got().len(), 10, "exactly 10 through the limited server");
+    assert_eq!(fallback.got().len(), 6);
+    for p in [&a, &b] {
+        let row = limit_row(&cfg_path(p), "primary");
+        assert_eq!((row["used"].as_u64(), row["remaining"].as_u64()), (Some(10), Some(0)), "{row}");
+    }
+
+    // Concurrent senders on both instances: still not one more.
+    let (aa, ba) = (a.addr("main"), b.addr("main"));
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let addr = if t % 2 == 0 { aa } else { ba };
+            std::thread::spawn(move || send(addr, &[&format!("c{t}@example.com")]))
+        })
+        .collect();
+    for t in threads {
+        assert!(t.join().unwrap().starts_with("250 "));
+    }
+    assert_eq!(primary.got().len(), 10);
+
+    // Redis goes away: "closed" treats the server as over its limit,
+    // "local" counts this instance's own uses (5 of 10).
+    redis.stop();
+    let r = send(b.addr("main"), &["closed@example.com"]);
+    assert!(r.starts_with("250 "), "{r}");
+    assert_eq!(primary.got().len(), 10, "closed: the primary is not used");
+    let r = send(a.addr("main"), &["local@example.com"]);
+    assert!(r.starts_with("250 "), "{r}");
+    assert_eq!(primary.got().len(), 11, "local: counted by this instance alone");
+    assert!(
+        a.log()
+            .iter()
+            .any(|l| l.contains("WARN") && l.contains("send-limit counters in Redis unavailable")),
+        "a warning names the fallback"
+    );
+    assert!(metric(admin_a, "smarthost_limit_redis_unavailable_total") >= 1.0);
+    assert!(
+        b.log().iter().any(|l| l.contains("primary(limit)")),
+        "closed: skipped with class limit"
+    );
+}

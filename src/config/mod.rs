@@ -21,7 +21,7 @@ use std::time::Duration;
 pub use load::{DEFAULT_CONFIG, files_hash, load_default, load_file, load_str, source_hash};
 pub use raw::{
     BlacklistAction, DeliveryMode, LimitCounts, ListenerAuth, ListenerTls, LogFormat,
-    QueueSettings, Security, UpstreamAuth,
+    OnRedisError, QueueSettings, Security, UpstreamAuth,
 };
 use values::{BlacklistEntry, Cidr, EmailAddress, HeaderText, Limit, Secret};
 
@@ -81,6 +81,8 @@ pub struct Config {
     pub reload: ReloadSettings,
     /// `[queue]`.
     pub queue: QueueSettings,
+    /// `[cluster]`: Redis for shared send-limit counters, when set.
+    pub cluster: Option<Cluster>,
     /// Every `[server.NAME]`.
     pub servers: BTreeMap<String, Server>,
     /// Every `[tenant.NAME]`.
@@ -204,6 +206,15 @@ pub struct Admin {
     pub token: Option<Secret>,
     /// Status page without the token on a non-loopback address.
     pub status_public: bool,
+}
+
+/// `[cluster]` with defaults applied.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    /// The Redis URL (a secret: it may hold a password).
+    pub redis: Secret,
+    /// What limits do while Redis cannot be reached.
+    pub on_redis_error: OnRedisError,
 }
 
 /// `[log]`.

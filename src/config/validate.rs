@@ -569,6 +569,27 @@ pub(super) fn validate(
         .as_ref()
         .map(|l| l.value.clone())
         .unwrap_or_default();
+    let cluster = doc.cluster.as_ref().and_then(|l| {
+        let key = l.path.clone().key("redis");
+        let Some(src) = &l.value.redis else {
+            cx.err(l.file, &key, "[cluster] needs `redis`, the Redis URL");
+            return None;
+        };
+        let redis = cx.secret(l.file, &key, src)?;
+        let parsed = redis::parse_redis_url(redis.expose());
+        if !parsed.is_some_and(|u| matches!(u.scheme(), "redis" | "redis+unix" | "unix")) {
+            cx.err(
+                l.file,
+                &key,
+                "not a Redis URL: expected redis://[:password@]host:port[/db] (TLS `rediss://` is not supported)",
+            );
+            return None;
+        }
+        Some(super::Cluster {
+            redis,
+            on_redis_error: l.value.on_redis_error.unwrap_or_default(),
+        })
+    });
     if let Some(l) = &doc.queue {
         if queue.min_backoff.get().is_zero() {
             cx.err(
@@ -705,6 +726,7 @@ pub(super) fn validate(
         health,
         reload,
         queue,
+        cluster,
         servers,
         tenants,
         applications: BTreeMap::new(),

@@ -351,6 +351,7 @@ impl Engine {
             health: &self.health,
             health_settings: &cfg.health,
             limiter: &self.limiter,
+            cluster: cfg.cluster.as_ref(),
         };
         Attempted {
             outcome: super::deliver(&plan, msg, &cx).await,

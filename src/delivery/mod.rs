@@ -152,6 +152,8 @@ pub struct Context<'a> {
     pub health_settings: &'a crate::config::HealthSettings,
     /// Send-limit budgets and connection slots.
     pub limiter: &'a crate::limits::Limiter,
+    /// `[cluster]`: Redis shares the send-limit counters.
+    pub cluster: Option<&'a crate::config::Cluster>,
 }
 
 /// Whether this hop needs SMTPUTF8: for non-ASCII envelope addresses,
@@ -218,7 +220,14 @@ pub async fn deliver(plan: &Plan<'_>, msg: &Message, cx: &Context<'_>) -> Outcom
             Some(limit) => {
                 match cx
                     .limiter
-                    .reserve(&server.name, limit, units, crate::util::unix_now())
+                    .reserve(
+                        &server.name,
+                        limit,
+                        units,
+                        crate::util::unix_now(),
+                        cx.cluster,
+                    )
+                    .await
                 {
                     Ok(r) => Some(r),
                     Err(denied) => {

@@ -17,11 +17,18 @@
 //!   threads, by one flusher that batches every changed server into one
 //!   transaction; `run` flushes again at shutdown.
 //! * Connection slots — a semaphore per server with `max_connections`;
-//!   a hop waits for a slot up to the server's `connect_timeout`.
+//!   a hop waits for a slot up to the server's `connect_timeout`. Slots
+//!   are per instance (not shared through Redis).
+//! * [`shared`] — with `[cluster] redis`, Redis holds the counters every
+//!   instance reserves from (atomic Lua scripts); the local counters still
+//!   record this instance's own uses, which is what `on_redis_error =
+//!   "local"` counts with while Redis cannot be reached.
+
+pub mod shared;
 
 use crate::admin::types::{BoxFut, ControlError, LimitRow, LimitsControl, check_limited};
 use crate::config::values::Limit;
-use crate::config::{Config, LimitCounts};
+use crate::config::{Cluster, Config, LimitCounts, OnRedisError};
 use crate::metrics::{Metrics, ServerLabel};
 use crate::store::{Store, StoreError, TableDef};
 use serde::{Deserialize, Serialize};
@@ -69,6 +76,15 @@ impl Counter {
             .filter(|&&(m, _)| expires(m, window) > now)
             .map(|&(_, n)| n)
             .sum()
+    }
+
+    /// A counter of `(minute, units)` buckets (any order).
+    pub fn from_buckets(b: impl IntoIterator<Item = (i64, u64)>) -> Counter {
+        let mut v: Vec<(i64, u64)> = b.into_iter().collect();
+        v.sort_unstable();
+        Counter {
+            buckets: v.into_iter().collect(),
+        }
     }
 
     /// Adds `units` at `now`.
@@ -142,6 +158,8 @@ pub struct Denied {
     /// When enough budget returns; `None`: never (it needs more than the
     /// whole limit).
     pub returns_in: Option<Duration>,
+    /// Redis could not be asked and `on_redis_error = "closed"`.
+    pub unavailable: bool,
 }
 
 impl Denied {
@@ -152,6 +170,12 @@ impl Denied {
             LimitCounts::Messages => "messages",
             LimitCounts::Recipients => "recipients",
         };
+        if self.unavailable {
+            return format!(
+                "send limit {limit}: the shared counters are unavailable (Redis unreachable, on_redis_error = \"closed\"); treated as used up, asking again in {} s",
+                self.returns_in.unwrap_or_default().as_secs()
+            );
+        }
         match self.returns_in {
             Some(d) => format!(
                 "send limit {limit} used up ({} {unit} used, {} needed); budget returns in {} s",
@@ -178,6 +202,7 @@ struct Entry {
 /// reloads.
 pub struct Limiter {
     shared: Arc<Shared>,
+    redis: Arc<shared::Shared>,
     slots: Mutex<HashMap<String, (usize, Arc<Semaphore>)>>,
     store: Arc<Store>,
     metrics: Arc<Metrics>,
@@ -225,29 +250,64 @@ impl std::fmt::Debug for Limiter {
 
 /// Budget taken by [`Limiter::reserve`]; released when dropped without
 /// [`Reservation::commit`].
-#[derive(Debug)]
 pub struct Reservation<'a> {
     limiter: &'a Limiter,
     server: String,
     limit: Limit,
     units: u64,
     settled: bool,
+    /// Reserved in Redis (in this minute's bucket), not locally.
+    remote: Option<(redis::aio::ConnectionManager, i64)>,
+}
+
+impl std::fmt::Debug for Reservation<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reservation")
+            .field("server", &self.server)
+            .field("units", &self.units)
+            .field("shared", &self.remote.is_some())
+            .finish()
+    }
 }
 
 impl Reservation<'_> {
     /// The upstream accepted `used` units (at most the reserved ones): they
     /// count in the window from now on.
     pub fn commit(mut self, used: u64) {
+        self.settle(used.min(self.units));
+    }
+
+    fn settle(&mut self, used: u64) {
         self.settled = true;
-        self.limiter
-            .settle(&self.server, &self.limit, self.units, used.min(self.units));
+        match self.remote.take() {
+            None => self
+                .limiter
+                .settle(&self.server, &self.limit, self.units, used),
+            Some((mut conn, minute)) => {
+                // This instance's own record (for `on_redis_error = "local"`).
+                self.limiter.settle(&self.server, &self.limit, 0, used);
+                let back = self.units - used;
+                if back == 0 {
+                    return;
+                }
+                let Ok(rt) = tokio::runtime::Handle::try_current() else {
+                    return;
+                };
+                let (redis, server) = (self.limiter.redis.clone(), self.server.clone());
+                rt.spawn(async move {
+                    if let Err(e) = redis.give_back(&mut conn, &server, minute, back).await {
+                        tracing::warn!(server = %server, units = back, error = %e, "cannot give unused send-limit budget back to Redis");
+                    }
+                });
+            }
+        }
     }
 }
 
 impl Drop for Reservation<'_> {
     fn drop(&mut self) {
         if !self.settled {
-            self.limiter.settle(&self.server, &self.limit, self.units, 0);
+            self.settle(0);
         }
     }
 }
@@ -266,6 +326,7 @@ impl Limiter {
                 entries: Mutex::new(entries),
                 ..Shared::default()
             }),
+            redis: Arc::default(),
             slots: Mutex::default(),
             store,
             metrics,
@@ -290,8 +351,87 @@ impl Limiter {
     }
 
     /// Takes `units` of `server`'s budget under `limit` at `now` (seconds
-    /// since the epoch), or says when enough returns.
-    pub fn reserve(
+    /// since the epoch), or says when enough returns: from the counters in
+    /// Redis with `cluster`, else (or when Redis fails and
+    /// `on_redis_error = "local"`) from this instance's.
+    pub async fn reserve(
+        &self,
+        server: &str,
+        limit: Limit,
+        units: u64,
+        now: i64,
+        cluster: Option<&Cluster>,
+    ) -> Result<Reservation<'_>, Denied> {
+        let Some(c) = cluster else {
+            return self.reserve_local(server, limit, units, now);
+        };
+        let w = Self::window(&limit);
+        let attempt = async {
+            let mut conn = self.redis.conn(c.redis.expose()).await?;
+            let r = self
+                .redis
+                .reserve(&mut conn, server, now, w, limit.count, units)
+                .await;
+            if r.is_err() {
+                self.redis.failed().await;
+            }
+            Ok::<_, shared::SharedError>((conn, r?))
+        };
+        match attempt.await {
+            Ok((conn, shared::Reserved::Ok { minute })) => {
+                Ok(Reservation {
+                    limiter: self,
+                    server: server.to_owned(),
+                    limit,
+                    units,
+                    settled: false,
+                    remote: Some((conn, minute)),
+                })
+            }
+            Ok((_, shared::Reserved::Denied { used, returns_in })) => {
+                self.hit(server, &limit, used);
+                Err(Denied {
+                    used,
+                    need: units,
+                    returns_in: returns_in.map(Duration::from_secs),
+                    unavailable: false,
+                })
+            }
+            Err(e) => {
+                self.metrics.limit_redis_unavailable.inc();
+                if matches!(e, shared::SharedError::Resting) {
+                    tracing::debug!(server, error = %e, "send limits without Redis");
+                } else {
+                    tracing::warn!(server, error = %e, on_redis_error = ?c.on_redis_error, "send-limit counters in Redis unavailable");
+                }
+                match c.on_redis_error {
+                    OnRedisError::Local => self.reserve_local(server, limit, units, now),
+                    OnRedisError::Closed => {
+                        self.hit(server, &limit, limit.count);
+                        Err(Denied {
+                            used: limit.count,
+                            need: units,
+                            returns_in: Some(Duration::from_secs(60)),
+                            unavailable: true,
+                        })
+                    }
+                }
+            }
+        }
+    }
+
+    fn hit(&self, server: &str, limit: &Limit, used: u64) {
+        self.metrics
+            .limit_hits
+            .get_or_create(&ServerLabel {
+                server: server.to_owned(),
+            })
+            .inc();
+        self.set_remaining(server, limit, used);
+    }
+
+    /// [`Limiter::reserve`] on this instance's counters.
+    pub fn reserve_local(
         &self,
         server: &str,
         limit: Limit,
@@ -310,17 +450,12 @@ impl Limiter {
                     .returns_in(now, w, limit.count, e.pending, units)
                     .map(Duration::from_secs);
                 drop(g);
-                self.metrics
-                    .limit_hits
-                    .get_or_create(&ServerLabel {
-                        server: server.to_owned(),
-                    })
-                    .inc();
-                self.set_remaining(server, &limit, used);
+                self.hit(server, &limit, used);
                 return Err(Denied {
                     used,
                     need: units,
                     returns_in,
+                    unavailable: false,
                 });
             }
             e.pending += units;
@@ -333,6 +468,7 @@ impl Limiter {
             limit,
             units,
             settled: false,
+            remote: None,
         })
     }
 
@@ -398,35 +534,53 @@ impl Limiter {
 
 
     /// `{server, limit, window_secs, counts, used, remaining,
-    /// resets_in_secs}` for every server of `cfg` with a limit, at `now`.
+    /// resets_in_secs}` for every server of `cfg` with a limit, at `now`,
+    /// from this instance's counters.
     pub fn rows(&self, cfg: &Config, now: i64) -> Vec<LimitRow> {
         let g = self.lock();
-        let mut rows = Vec::new();
-        for s in cfg.servers.values() {
-            let Some(l) = s.limit else { continue };
-            let w = Self::window(&l);
-            let (used, resets) = g.get(&s.name).map_or((0, 0), |e| {
-                (
-                    e.counter.used(now, w) + e.pending,
-                    e.counter.resets_in(now, w),
-                )
-            });
-            rows.push(LimitRow {
-                server: s.name.clone(),
-                limit: l.to_string(),
-                window_secs: w as u64,
-                counts: counts_name(s.limit_counts).to_owned(),
-                used,
-                remaining: l.count.saturating_sub(used),
-                resets_in_secs: resets,
-            });
-        }
+        let rows: Vec<LimitRow> = limited(cfg)
+            .map(|(s, l)| match g.get(&s.name) {
+                Some(e) => row(s, l, &e.counter, e.pending, now),
+                None => row(s, l, &Counter::default(), 0, now),
+            })
+            .collect();
         drop(g);
-        for r in &rows {
+        self.gauges(cfg, &rows);
+        rows
+    }
+
+    fn gauges(&self, cfg: &Config, rows: &[LimitRow]) {
+        for r in rows {
             if let Some(l) = cfg.servers.get(&r.server).and_then(|s| s.limit) {
                 self.set_remaining(&r.server, &l, r.used);
             }
         }
+    }
+
+    /// Like [`Limiter::rows`], from Redis with `[cluster]` (this
+    /// instance's counters for a server Redis cannot tell).
+    pub async fn rows_now(&self, cfg: &Config, now: i64) -> Vec<LimitRow> {
+        let Some(c) = &cfg.cluster else {
+            return self.rows(cfg, now);
+        };
+        let mut rows = self.rows(cfg, now);
+        let Ok(mut conn) = self.redis.conn(c.redis.expose()).await else {
+            return rows;
+        };
+        for r in rows.iter_mut() {
+            let Some((s, l)) = limited(cfg).find(|(s, _)| s.name == r.server) else {
+                continue;
+            };
+            match self.redis.counter(&mut conn, &s.name).await {
+                Ok(counter) => *r = row(s, l, &counter, 0, now),
+                Err(e) => {
+                    tracing::warn!(server = %s.name, error = %e, "cannot read the send-limit counter in Redis");
+                    self.redis.failed().await;
+                    break;
+                }
+            }
+        }
+        self.gauges(cfg, &rows);
         rows
     }
 
@@ -519,6 +673,28 @@ pub fn offline_rows(cfg: &Config) -> Result<Vec<LimitRow>, OfflineError> {
     Ok(l.rows(cfg, crate::util::unix_now()))
 }
 
+/// Every server of `cfg` with a limit.
+fn limited(cfg: &Config) -> impl Iterator<Item = (&crate::config::Server, Limit)> {
+    cfg.servers
+        .values()
+        .filter_map(|s| s.limit.map(|l| (s, l)))
+}
+
+/// One row of `limits show`.
+fn row(s: &crate::config::Server, l: Limit, c: &Counter, pending: u64, now: i64) -> LimitRow {
+    let w = l.window.duration().as_secs() as i64;
+    let used = c.used(now, w) + pending;
+    LimitRow {
+        server: s.name.clone(),
+        limit: l.to_string(),
+        window_secs: w as u64,
+        counts: counts_name(s.limit_counts).to_owned(),
+        used,
+        remaining: l.count.saturating_sub(used),
+        resets_in_secs: c.resets_in(now, w),
+    }
+}
+
 /// The name of what a limit counts.
 pub fn counts_name(c: LimitCounts) -> &'static str {
     match c {
@@ -529,7 +705,7 @@ pub fn counts_name(c: LimitCounts) -> &'static str {
 
 impl LimitsControl for Limiter {
     fn show<'a>(&'a self, cfg: &'a Config) -> BoxFut<'a, Vec<LimitRow>> {
-        Box::pin(async move { self.rows(cfg, crate::util::unix_now()) })
+        Box::pin(async move { self.rows_now(cfg, crate::util::unix_now()).await })
     }
 
     fn reset<'a>(
@@ -542,7 +718,18 @@ impl LimitsControl for Limiter {
             self.clear(server)
                 .await
                 .map_err(|e| ControlError::Failed(e.to_string()))?;
-            let _ = self.rows(cfg, crate::util::unix_now());
+            if let Some(c) = &cfg.cluster {
+                let cleared = async {
+                    let mut conn = self.redis.conn(c.redis.expose()).await?;
+                    self.redis.clear(&mut conn, server).await
+                };
+                if let Err(e) = cleared.await {
+                    return Err(ControlError::Failed(format!(
+                        "the local counter of {server} was reset, the shared one in Redis was not: {e}"
+                    )));
+                }
+            }
+            let _ = self.rows_now(cfg, crate::util::unix_now()).await;
             Ok(())
         })
     }
@@ -636,25 +823,25 @@ mod tests {
             count: 3,
             window: Window::Hour,
         };
-        let a = l.reserve("p", lim, 2, 0).unwrap();
-        let denied = l.reserve("p", lim, 2, 0).unwrap_err();
+        let a = l.reserve_local("p", lim, 2, 0).unwrap();
+        let denied = l.reserve_local("p", lim, 2, 0).unwrap_err();
         assert_eq!((denied.used, denied.need), (2, 2));
         // Released: the budget is back.
         drop(a);
-        let a = l.reserve("p", lim, 2, 0).unwrap();
+        let a = l.reserve_local("p", lim, 2, 0).unwrap();
         // Committed with one accepted recipient: one unit stays used.
         a.commit(1);
-        let b = l.reserve("p", lim, 2, 0).unwrap();
+        let b = l.reserve_local("p", lim, 2, 0).unwrap();
         b.commit(2);
-        let denied = l.reserve("p", lim, 1, 0).unwrap_err();
+        let denied = l.reserve_local("p", lim, 1, 0).unwrap_err();
         assert!(denied.returns_in.is_some());
         assert!(denied.reason(&lim, LimitCounts::Messages).contains("3/hour"));
         // Another server has its own budget; a bigger limit (a reload)
         // keeps the counts.
-        assert!(l.reserve("q", lim, 3, 0).is_ok());
+        assert!(l.reserve_local("q", lim, 3, 0).is_ok());
         let bigger = Limit { count: 4, ..lim };
-        l.reserve("p", bigger, 1, 0).unwrap().commit(1);
-        assert!(l.reserve("p", bigger, 1, 0).is_err());
+        l.reserve_local("p", bigger, 1, 0).unwrap().commit(1);
+        assert!(l.reserve_local("p", bigger, 1, 0).is_err());
     }
 
     #[tokio::test]
@@ -668,7 +855,7 @@ mod tests {
         {
             let l = Limiter::load(store.clone(), Arc::new(Metrics::new())).unwrap();
             let now = crate::util::unix_now();
-            l.reserve("p", lim, 2, now).unwrap().commit(2);
+            l.reserve_local("p", lim, 2, now).unwrap().commit(2);
             l.flush().await;
             // The background flusher may write the same batch too.
             while l.shared.flushing.load(Ordering::Acquire) {
@@ -678,8 +865,8 @@ mod tests {
         // A new limiter on the store (a restart) has the counts.
         let l = Limiter::load(store.clone(), Arc::new(Metrics::new())).unwrap();
         let now = crate::util::unix_now();
-        let _held = l.reserve("p", lim, 3, now).unwrap();
-        assert!(l.reserve("p", lim, 1, now).is_err());
+        let _held = l.reserve_local("p", lim, 3, now).unwrap();
+        assert!(l.reserve_local("p", lim, 1, now).is_err());
         l.clear("p").await.unwrap();
         assert!(store.get(&TABLE, "p").unwrap().is_none());
     }
