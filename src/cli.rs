@@ -500,9 +500,7 @@ fn budgets(cfg: &crate::config::Config, report: &mut explain::Report) {
                 });
             match rows {
                 Some(rows) => report.set_budgets(Ok(&rows)),
-                None => report.set_budgets(Err(
-                    "daemon running; see `smarthost limits show`",
-                )),
+                None => report.set_budgets(Err("daemon running; see `smarthost limits show`")),
             }
         }
         Err(e) => report.set_budgets(Err(&e.to_string())),

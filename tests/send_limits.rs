@@ -158,7 +158,10 @@ fn three_per_hour_fail_over_survive_a_kill_and_reset() {
     let row = limit_row(&cfg, "primary");
     assert_eq!(row["used"], 3, "{row}");
     assert_eq!(row["remaining"], 0, "{row}");
-    assert_eq!(metric(admin, "smarthost_limit_remaining{server=\"primary\"}"), 0.0);
+    assert_eq!(
+        metric(admin, "smarthost_limit_remaining{server=\"primary\"}"),
+        0.0
+    );
     assert!(metric(admin, "smarthost_limit_hits_total{server=\"primary\"}") >= 2.0);
     assert!(
         d.log()
@@ -172,13 +175,22 @@ fn three_per_hour_fail_over_survive_a_kill_and_reset() {
     let d = Proc::start_in(dir, &toml);
     let r = send(d.addr("main"), &["after-restart@example.com"]);
     assert!(r.starts_with("250 "), "{r}");
-    assert_eq!(primary.got().len(), 3, "still over the limit after a restart");
+    assert_eq!(
+        primary.got().len(),
+        3,
+        "still over the limit after a restart"
+    );
     assert_eq!(fallback.got().len(), 3);
 
     // `limits show` in the §4.1 shape, then a reset.
     let cfg = cfg_path(&d);
     let row = limit_row(&cfg, "primary");
-    let keys: Vec<&str> = row.as_object().unwrap().keys().map(String::as_str).collect();
+    let keys: Vec<&str> = row
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
     let mut want = vec![
         "counts",
         "limit",
@@ -199,7 +211,10 @@ fn three_per_hour_fail_over_survive_a_kill_and_reset() {
     let resets = row["resets_in_secs"].as_u64().unwrap();
     assert!((3500..=3660).contains(&resets), "{row}");
     let table = run(&cfg, &["limits", "show"]);
-    assert!(table.contains("primary") && table.contains("3/hour"), "{table}");
+    assert!(
+        table.contains("primary") && table.contains("3/hour"),
+        "{table}"
+    );
 
     run(&cfg, &["limits", "reset", "primary"]);
     d.wait_log("an audit line for the reset", WAIT, |log| {
@@ -210,7 +225,10 @@ fn three_per_hour_fail_over_survive_a_kill_and_reset() {
     assert!(r.starts_with("250 "), "{r}");
     assert_eq!(primary.got().len(), 4, "the primary again after the reset");
     let row = limit_row(&cfg, "primary");
-    assert_eq!((row["used"].as_u64(), row["remaining"].as_u64()), (Some(1), Some(2)));
+    assert_eq!(
+        (row["used"].as_u64(), row["remaining"].as_u64()),
+        (Some(1), Some(2))
+    );
     // Resetting a server without a limit is refused.
     let o = cli(&cfg, &["limits", "reset", "fallback"]);
     assert_eq!(o.status.code(), Some(1));
@@ -249,11 +267,20 @@ fn recipients_are_counted_and_a_message_is_never_split() {
     let a = d.addr("main");
     // Two accepted, one refused by the upstream: 2 count. (A null sender:
     // no DSN about the refused one, which would count too.)
-    let r = send_from(a, "", &["a1@example.com", "a2@example.com", "perm1@example.com"]);
+    let r = send_from(
+        a,
+        "",
+        &["a1@example.com", "a2@example.com", "perm1@example.com"],
+    );
     assert!(r.starts_with("250 "), "{r}");
     assert_eq!(primary.got().len(), 1);
     // Four would make 6 > 5: the whole message goes to the fallback.
-    let four = ["b1@example.com", "b2@example.com", "b3@example.com", "b4@example.com"];
+    let four = [
+        "b1@example.com",
+        "b2@example.com",
+        "b3@example.com",
+        "b4@example.com",
+    ];
     assert!(send(a, &four).starts_with("250 "));
     let fb = fallback.got();
     assert_eq!(fb.len(), 1);
@@ -265,7 +292,10 @@ fn recipients_are_counted_and_a_message_is_never_split() {
     assert_eq!(primary.got()[1].rcpts.len(), 3);
     let row = limit_row(&cfg_path(&d), "primary");
     assert_eq!(row["counts"], "recipients");
-    assert_eq!((row["used"].as_u64(), row["remaining"].as_u64()), (Some(5), Some(0)));
+    assert_eq!(
+        (row["used"].as_u64(), row["remaining"].as_u64()),
+        (Some(5), Some(0))
+    );
     // Now even one recipient goes to the fallback.
     assert!(send(a, &["d1@example.com"]).starts_with("250 "));
     assert_eq!(primary.got().len(), 2);
@@ -277,7 +307,15 @@ fn recipients_are_counted_and_a_message_is_never_split() {
     let explain = |cfg: &Path| {
         run(
             cfg,
-            &["explain", "--app", "app", "--from", "x@legacy.test", "--to", "y@example.com"],
+            &[
+                "explain",
+                "--app",
+                "app",
+                "--from",
+                "x@legacy.test",
+                "--to",
+                "y@example.com",
+            ],
         )
     };
     let text = explain(&cfg);
@@ -297,7 +335,13 @@ fn recipients_are_counted_and_a_message_is_never_split() {
 fn direct_mode_with_no_server_left_answers_451_with_when_budget_returns() {
     let primary = Sink::start();
     let admin = free_port();
-    let d = Proc::start(&config(admin, primary.port(), "limit = \"1/day\"", None, ""));
+    let d = Proc::start(&config(
+        admin,
+        primary.port(),
+        "limit = \"1/day\"",
+        None,
+        "",
+    ));
     assert!(send(d.addr("main"), &["one@example.com"]).starts_with("250 "));
     let r = send(d.addr("main"), &["two@example.com"]);
     assert!(r.starts_with("451 4.7.0 "), "{r}");
@@ -342,7 +386,10 @@ fn queue_mode_waits_until_the_window_frees() {
     let row = limit_row(&cfg, "primary");
     let next = entry["next_attempt_secs"].as_u64().unwrap();
     let resets = row["resets_in_secs"].as_u64().unwrap();
-    assert!(next.abs_diff(resets) <= 2, "next attempt {next} s, budget returns in {resets} s");
+    assert!(
+        next.abs_diff(resets) <= 2,
+        "next attempt {next} s, budget returns in {resets} s"
+    );
     assert!(next > 3000, "{entry}");
     assert_eq!(entry["attempts"], 1, "no busy retry: {entry}");
     assert_eq!(primary.got().len(), 1);
@@ -413,7 +460,12 @@ fn max_connections_caps_what_a_slow_upstream_sees() {
         "peak {} connections",
         primary.peak_connections()
     );
-    assert!(metric(admin, "smarthost_connection_slot_waits_total{server=\"primary\"}") >= 1.0);
+    assert!(
+        metric(
+            admin,
+            "smarthost_connection_slot_waits_total{server=\"primary\"}"
+        ) >= 1.0
+    );
 }
 
 #[test]
@@ -474,12 +526,16 @@ impl RedisServer {
                 s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
                 let mut buf = [0u8; 16];
                 if s.write_all(b"PING\r\n").is_ok()
-                    && s.read(&mut buf).is_ok_and(|n| buf[..n].starts_with(b"+PONG"))
+                    && s.read(&mut buf)
+                        .is_ok_and(|n| buf[..n].starts_with(b"+PONG"))
                 {
                     break;
                 }
             }
-            assert!(std::time::Instant::now() < end, "redis-server did not start");
+            assert!(
+                std::time::Instant::now() < end,
+                "redis-server did not start"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         RedisServer { child, port }
@@ -523,11 +579,19 @@ fn two_instances_share_one_limit_through_redis_and_fall_back_as_configured() {
         let r = send(via.addr("main"), &[&format!("m{i}@example.com")]);
         assert!(r.starts_with("250 "), "message {i}: {r}");
     }
-    assert_eq!(primary.got().len(), 10, "exactly 10 through the limited server");
+    assert_eq!(
+        primary.got().len(),
+        10,
+        "exactly 10 through the limited server"
+    );
     assert_eq!(fallback.got().len(), 6);
     for p in [&a, &b] {
         let row = limit_row(&cfg_path(p), "primary");
-        assert_eq!((row["used"].as_u64(), row["remaining"].as_u64()), (Some(10), Some(0)), "{row}");
+        assert_eq!(
+            (row["used"].as_u64(), row["remaining"].as_u64()),
+            (Some(10), Some(0)),
+            "{row}"
+        );
     }
 
     // Concurrent senders on both instances: still not one more.
@@ -551,7 +615,11 @@ fn two_instances_share_one_limit_through_redis_and_fall_back_as_configured() {
     assert_eq!(primary.got().len(), 10, "closed: the primary is not used");
     let r = send(a.addr("main"), &["local@example.com"]);
     assert!(r.starts_with("250 "), "{r}");
-    assert_eq!(primary.got().len(), 11, "local: counted by this instance alone");
+    assert_eq!(
+        primary.got().len(),
+        11,
+        "local: counted by this instance alone"
+    );
     assert!(
         a.log()
             .iter()

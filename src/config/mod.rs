@@ -20,8 +20,8 @@ use std::time::Duration;
 
 pub use load::{DEFAULT_CONFIG, files_hash, load_default, load_file, load_str, source_hash};
 pub use raw::{
-    BlacklistAction, DeliveryMode, LimitCounts, ListenerAuth, ListenerTls, LogFormat,
-    OnRedisError, QueueSettings, Security, UpstreamAuth,
+    BlacklistAction, DeliveryMode, LimitCounts, ListenerAuth, ListenerTls, LogFormat, OnRedisError,
+    QueueSettings, Security, UpstreamAuth,
 };
 use values::{BlacklistEntry, Cidr, EmailAddress, HeaderText, Limit, Secret};
 

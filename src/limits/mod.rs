@@ -319,7 +319,15 @@ impl Limiter {
         let entries = store
             .list(&TABLE)?
             .into_iter()
-            .map(|(k, counter)| (k, Entry { counter, pending: 0 }))
+            .map(|(k, counter)| {
+                (
+                    k,
+                    Entry {
+                        counter,
+                        pending: 0,
+                    },
+                )
+            })
             .collect();
         Ok(Limiter {
             shared: Arc::new(Shared {
@@ -378,16 +386,14 @@ impl Limiter {
             Ok::<_, shared::SharedError>((conn, r?))
         };
         match attempt.await {
-            Ok((conn, shared::Reserved::Ok { minute })) => {
-                Ok(Reservation {
-                    limiter: self,
-                    server: server.to_owned(),
-                    limit,
-                    units,
-                    settled: false,
-                    remote: Some((conn, minute)),
-                })
-            }
+            Ok((conn, shared::Reserved::Ok { minute })) => Ok(Reservation {
+                limiter: self,
+                server: server.to_owned(),
+                limit,
+                units,
+                settled: false,
+                remote: Some((conn, minute)),
+            }),
             Ok((_, shared::Reserved::Denied { used, returns_in })) => {
                 self.hit(server, &limit, used);
                 Err(Denied {
@@ -532,7 +538,6 @@ impl Limiter {
         }
     }
 
-
     /// `{server, limit, window_secs, counts, used, remaining,
     /// resets_in_secs}` for every server of `cfg` with a limit, at `now`,
     /// from this instance's counters.
@@ -657,10 +662,7 @@ pub fn offline_rows(cfg: &Config) -> Result<Vec<LimitRow>, OfflineError> {
         match Store::open(&cfg.system.spool) {
             Ok(s) => s,
             Err(StoreError::Open { source, .. })
-                if matches!(
-                    *source,
-                    redb::Error::DatabaseAlreadyOpen
-                ) =>
+                if matches!(*source, redb::Error::DatabaseAlreadyOpen) =>
             {
                 return Err(OfflineError::Locked);
             }
@@ -675,9 +677,7 @@ pub fn offline_rows(cfg: &Config) -> Result<Vec<LimitRow>, OfflineError> {
 
 /// Every server of `cfg` with a limit.
 fn limited(cfg: &Config) -> impl Iterator<Item = (&crate::config::Server, Limit)> {
-    cfg.servers
-        .values()
-        .filter_map(|s| s.limit.map(|l| (s, l)))
+    cfg.servers.values().filter_map(|s| s.limit.map(|l| (s, l)))
 }
 
 /// One row of `limits show`.
@@ -742,6 +742,11 @@ mod tests {
 
     const HOUR: i64 = 3600;
 
+    /// Uses as `(time, units)`.
+    type Uses = &'static [(i64, u64)];
+    /// `(uses, now, limit, pending, need, expected return)`.
+    type ReturnCase = (Uses, i64, u64, u64, u64, Option<u64>);
+
     fn counter(uses: &[(i64, u64)]) -> Counter {
         let mut c = Counter::default();
         for &(t, n) in uses {
@@ -753,7 +758,7 @@ mod tests {
     #[test]
     fn used_and_expiry_per_minute_bucket() {
         // (uses at times, now, window, expected used, expected resets_in)
-        let cases: &[(&[(i64, u64)], i64, i64, u64, u64)] = &[
+        let cases: &[(Uses, i64, i64, u64, u64)] = &[
             (&[], 1000, HOUR, 0, 0),
             (&[(0, 1)], 0, HOUR, 1, 3660),
             (&[(0, 1)], 59, HOUR, 1, 3601),
@@ -776,7 +781,7 @@ mod tests {
     #[test]
     fn when_budget_returns() {
         // (uses, now, limit, pending, need, expected)
-        let cases: &[(&[(i64, u64)], i64, u64, u64, u64, Option<u64>)] = &[
+        let cases: &[ReturnCase] = &[
             (&[], 0, 3, 0, 1, Some(0)),
             (&[(0, 2)], 10, 3, 0, 1, Some(0)),
             (&[(0, 3)], 10, 3, 0, 1, Some(3650)),
@@ -835,7 +840,11 @@ mod tests {
         b.commit(2);
         let denied = l.reserve_local("p", lim, 1, 0).unwrap_err();
         assert!(denied.returns_in.is_some());
-        assert!(denied.reason(&lim, LimitCounts::Messages).contains("3/hour"));
+        assert!(
+            denied
+                .reason(&lim, LimitCounts::Messages)
+                .contains("3/hour")
+        );
         // Another server has its own budget; a bigger limit (a reload)
         // keeps the counts.
         assert!(l.reserve_local("q", lim, 3, 0).is_ok());

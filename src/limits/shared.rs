@@ -203,7 +203,11 @@ impl Shared {
         units: u64,
     ) -> Result<Reserved, SharedError> {
         let mut inv = self.reserve.prepare_invoke();
-        inv.key(key(server)).arg(now).arg(window).arg(limit).arg(units);
+        inv.key(key(server))
+            .arg(now)
+            .arg(window)
+            .arg(limit)
+            .arg(units);
         let (ok, used, third): (i64, i64, i64) = bounded(inv.invoke_async(conn)).await?;
         Ok(if ok == 1 {
             Reserved::Ok { minute: third }
