@@ -429,6 +429,17 @@ impl Metrics {
             let _ = self.auth_failures.get_or_create(&ll);
             let _ = self.auth_lockouts.get_or_create(&ll);
         }
+        for s in cfg.servers.values() {
+            let sl = ServerLabel {
+                server: s.name.clone(),
+            };
+            if s.limit.is_some() {
+                let _ = self.limit_hits.get_or_create(&sl);
+            }
+            if s.max_connections.is_some() {
+                let _ = self.connection_slot_waits.get_or_create(&sl);
+            }
+        }
         self.test_mode.clear();
         for app in cfg.applications.values() {
             let al = AppLabels {

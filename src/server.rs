@@ -609,6 +609,8 @@ impl Relay {
             self.start_loop(b);
         }
         self.metrics.prime(&new, crate::util::unix_now());
+        // The remaining-budget gauges under the new limits (counts kept).
+        let _ = self.engine.limiter.rows(&new, crate::util::unix_now());
         announce(&new);
         Ok(new)
     }
