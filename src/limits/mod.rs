@@ -41,6 +41,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 /// Seconds per bucket.
 const BUCKET: i64 = 60;
 
+/// Under load, committed uses are written at most this often (a SIGKILL
+/// loses at most the uses of this long; a quiet relay writes at once).
+pub const FLUSH_EVERY: Duration = Duration::from_millis(50);
+
 /// The store table of the counters, keyed by server name.
 pub const TABLE: TableDef<Counter> = TableDef::new("limit_counters");
 
@@ -445,7 +449,7 @@ impl Limiter {
         now: i64,
     ) -> Result<Reservation<'_>, Denied> {
         let w = Self::window(&limit);
-        let used = {
+        {
             let mut g = self.lock();
             let e = g.entry(server.to_owned()).or_default();
             e.counter.prune(now, w);
@@ -465,9 +469,7 @@ impl Limiter {
                 });
             }
             e.pending += units;
-            used + units
-        };
-        self.set_remaining(server, &limit, used);
+        }
         Ok(Reservation {
             limiter: self,
             server: server.to_owned(),
@@ -509,7 +511,14 @@ impl Limiter {
         };
         let (store, sh) = (self.store.clone(), sh.clone());
         rt.spawn_blocking(move || {
+            let mut first = true;
             loop {
+                // The first batch goes at once; under load, one write per
+                // FLUSH_EVERY keeps persistence cheap (bounded write-behind).
+                if !first {
+                    std::thread::sleep(FLUSH_EVERY);
+                }
+                first = false;
                 let batch = sh.take_dirty();
                 if batch.is_empty() {
                     sh.flushing.store(false, Ordering::Release);

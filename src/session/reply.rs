@@ -258,7 +258,7 @@ pub fn over_send_limit(returns_in: std::time::Duration) -> Reply {
         451,
         Some((4, 7, 0)),
         format!(
-            "Send limit reached on every server, budget returns in {} s, try again later",
+            "No upstream server available: send limit reached, budget returns in {} s, try again later",
             returns_in.as_secs()
         ),
     )
