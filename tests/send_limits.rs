@@ -651,3 +651,42 @@ fn two_instances_share_one_limit_through_redis_and_fall_back_as_configured() {
         "closed: skipped with class limit"
     );
 }
+
+#[test]
+fn explain_without_the_admin_api_while_the_daemon_holds_the_store() {
+    let primary = Sink::start();
+    let toml = config(free_port(), primary.port(), "limit = \"3/hour\"", None, "");
+    // No [admin]: explain cannot ask the daemon.
+    let start = toml.find("[admin]").unwrap();
+    let end = toml[start..].find("[[listener]]").unwrap() + start;
+    let toml = format!("{}{}", &toml[..start], &toml[end..]);
+    let d = Proc::start(&toml);
+    assert!(send(d.addr("main"), &["one@example.com"]).starts_with("250 "));
+    let explain = |cfg: &Path| {
+        run(
+            cfg,
+            &[
+                "explain",
+                "--app",
+                "app",
+                "--from",
+                "x@legacy.test",
+                "--to",
+                "y@example.com",
+            ],
+        )
+    };
+    let text = explain(&cfg_path(&d));
+    assert!(
+        text.contains(
+            "limit 3/hour, budget: unknown (daemon running; see `smarthost limits show`)"
+        ),
+        "{text}"
+    );
+    let dir = d.stop();
+    let text = explain(&dir.path().join("smarthost.toml"));
+    assert!(
+        text.contains("limit 3/hour, budget: 2 of 3 messages left"),
+        "{text}"
+    );
+}

@@ -220,6 +220,9 @@ struct Shared {
     dirty: Mutex<BTreeSet<String>>,
     /// The flusher runs.
     flushing: AtomicBool,
+    /// Held while counters are written to the store (batches and resets
+    /// land in the order they were taken).
+    write_lock: Mutex<()>,
 }
 
 impl Shared {
@@ -233,6 +236,20 @@ impl Shared {
 
     fn is_dirty(&self) -> bool {
         !self.dirty().is_empty()
+    }
+
+    /// Writes the changed counters in one transaction (blocking); whether
+    /// there were any.
+    fn write_dirty(&self, store: &Store) -> bool {
+        let _w = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let batch = self.take_dirty();
+        if batch.is_empty() {
+            return false;
+        }
+        if let Err(e) = store.put_many(&TABLE, &batch) {
+            tracing::error!(error = %e, "cannot persist send-limit counters");
+        }
+        true
     }
 
     /// The changed counters, now marked clean.
@@ -519,8 +536,7 @@ impl Limiter {
                     std::thread::sleep(FLUSH_EVERY);
                 }
                 first = false;
-                let batch = sh.take_dirty();
-                if batch.is_empty() {
+                if !sh.write_dirty(&store) {
                     sh.flushing.store(false, Ordering::Release);
                     // A commit between the take and the store above saw
                     // the flag set: look once more.
@@ -529,22 +545,14 @@ impl Limiter {
                     }
                     break;
                 }
-                if let Err(e) = store.put_many(&TABLE, &batch) {
-                    tracing::error!(error = %e, "cannot persist send-limit counters");
-                }
             }
         });
     }
 
     /// Writes every changed counter now (at shutdown).
     pub async fn flush(&self) {
-        let batch = self.shared.take_dirty();
-        if batch.is_empty() {
-            return;
-        }
-        if let Err(e) = self.store.run(move |s| s.put_many(&TABLE, &batch)).await {
-            tracing::error!(error = %e, "cannot persist send-limit counters");
-        }
+        let (store, sh) = (self.store.clone(), self.shared.clone());
+        let _ = tokio::task::spawn_blocking(move || sh.write_dirty(&store)).await;
     }
 
     /// `{server, limit, window_secs, counts, used, remaining,
@@ -604,9 +612,14 @@ impl Limiter {
             e.counter = Counter::default();
         }
         self.shared.dirty().remove(server);
-        let name = server.to_owned();
+        let (name, sh) = (server.to_owned(), self.shared.clone());
+        // Under the write lock: a batch the flusher took before the reset
+        // cannot land after it.
         self.store
-            .run(move |s| s.remove(&TABLE, &name).map(|_| ()))
+            .run(move |s| {
+                let _w = sh.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+                s.remove(&TABLE, &name).map(|_| ())
+            })
             .await
     }
 
