@@ -622,7 +622,10 @@ fn explain_cmd(cli: &Cli, args: &ExplainArgs) -> ExitCode {
         subject: args.subject.clone(),
     };
     match explain::explain(&cfg, &req) {
-        Ok(report) => {
+        Ok(mut report) => {
+            if report.server_chain.iter().any(|h| h.limit.is_some()) {
+                budgets(&cfg, &mut report);
+            }
             if args.json {
                 println!(
                     "{}",
@@ -637,6 +640,32 @@ fn explain_cmd(cli: &Cli, args: &ExplainArgs) -> ExitCode {
             eprintln!("smarthost explain: {e}");
             ExitCode::from(EXIT_CONFIG)
         }
+    }
+}
+
+/// Each limited hop's budget: from the persisted counters when no daemon
+/// holds the store, else from the daemon's admin API, else unknown.
+fn budgets(cfg: &crate::config::Config, report: &mut explain::Report) {
+    match crate::limits::offline_rows(cfg) {
+        Ok(rows) => report.set_budgets(Ok(&rows)),
+        Err(crate::limits::OfflineError::Locked) => {
+            let call = crate::admin::client::Call {
+                method: "GET",
+                path: "limits".to_owned(),
+                body: None,
+            };
+            let rows = crate::admin::client::call(cfg, &call)
+                .ok()
+                .filter(|a| a.status == 200)
+                .and_then(|a| {
+                    serde_json::from_slice::<Vec<crate::admin::types::LimitRow>>(&a.body).ok()
+                });
+            match rows {
+                Some(rows) => report.set_budgets(Ok(&rows)),
+                None => report.set_budgets(Err("daemon running; see `smarthost limits show`")),
+            }
+        }
+        Err(e) => report.set_budgets(Err(&e.to_string())),
     }
 }
 

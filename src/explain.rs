@@ -67,6 +67,10 @@ pub struct Hop {
     pub owner: Option<String>,
     /// Send limit, if any.
     pub limit: Option<String>,
+    /// The limit's current budget (`2 of 3 left ...`), or why it is
+    /// unknown; `null` without a limit. Filled by the CLI from the
+    /// persisted counters or the running daemon ([`Report::set_budgets`]).
+    pub budget: Option<String>,
     /// MAIL FROM on this hop.
     pub envelope_from: String,
     /// Sender, display name and Reply-To on this hop, each with its source.
@@ -252,6 +256,7 @@ pub fn explain(cfg: &Config, req: &Request) -> Result<Report, ExplainError> {
             },
             owner: s.tenant.clone(),
             limit: s.limit.map(|l| l.to_string()),
+            budget: None,
             envelope_from: rewrite::envelope_sender(&req.from, &spec),
             identity,
             dkim: crate::dkim::from_domain(&out.header)
@@ -293,6 +298,27 @@ pub fn explain(cfg: &Config, req: &Request) -> Result<Report, ExplainError> {
 }
 
 impl Report {
+    /// Fills each limited hop's budget from `rows` (the counters), or
+    /// with `unknown` when they could not be read.
+    pub fn set_budgets(&mut self, rows: Result<&[crate::admin::types::LimitRow], &str>) {
+        for h in self.server_chain.iter_mut().filter(|h| h.limit.is_some()) {
+            h.budget = Some(match rows {
+                Ok(rows) => match rows.iter().find(|r| r.server == h.server) {
+                    Some(r) if r.used == 0 => format!("{} of {} left", r.remaining, r.remaining),
+                    Some(r) => format!(
+                        "{} of {} {} left, the oldest use leaves the window in {} s",
+                        r.remaining,
+                        r.used + r.remaining,
+                        r.counts,
+                        r.resets_in_secs
+                    ),
+                    None => "unknown".to_owned(),
+                },
+                Err(why) => format!("unknown ({why})"),
+            });
+        }
+    }
+
     /// The human-readable form.
     pub fn to_text(&self) -> String {
         let mut o = String::new();
@@ -369,9 +395,12 @@ impl Report {
                 h.owner
                     .as_deref()
                     .map_or("system".to_owned(), |t| format!("tenant {t}")),
-                h.limit
-                    .as_deref()
-                    .map_or(String::new(), |l| format!(", limit {l}")),
+                h.limit.as_deref().map_or(String::new(), |l| format!(
+                    ", limit {l}{}",
+                    h.budget
+                        .as_deref()
+                        .map_or(String::new(), |b| format!(", budget: {b}"))
+                )),
                 h.envelope_from
             );
             if let Some(d) = &h.dkim {

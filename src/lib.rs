@@ -25,6 +25,7 @@ pub mod dkim;
 pub mod envelope;
 pub mod explain;
 pub mod health;
+pub mod limits;
 pub mod message;
 pub mod metrics;
 pub mod notify;

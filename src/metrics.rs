@@ -202,6 +202,15 @@ pub struct Metrics {
     pub queue_attempts: Counter,
     /// Queue attempts deferred, by the failure class of each server tried.
     pub queue_deferrals: Family<ClassLabel, Counter>,
+    /// Send-limit budget left per server (updated as it is used).
+    pub limit_remaining: Family<ServerLabel, Gauge>,
+    /// Deliveries that found a server over its send limit.
+    pub limit_hits: Family<ServerLabel, Counter>,
+    /// Hops that had to wait for a connection slot (`max_connections`).
+    pub connection_slot_waits: Family<ServerLabel, Counter>,
+    /// Send-limit reservations made without Redis (`[cluster]`), because it
+    /// could not be reached: counted locally or refused (`on_redis_error`).
+    pub limit_redis_unavailable: Counter,
 }
 
 impl Default for Metrics {
@@ -239,8 +248,32 @@ impl Metrics {
             queue_oldest_age: Gauge::default(),
             queue_attempts: Counter::default(),
             queue_deferrals: Family::default(),
+            limit_remaining: Family::default(),
+            limit_hits: Family::default(),
+            connection_slot_waits: Family::default(),
+            limit_redis_unavailable: Counter::default(),
             registry: Registry::default(),
         };
+        r.register(
+            "limit_redis_unavailable",
+            "Send-limit reservations made without Redis because it could not be reached (on_redis_error applied)",
+            m.limit_redis_unavailable.clone(),
+        );
+        r.register(
+            "limit_remaining",
+            "Send-limit budget left per server in its sliding window",
+            m.limit_remaining.clone(),
+        );
+        r.register(
+            "limit_hits",
+            "Deliveries that found a server over its send limit and skipped it",
+            m.limit_hits.clone(),
+        );
+        r.register(
+            "connection_slot_waits",
+            "Upstream hops that waited for a connection slot (max_connections)",
+            m.connection_slot_waits.clone(),
+        );
         r.register(
             "queue_depth",
             "Messages in the queue",
@@ -396,6 +429,17 @@ impl Metrics {
             let _ = self.sessions_active.get_or_create(&ll);
             let _ = self.auth_failures.get_or_create(&ll);
             let _ = self.auth_lockouts.get_or_create(&ll);
+        }
+        for s in cfg.servers.values() {
+            let sl = ServerLabel {
+                server: s.name.clone(),
+            };
+            if s.limit.is_some() {
+                let _ = self.limit_hits.get_or_create(&sl);
+            }
+            if s.max_connections.is_some() {
+                let _ = self.connection_slot_waits.get_or_create(&sl);
+            }
         }
         self.test_mode.clear();
         for app in cfg.applications.values() {

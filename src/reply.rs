@@ -284,6 +284,18 @@ pub fn no_server_available() -> Reply {
         "No upstream server available right now, try again later",
     )
 }
+/// `451 4.7.0` every server of the chain is over its send limit (or
+/// down): says when budget returns.
+pub fn over_send_limit(returns_in: std::time::Duration) -> Reply {
+    Reply::new(
+        451,
+        Some((4, 7, 0)),
+        format!(
+            "No upstream server available: send limit reached, budget returns in {} s, try again later",
+            returns_in.as_secs()
+        ),
+    )
+}
 /// `451 4.3.0` a local error (spool, disk) while receiving.
 pub fn local_error() -> Reply {
     Reply::new(

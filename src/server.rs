@@ -247,12 +247,18 @@ impl Relay {
         let upstreams = Arc::new(crate::upstream::Upstreams::with_metrics(metrics.clone()));
         let health: Arc<crate::health::Health> = Arc::default();
         let deliveries: Arc<crate::admin::types::Recent> = Arc::default();
+        let limiter = Arc::new(crate::limits::Limiter::load(
+            store.clone(),
+            metrics.clone(),
+        )?);
+        let _ = limiter.rows(&config.load(), crate::util::unix_now());
         let engine = Arc::new(crate::delivery::engine::Engine::new(
             config.clone(),
             upstreams.clone(),
             metrics.clone(),
             health.clone(),
             deliveries.clone(),
+            limiter.clone(),
         ));
         Ok(Arc::new(Relay {
             config,
@@ -276,7 +282,11 @@ impl Relay {
             blacklist,
             deliveries,
             queue_control: Default::default(),
-            limits_control: Default::default(),
+            limits_control: {
+                let l = std::sync::OnceLock::new();
+                let _ = l.set(limiter as Arc<dyn crate::admin::types::LimitsControl>);
+                l
+            },
             probe_on_reload: AtomicBool::new(true),
             active_apps: Mutex::default(),
             admission: Arc::default(),
@@ -746,6 +756,8 @@ impl Relay {
             self.start_loop(b);
         }
         self.metrics.prime(&new, crate::util::unix_now());
+        // The remaining-budget gauges under the new limits (counts kept).
+        let _ = self.engine.limiter.rows(&new, crate::util::unix_now());
         announce(&new);
         Ok(new)
     }
@@ -981,6 +993,7 @@ pub async fn run_until_signal(cfg: Config, opts: RunOptions) -> io::Result<()> {
         _ = term.recv() => tracing::warn!("second signal: exiting now"),
         _ = int.recv() => tracing::warn!("second signal: exiting now"),
     }
+    relay.engine.limiter.flush().await;
     tracing::info!("smarthost stopped");
     Ok(())
 }

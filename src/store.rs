@@ -1,7 +1,7 @@
 //! The persistent state store: one embedded redb database at
 //! `{system.spool}/state.redb`, opened once at start and kept across
 //! reloads. It holds what must survive a restart but is not config: the
-//! runtime blacklist entries now, the send-limit counters later.
+//! runtime blacklist entries and the send-limit counters (`limits`).
 //!
 //! Tables are typed: a [`TableDef<T>`] names a table whose values are `T`
 //! (stored as JSON, keyed by a string), so adding a table is one `const`.
@@ -210,6 +210,24 @@ impl Store {
         {
             let mut t = tx.open_table(table.raw()).map_err(db_err)?;
             t.insert(key, bytes.as_slice()).map_err(db_err)?;
+        }
+        tx.commit().map_err(db_err)
+    }
+
+    /// Stores every `(key, value)` of `items` in one committed
+    /// transaction (one fsync for a batch).
+    pub fn put_many<T: Serialize>(
+        &self,
+        table: &TableDef<T>,
+        items: &[(String, T)],
+    ) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut t = tx.open_table(table.raw()).map_err(db_err)?;
+            for (key, value) in items {
+                let bytes = Self::encode(table, key, value)?;
+                t.insert(key.as_str(), bytes.as_slice()).map_err(db_err)?;
+            }
         }
         tx.commit().map_err(db_err)
     }

@@ -24,6 +24,8 @@ command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
 # Debian's packages go to the system Python, which tests/dkim.rs runs.
 /usr/bin/python3 -c 'import dkim' 2>/dev/null || need+=(python3-dkim)
 /usr/bin/python3 -c 'import nacl' 2>/dev/null || need+=(python3-nacl)
+# redis-server backs the shared send limits (tests/send_limits.rs).
+command -v redis-server >/dev/null || need+=(redis-server)
 # swaks needs Net::SSLeay for --tls (only a Recommends of swaks).
 perl -MNet::SSLeay -e1 2>/dev/null || need+=(libnet-ssleay-perl)
 if [ ${#need[@]} -gt 0 ]; then

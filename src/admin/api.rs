@@ -368,6 +368,14 @@ async fn limits_reset(
     match relay.limits_control().reset(&cfg, &server).await {
         Ok(()) => {
             tracing::info!(target: "audit", who = WHO, what = "limits reset", server = %server, "audit");
+            // Queued messages may be waiting for this budget (they wait
+            // until the window frees): with it back, they are due now.
+            if let Some(q) = relay.queue_control()
+                && let Ok(n) = q.retry_all().await
+                && n > 0
+            {
+                tracing::info!(server = %server, messages = n, "send limit reset: queued messages are due now");
+            }
             ok()
         }
         Err(e) => control_error(e),

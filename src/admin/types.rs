@@ -144,8 +144,8 @@ pub trait LimitsControl: Send + Sync {
     ) -> BoxFut<'a, Result<(), ControlError>>;
 }
 
-/// The limits as configured, nothing used: what the API serves while send
-/// limits are not enforced (there are no counters to show or reset yet).
+/// The limits as configured, nothing used: what the API serves when no
+/// limits service is plugged in (a relay always plugs in `limits::Limiter`).
 #[derive(Debug, Default)]
 pub struct ConfiguredLimits;
 

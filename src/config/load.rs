@@ -168,6 +168,7 @@ pub(super) struct RawDoc {
     pub health: Option<Located<RawHealth>>,
     pub reload: Option<Located<RawReload>>,
     pub queue: Option<Located<QueueSettings>>,
+    pub cluster: Option<Located<super::raw::RawCluster>>,
     pub servers: Vec<(String, Located<RawServer>)>,
     pub tenants: Vec<(String, Located<RawTenant>)>,
     pub applications: Vec<(String, Located<RawApplication>)>,
@@ -264,7 +265,7 @@ fn entity<T: DeserializeOwned>(
 }
 
 const MAIN_ONLY: &[&str] = &[
-    "include", "system", "listener", "tls", "limits", "admin", "log",
+    "include", "system", "listener", "tls", "limits", "admin", "log", "cluster",
 ];
 
 /// Walks one file's top-level keys into `doc`.
@@ -302,6 +303,7 @@ fn collect(src: &Sources<'_>, file: usize, doc: &mut RawDoc, errors: &mut Vec<Co
             "health" => doc.health = entity(src, file, &path, value, errors).map(located!()),
             "reload" => doc.reload = entity(src, file, &path, value, errors).map(located!()),
             "queue" => doc.queue = entity(src, file, &path, value, errors).map(located!()),
+            "cluster" => doc.cluster = entity(src, file, &path, value, errors).map(located!()),
             "listener" | "route" | "dkim" => {
                 let DeValue::Array(items) = value.get_ref() else {
                     errors.push(src.error(file, &path, format!("expected an array of tables: write [[{k}]]")));
@@ -356,7 +358,7 @@ fn collect(src: &Sources<'_>, file: usize, doc: &mut RawDoc, errors: &mut Vec<Co
             other => errors.push(src.error(
                 file,
                 &path,
-                format!("unknown key `{other}`, expected one of include, system, listener, tls, limits, admin, log, health, reload, queue, server, tenant, application, route, dkim"),
+                format!("unknown key `{other}`, expected one of include, system, listener, tls, limits, admin, log, health, reload, queue, cluster, server, tenant, application, route, dkim"),
             )),
         }
     }

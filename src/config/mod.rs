@@ -23,7 +23,7 @@ pub use load::{
     DEFAULT_CONFIG, files_hash, load_default, load_file, load_str, source_hash, watch_hash,
 };
 pub use raw::{
-    BlacklistAction, DeliveryMode, LimitCounts, ListenerAuth, ListenerTls, LogFormat,
+    BlacklistAction, DeliveryMode, LimitCounts, ListenerAuth, ListenerTls, LogFormat, OnRedisError,
     QueueSettings, Security, UpstreamAuth,
 };
 use values::{BlacklistEntry, Cidr, EmailAddress, HeaderText, Limit, Secret};
@@ -84,6 +84,8 @@ pub struct Config {
     pub reload: ReloadSettings,
     /// `[queue]`.
     pub queue: QueueSettings,
+    /// `[cluster]`: Redis for shared send-limit counters, when set.
+    pub cluster: Option<Cluster>,
     /// Every `[server.NAME]`.
     pub servers: BTreeMap<String, Server>,
     /// Every `[tenant.NAME]`.
@@ -231,6 +233,15 @@ pub struct Admin {
     pub status_public: bool,
 }
 
+/// `[cluster]` with defaults applied.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    /// The Redis URL (a secret: it may hold a password).
+    pub redis: Secret,
+    /// What limits do while Redis cannot be reached.
+    pub on_redis_error: OnRedisError,
+}
+
 /// `[log]`.
 #[derive(Debug, Clone)]
 pub struct Log {
@@ -277,6 +288,9 @@ pub struct Server {
     pub limit: Option<Limit>,
     /// What the limit counts.
     pub limit_counts: LimitCounts,
+    /// SMTP: most concurrent transactions (connections in use) at this
+    /// server; `None`: no cap.
+    pub max_connections: Option<usize>,
     /// Kind-specific settings.
     pub kind: ServerKind,
 }

@@ -202,6 +202,30 @@ pub struct RawAdmin {
     pub status_public: Option<bool>,
 }
 
+/// `[cluster]`: several instances sharing state (PRODUCT §3.10).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCluster {
+    /// Redis URL (`redis://[:password@]host:port[/db]`; a secret: string,
+    /// `{ env }` or `{ file }`). Send-limit counters are shared through it.
+    pub redis: Option<SecretSource>,
+    /// When Redis cannot be reached: `local` (default; count in this
+    /// instance alone, with a warning and a metric) or `closed` (treat
+    /// every limited server as over its limit).
+    pub on_redis_error: Option<OnRedisError>,
+}
+
+/// What send limits do while Redis cannot be reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OnRedisError {
+    /// Count locally (this instance's uses only).
+    #[default]
+    Local,
+    /// Treat every limited server as over its limit.
+    Closed,
+}
+
 /// `[health]`: when an upstream is considered down (PRODUCT §3.6).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -327,6 +351,11 @@ pub struct RawServer {
     pub helo_name: Option<String>,
     /// SMTP: most idle connections kept open to this server for reuse. Default 100.
     pub pool_size: Option<usize>,
+    /// SMTP: most concurrent connections (transactions) to this server
+    /// across every session and the queue; a delivery waits for a slot up
+    /// to `connect_timeout`, then fails over (direct) or defers (queue).
+    /// Default: no cap.
+    pub max_connections: Option<usize>,
     /// SMTP: how long an idle pooled connection is kept. Default `"30s"`.
     pub pool_idle_timeout: Option<Dur>,
     /// Capture: the directory messages are written to (relative to the config).

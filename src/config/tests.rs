@@ -320,6 +320,36 @@ fn validation_rules() {
             "greater than zero",
         ),
         (
+            "zero max_connections",
+            "[server.x]\nhost = \"h\"\nmax_connections = 0\n",
+            "server.x.max_connections",
+            "at least 1",
+        ),
+        (
+            "max_connections on a capture server",
+            "[server.x]\nkind = \"capture\"\npath = \"o\"\nmax_connections = 2\n",
+            "server.x.max_connections",
+            "",
+        ),
+        (
+            "cluster without redis",
+            "[cluster]\non_redis_error = \"closed\"\n",
+            "cluster.redis",
+            "Redis URL",
+        ),
+        (
+            "cluster with a URL that is not Redis",
+            "[cluster]\nredis = \"http://127.0.0.1:6379\"\n",
+            "cluster.redis",
+            "not a Redis URL",
+        ),
+        (
+            "unknown on_redis_error",
+            "[cluster]\nredis = \"redis://127.0.0.1/\"\non_redis_error = \"open\"\n",
+            "cluster.on_redis_error",
+            "",
+        ),
+        (
             "absurd duration",
             "[limits]\ndata_timeout = \"200000000000000d\"\n",
             "limits.data_timeout",

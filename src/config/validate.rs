@@ -339,6 +339,7 @@ fn kind_specific_keys(s: &RawServer) -> Vec<(&'static str, bool, ServerKindName)
         ("pool_size", s.pool_size.is_some(), Smtp),
         ("pool_idle_timeout", s.pool_idle_timeout.is_some(), Smtp),
         ("oauth", s.oauth.is_some(), Smtp),
+        ("max_connections", s.max_connections.is_some(), Smtp),
         ("path", s.path.is_some(), Capture),
         ("tenant_id", s.tenant_id.is_some(), Graph),
         ("mailbox", s.mailbox.is_some(), Graph),
@@ -543,11 +544,11 @@ fn server(
             })
         }
     };
-    if s.limit.is_some() {
-        cx.warn(
+    if s.max_connections == Some(0) {
+        cx.err(
             file,
-            &path.clone().key("limit"),
-            "send limits are not enforced in this version: the server is used regardless of the limit",
+            &path.clone().key("max_connections"),
+            "max_connections must be at least 1",
         );
     }
     if s.limit_counts.is_some() && s.limit.is_none() {
@@ -571,6 +572,7 @@ fn server(
         reply_to: s.reply_to.clone(),
         limit: s.limit,
         limit_counts: s.limit_counts.unwrap_or(LimitCounts::Messages),
+        max_connections: s.max_connections,
         kind,
     })
 }
@@ -802,6 +804,27 @@ pub(super) fn validate(
         .as_ref()
         .map(|l| l.value.clone())
         .unwrap_or_default();
+    let cluster = doc.cluster.as_ref().and_then(|l| {
+        let key = l.path.clone().key("redis");
+        let Some(src) = &l.value.redis else {
+            cx.err(l.file, &key, "[cluster] needs `redis`, the Redis URL");
+            return None;
+        };
+        let redis = cx.secret(l.file, &key, src)?;
+        let parsed = redis::parse_redis_url(redis.expose());
+        if !parsed.is_some_and(|u| matches!(u.scheme(), "redis" | "redis+unix" | "unix")) {
+            cx.err(
+                l.file,
+                &key,
+                "not a Redis URL: expected redis://[:password@]host:port[/db] (TLS `rediss://` is not supported)",
+            );
+            return None;
+        }
+        Some(super::Cluster {
+            redis,
+            on_redis_error: l.value.on_redis_error.unwrap_or_default(),
+        })
+    });
     if let Some(l) = &doc.queue {
         if queue.min_backoff.get().is_zero() {
             cx.err(
@@ -938,6 +961,7 @@ pub(super) fn validate(
         health,
         reload,
         queue,
+        cluster,
         servers,
         tenants,
         applications: BTreeMap::new(),

@@ -156,6 +156,8 @@ pub struct Engine {
     queue: OnceLock<Arc<dyn Spool>>,
     /// The last outcomes, for the admin API and status page.
     pub deliveries: Arc<crate::admin::types::Recent>,
+    /// Send-limit budgets and connection slots (survive reloads).
+    pub limiter: Arc<crate::limits::Limiter>,
 }
 
 impl Engine {
@@ -166,6 +168,7 @@ impl Engine {
         metrics: Arc<crate::metrics::Metrics>,
         health: Arc<crate::health::Health>,
         deliveries: Arc<crate::admin::types::Recent>,
+        limiter: Arc<crate::limits::Limiter>,
     ) -> Engine {
         Engine {
             config,
@@ -175,6 +178,7 @@ impl Engine {
             ids: IdGen::default(),
             queue: OnceLock::new(),
             deliveries,
+            limiter,
         }
     }
 
@@ -324,7 +328,10 @@ impl Engine {
                     .filter(|f| !matches!(f.class, super::FailureClass::Down))
                     .count(),
             ),
-            Outcome::NoServer { .. } => reply::no_server_available(),
+            Outcome::NoServer { .. } => match a.outcome.limit_wait() {
+                Some(wait) => reply::over_send_limit(wait),
+                None => reply::no_server_available(),
+            },
         }
     }
 
@@ -387,6 +394,8 @@ impl Engine {
             metrics: &self.metrics,
             health: &self.health,
             health_settings: &cfg.health,
+            limiter: &self.limiter,
+            cluster: cfg.cluster.as_ref(),
         };
         Attempted {
             outcome: super::deliver(&plan, msg, &cx).await,

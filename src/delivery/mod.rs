@@ -15,7 +15,7 @@ pub mod capture;
 pub mod dsn;
 pub mod engine;
 
-use crate::config::{Server, ServerKind};
+use crate::config::{LimitCounts, Server, ServerKind};
 use crate::envelope::Envelope;
 use crate::message::Message;
 use crate::metrics::{FailoverLabels, ServerLabel};
@@ -59,8 +59,8 @@ pub enum Outcome {
         /// `down` or `limit`).
         failovers: Vec<Failover>,
     },
-    /// The chain was empty, or every server in it was skipped (down): no
-    /// server may take the message now.
+    /// The chain was empty, or every server in it was skipped (down or
+    /// over its send limit): no server may take the message now.
     NoServer {
         /// The skipped servers and why.
         skipped: Vec<Failover>,
@@ -99,9 +99,29 @@ impl Outcome {
     }
 
     /// How long the servers asked not to be tried again (the longest
-    /// `Retry-After` any of them sent).
+    /// `Retry-After` any of them sent). Send-limit waits are not in it:
+    /// another server of the chain may take the message sooner.
     pub fn retry_after(&self) -> Option<std::time::Duration> {
-        self.failovers().iter().filter_map(|f| f.retry_after).max()
+        self.failovers()
+            .iter()
+            .filter(|f| f.class != FailureClass::Limit)
+            .filter_map(|f| f.retry_after)
+            .max()
+    }
+
+    /// When no server was tried because every one is over its send limit
+    /// (or down), the time until the earliest budget returns: the queue
+    /// tries again exactly then (no busy retry), and direct mode tells the
+    /// client. `None` when a server was tried, or no budget ever returns.
+    pub fn limit_wait(&self) -> Option<std::time::Duration> {
+        let Outcome::NoServer { skipped } = self else {
+            return None;
+        };
+        skipped
+            .iter()
+            .filter(|f| f.class == FailureClass::Limit)
+            .filter_map(|f| f.retry_after)
+            .min()
     }
 }
 
@@ -130,6 +150,10 @@ pub struct Context<'a> {
     pub health: &'a crate::health::Health,
     /// When a server is marked down.
     pub health_settings: &'a crate::config::HealthSettings,
+    /// Send-limit budgets and connection slots.
+    pub limiter: &'a crate::limits::Limiter,
+    /// `[cluster]`: Redis shares the send-limit counters.
+    pub cluster: Option<&'a crate::config::Cluster>,
 }
 
 /// Whether this hop needs SMTPUTF8: for non-ASCII envelope addresses,
@@ -188,6 +212,66 @@ pub async fn deliver(plan: &Plan<'_>, msg: &Message, cx: &Context<'_>) -> Outcom
             ));
             continue;
         }
+        // Budget first (PRODUCT §3.7): reserved before sending, settled
+        // on the upstream's answer, released if the hop fails.
+        let units = match server.limit_counts {
+            LimitCounts::Messages => 1,
+            LimitCounts::Recipients => rcpts.len() as u64,
+        };
+        let mut reservation = match server.limit {
+            None => None,
+            Some(limit) => {
+                match cx
+                    .limiter
+                    .reserve(
+                        &server.name,
+                        limit,
+                        units,
+                        crate::util::unix_now(),
+                        cx.cluster,
+                    )
+                    .await
+                {
+                    Ok(r) => Some(r),
+                    Err(denied) => {
+                        let mut f = Failover::new(
+                            &server.name,
+                            FailureClass::Limit,
+                            denied.reason(&limit, server.limit_counts),
+                        );
+                        f.retry_after = denied.returns_in;
+                        tracing::info!(id = cx.id, server = %server.name, reason = %f.reason, "skipping a server over its send limit");
+                        failovers.push(f);
+                        continue;
+                    }
+                }
+            }
+        };
+        let wait = match &server.kind {
+            ServerKind::Smtp(s) => s.connect_timeout,
+            _ => std::time::Duration::from_secs(10),
+        };
+        let _slot = match cx
+            .limiter
+            .slot(&server.name, server.max_connections, wait)
+            .await
+        {
+            Ok(p) => p,
+            Err(waited) => {
+                let f = Failover::new(
+                    &server.name,
+                    FailureClass::Temporary,
+                    format!(
+                        "no connection slot free within {} s (max_connections = {})",
+                        waited.as_secs(),
+                        server.max_connections.unwrap_or_default()
+                    ),
+                );
+                tracing::warn!(id = cx.id, server = %f.server, reason = %f.reason, "hop failed, trying the next server");
+                failovers.push(f);
+                continue;
+            }
+        };
         // A server that refused some recipients and then cut the
         // connection (its error limit) passes the rest to the next server;
         // the last server of the chain is asked again, a few times, for
@@ -198,6 +282,16 @@ pub async fn deliver(plan: &Plan<'_>, msg: &Message, cx: &Context<'_>) -> Outcom
             let started = Instant::now();
             let result = hop(plan, &rcpts, server, msg, cx).await;
             let elapsed = started.elapsed();
+            if let HopResult::Accepted { refused, deferred } = &result
+                && let Some(r) = reservation.take()
+            {
+                r.commit(match server.limit_counts {
+                    LimitCounts::Messages => 1,
+                    LimitCounts::Recipients => {
+                        rcpts.len().saturating_sub(refused.len() + deferred.len()) as u64
+                    }
+                });
+            }
             tracing::debug!(id = cx.id, server = %server.name, elapsed_ms = elapsed.as_millis() as u64, ?result, "hop");
             match result {
                 HopResult::Accepted {
@@ -285,7 +379,7 @@ pub async fn deliver(plan: &Plan<'_>, msg: &Message, cx: &Context<'_>) -> Outcom
     }
     if failovers
         .iter()
-        .all(|f| matches!(f.class, FailureClass::Down))
+        .all(|f| matches!(f.class, FailureClass::Down | FailureClass::Limit))
     {
         return Outcome::NoServer { skipped: failovers };
     }

@@ -4,7 +4,7 @@
 //! fallback where the tenant may use system servers. No server appears twice.
 //!
 //! Skipping servers that are marked down happens at delivery time, on
-//! this list (send limits are not enforced yet, see ARCHITECTURE.md).
+//! this list (servers over their send limit are skipped there).
 
 use super::Effective;
 use crate::config::values::normalize_address;

@@ -455,13 +455,18 @@ impl Queue {
             }
             done = e.deleted || e.state.rcpts.iter().all(|r| !r.open());
             if !done {
-                let delay = backoff::delay(
-                    attempt_no,
-                    cfg.queue.min_backoff.get(),
-                    cfg.queue.max_backoff.get(),
-                    backoff::jitter(),
-                )
-                .max(outcome.retry_after().unwrap_or_default());
+                // Every server over its send limit: try again exactly when
+                // the earliest budget returns (PRODUCT §3.7), not on the
+                // backoff schedule.
+                let delay = outcome.limit_wait().unwrap_or_else(|| {
+                    backoff::delay(
+                        attempt_no,
+                        cfg.queue.min_backoff.get(),
+                        cfg.queue.max_backoff.get(),
+                        backoff::jitter(),
+                    )
+                    .max(outcome.retry_after().unwrap_or_default())
+                });
                 e.state.next_attempt_ms = now + delay.as_millis() as i64;
             }
             snapshot = e.state.clone();

@@ -69,6 +69,8 @@ struct Shared {
     active: AtomicUsize,
     peak_active: AtomicUsize,
     stop: AtomicBool,
+    /// Milliseconds to wait before answering a message's content.
+    data_delay_ms: AtomicUsize,
 }
 
 /// The sink.
@@ -90,6 +92,7 @@ impl Sink {
             active: AtomicUsize::new(0),
             peak_active: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
+            data_delay_ms: AtomicUsize::new(0),
         });
         let s = shared.clone();
         std::thread::spawn(move || {
@@ -118,6 +121,14 @@ impl Sink {
     /// Whether `temp…@` recipients are accepted (true) or get 450.
     pub fn accept_temp(&self, yes: bool) {
         self.shared.accept_temp.store(yes, Ordering::SeqCst);
+    }
+
+    /// Makes the sink slow: it waits `d` before answering each message's
+    /// content.
+    pub fn set_data_delay(&self, d: Duration) {
+        self.shared
+            .data_delay_ms
+            .store(d.as_millis() as usize, Ordering::SeqCst);
     }
 
     /// Messages accepted so far.
@@ -228,6 +239,10 @@ fn session(c: TcpStream, s: &Shared) -> std::io::Result<()> {
                     l.remove(0);
                 }
                 data.extend_from_slice(&l);
+            }
+            let delay = s.data_delay_ms.load(Ordering::SeqCst);
+            if delay > 0 {
+                std::thread::sleep(Duration::from_millis(delay as u64));
             }
             if *s.mode.lock().unwrap() == Mode::DeferData {
                 w.write_all(b"451 4.3.0 try again later\r\n")?;
