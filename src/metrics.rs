@@ -201,6 +201,9 @@ pub struct Metrics {
     pub queue_attempts: Counter,
     /// Queue attempts deferred, by the failure class of each server tried.
     pub queue_deferrals: Family<ClassLabel, Counter>,
+    /// 1 when a server is up, 0 while it is marked down or half open
+    /// (set by [`crate::health::Health`]).
+    pub server_up: Family<ServerLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -238,6 +241,7 @@ impl Metrics {
             queue_oldest_age: Gauge::default(),
             queue_attempts: Counter::default(),
             queue_deferrals: Family::default(),
+            server_up: Family::default(),
             registry: Registry::default(),
         };
         r.register(
@@ -340,6 +344,11 @@ impl Metrics {
             "auth_lockouts",
             "Client addresses locked out after repeated AUTH failures, by listener",
             m.auth_lockouts.clone(),
+        );
+        r.register(
+            "server_up",
+            "1 when the server is up, 0 while it is marked down or half open",
+            m.server_up.clone(),
         );
         r.register(
             "config_reloads",
