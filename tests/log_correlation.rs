@@ -97,7 +97,7 @@ fn session(addr: SocketAddr, n: usize) -> Vec<String> {
 fn text_session_id(l: &str) -> Option<&str> {
     l.split("session_id=")
         .nth(1)?
-        .split(|c: char| c == '}' || c == ' ')
+        .split(['}', ' '])
         .next()
 }
 
