@@ -95,10 +95,7 @@ fn session(addr: SocketAddr, n: usize) -> Vec<String> {
 
 /// The session id of the text line `l`, from its `session{session_id=…}` span.
 fn text_session_id(l: &str) -> Option<&str> {
-    l.split("session_id=")
-        .nth(1)?
-        .split(['}', ' '])
-        .next()
+    l.split("session_id=").nth(1)?.split(['}', ' ']).next()
 }
 
 #[test]
