@@ -229,3 +229,56 @@ fn json_lines_carry_the_session_id_and_typed_values() {
     assert_eq!(down["cooldown_s"], 1);
     p.stop();
 }
+
+/// Queue mode: the attempt runs later in a queue worker, outside the
+/// session; its delivery line still names the session (kept in the job).
+#[test]
+fn queued_delivery_lines_name_the_session() {
+    let p = Proc::start(
+        r#"
+[system]
+delivery = "queue"
+hostname = "relay.test"
+default_server = "outbox"
+
+[[listener]]
+name = "main"
+address = "127.0.0.1:0"
+auth = "none"
+
+[server.outbox]
+kind = "capture"
+path = "outbox"
+
+[tenant.t]
+sender = "sender@relay.test"
+
+[application.app]
+tenant = "t"
+client_ips = ["127.0.0.0/8"]
+"#,
+    );
+    let replies = session(p.addr("main"), 1);
+    assert!(replies[0].starts_with("250 "), "{replies:?}");
+    p.wait_log("delivery line", Duration::from_secs(20), |l| {
+        l.iter()
+            .any(|l| l.contains("smarthost::delivery") && l.contains(" delivery "))
+            && l.iter().any(|l| l.contains(" session listener="))
+    });
+    let log = p.log();
+    let session_line = log
+        .iter()
+        .find(|l| l.contains(" session listener="))
+        .unwrap();
+    let sid = text_session_id(session_line).unwrap();
+    let delivery = log
+        .iter()
+        .find(|l| l.contains("smarthost::delivery") && l.contains(" delivery "))
+        .unwrap();
+    assert!(
+        !delivery.contains("session{"),
+        "not inside the session: {delivery}"
+    );
+    assert_eq!(text_session_id(delivery), Some(sid), "{delivery}");
+    p.stop();
+}

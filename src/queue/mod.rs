@@ -371,7 +371,7 @@ impl Queue {
             }
         };
         if let Some(s) = &job.session {
-            tracing::Span::current().record("session_id", s.as_str());
+            tracing::Span::current().record("session_id", tracing::field::display(s));
         }
         let cfg = engine.config();
         let (rcpts, attempts) = {
