@@ -240,7 +240,8 @@ pub struct ExplainArgs {
     /// Identify by client address.
     #[arg(long)]
     pub client_ip: Option<IpAddr>,
-    /// With --client-ip: the listener (name or address) the client connects to.
+    /// With --client-ip: the listener (name or address) the client connects
+    /// to (default: the first [[listener]]).
     #[arg(long)]
     pub listener: Option<String>,
     /// Envelope sender (also the From header of the sample message).
@@ -287,9 +288,15 @@ fn check_config(cli: &Cli, args: &CheckConfigArgs) -> ExitCode {
             for w in &cfg.warnings {
                 eprintln!("{w} (warning)");
             }
-            println!(
+            let what = if cli.config.is_none() && !Path::new("smarthost.toml").exists() {
+                "no --config given and no ./smarthost.toml here: the embedded default config"
+                    .to_owned()
+            } else {
+                cfg.source.clone()
+            };
+            crate::outln!(
                 "{}: ok ({} listener(s), {} server(s), {} tenant(s), {} application(s), {} route(s))",
-                cfg.source,
+                what,
                 cfg.listeners.len(),
                 cfg.servers.len(),
                 cfg.tenants.len(),
@@ -355,7 +362,7 @@ fn probe_servers(cfg: &Config) -> ExitCode {
     let mut failed = 0;
     for (name, r) in &results {
         match r {
-            Ok(p) => println!(
+            Ok(p) => crate::outln!(
                 "probe {name}: ok ({}, {}, AUTH {})",
                 p.connected_to,
                 p.tls
@@ -365,7 +372,7 @@ fn probe_servers(cfg: &Config) -> ExitCode {
             ),
             Err(f) => {
                 failed += 1;
-                println!("probe {name}: FAILED ({}): {}", f.class, f.reason);
+                crate::outln!("probe {name}: FAILED ({}): {}", f.class, f.reason);
             }
         }
     }
@@ -441,27 +448,31 @@ fn test_server(cli: &Cli, args: &TestServerArgs) -> ExitCode {
         &args.to,
         msg.content,
     ));
-    println!(
-        "server:       {} ({}:{}, security {:?})",
-        args.name, smtp.host, smtp.port, smtp.security
+    crate::outln!(
+        "server:       {} ({}:{}, security = \"{}\")",
+        args.name,
+        smtp.host,
+        smtp.port,
+        spelling(&smtp.security)
     );
     if let Some(s) = &report.session {
-        print!("{s}");
+        crate::out!("{s}");
     }
-    println!(
+    crate::outln!(
         "envelope:     MAIL FROM:<{}> RCPT TO:<{}>",
-        msg.mail_from, args.to
+        msg.mail_from,
+        args.to
     );
     for r in &report.refused {
-        println!("refused:      {} {} {}", r.rcpt, r.code, r.reason);
+        crate::outln!("refused:      {} {} {}", r.rcpt, r.code, r.reason);
     }
     match &report.result {
         Ok(reply) => {
-            println!("result:       accepted: {reply}");
+            crate::outln!("result:       accepted: {reply}");
             ExitCode::SUCCESS
         }
         Err(e) => {
-            println!("result:       NOT accepted: {e}");
+            crate::outln!("result:       NOT accepted: {e}");
             ExitCode::FAILURE
         }
     }
@@ -595,6 +606,16 @@ fn test_graph_server(cfg: &Config, args: &TestServerArgs, g: &config::GraphServe
     }
 }
 
+/// A config value as it is spelled in the file (`starttls-when-available`),
+/// not its Rust name.
+fn spelling<T: serde::Serialize>(v: &T) -> String {
+    match serde_json::to_value(v) {
+        Ok(serde_json::Value::String(s)) => s,
+        Ok(other) => other.to_string(),
+        Err(_) => String::new(),
+    }
+}
+
 fn explain_cmd(cli: &Cli, args: &ExplainArgs) -> ExitCode {
     let cfg = match load_config(cli.config.as_deref()) {
         Ok(c) => c,
@@ -627,12 +648,12 @@ fn explain_cmd(cli: &Cli, args: &ExplainArgs) -> ExitCode {
                 budgets(&cfg, &mut report);
             }
             if args.json {
-                println!(
+                crate::outln!(
                     "{}",
                     serde_json::to_string_pretty(&report).unwrap_or_default()
                 );
             } else {
-                print!("{}", report.to_text());
+                crate::out!("{}", report.to_text());
             }
             ExitCode::SUCCESS
         }
@@ -683,7 +704,7 @@ fn hash_password() -> ExitCode {
     }
     match crate::auth::hash_password(pw) {
         Ok(h) => {
-            println!("{h}");
+            crate::outln!("{h}");
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -2,8 +2,8 @@
 //! as text or JSON. Pure apart from its caller printing the report; it runs
 //! the same `policy` and `rewrite` code a real submission does.
 
-use crate::config::Config;
 use crate::config::values::EmailAddress;
+use crate::config::{Config, ListenerTls};
 use crate::policy::{self, IdentifiedBy, RcptVerdict, RecipientPlan, Refusal};
 use crate::rewrite;
 use serde::Serialize;
@@ -94,6 +94,14 @@ pub struct Report {
     pub tenant_chain: Vec<String>,
     /// Why the message would be refused at MAIL FROM, if it would.
     pub refused: Option<Refusal>,
+    /// The reply the relay gives then, e.g. `530 5.7.0 Authentication
+    /// required` (for a client that uses TLS where the listener offers it).
+    pub refused_reply: Option<String>,
+    /// The listener the client was assumed to connect to (`--client-ip`).
+    pub listener: Option<String>,
+    /// When a client that does not use STARTTLS would get another reply
+    /// (AUTH is only offered after STARTTLS there).
+    pub refused_reply_without_tls: Option<String>,
     /// Effective sender on the first hop (a server's fixed sender wins).
     pub effective_sender: Option<String>,
     /// Sender from application/tenant/system, before any server's fixed sender.
@@ -154,48 +162,57 @@ pub fn explain(cfg: &Config, req: &Request) -> Result<Report, ExplainError> {
         t.parse::<EmailAddress>()
             .map_err(ExplainError::BadAddress)?;
     }
-    let found = match &req.who {
-        Who::App(n) => Some((
+    let (app, by, listener) = match &req.who {
+        Who::App(n) => (
             cfg.applications
                 .get(n)
                 .ok_or_else(|| ExplainError::NoSuchApp(n.clone()))?,
             None,
-        )),
-        Who::AuthUser(u) => Some((
+            None,
+        ),
+        Who::AuthUser(u) => (
             cfg.application_by_auth_user(u)
                 .ok_or_else(|| ExplainError::NoSuchUser(u.clone()))?,
             Some(IdentifiedBy::AuthUser),
-        )),
+            None,
+        ),
         Who::ClientIp { ip, listener } => {
+            // The listener the client connects to: named, or the first one.
             let l = match listener {
-                Some(n) => Some(
-                    find_listener(cfg, n).ok_or_else(|| ExplainError::NoSuchListener(n.clone()))?,
-                ),
-                None => None,
+                Some(n) => {
+                    find_listener(cfg, n).ok_or_else(|| ExplainError::NoSuchListener(n.clone()))?
+                }
+                None => cfg
+                    .listeners
+                    .first()
+                    .ok_or_else(|| ExplainError::NoSuchListener("(none configured)".into()))?,
             };
-            policy::identify(cfg, l, None, *ip).map(|(a, by)| (a, Some(by)))
+            // The same decision the session makes at MAIL FROM, for a
+            // client that uses TLS where the listener offers it.
+            let tls = l.tls == ListenerTls::Implicit
+                || (l.tls == ListenerTls::Starttls && cfg.tls.is_some());
+            match policy::identify_client(cfg, l, None, *ip, tls) {
+                Ok((a, by)) => (a, Some(by), Some(l.name.clone())),
+                Err(r) => {
+                    let plain = (tls && l.tls != ListenerTls::Implicit)
+                        .then(|| policy::identify_client(cfg, l, None, *ip, false).err())
+                        .flatten()
+                        .filter(|p| *p != r)
+                        .map(|p| reply_text(&p));
+                    return Ok(Report {
+                        refused_reply: Some(reply_text(&r)),
+                        refused: Some(r),
+                        refused_reply_without_tls: plain,
+                        listener: Some(l.name.clone()),
+                        ..Report::unidentified()
+                    });
+                }
+            }
         }
-    };
-    let Some((app, by)) = found else {
-        return Ok(Report {
-            application: None,
-            identified_by: None,
-            tenant: None,
-            tenant_chain: Vec::new(),
-            refused: Some(Refusal::NotIdentified),
-            effective_sender: None,
-            policy_sender: None,
-            display_name: None,
-            reply_to: None,
-            sources: Sources::default(),
-            test_mode: None,
-            recipients: Vec::new(),
-            deliver_to: Vec::new(),
-            server_chain: Vec::new(),
-        });
     };
     let eff = policy::resolve(cfg, app);
     let refused = policy::check_mail(cfg, &eff).err();
+    let refused_reply = refused.as_ref().map(reply_text);
     let recipients: Vec<RecipientPlan> = req
         .to
         .iter()
@@ -282,6 +299,9 @@ pub fn explain(cfg: &Config, req: &Request) -> Result<Report, ExplainError> {
             .map(|t| t.name.clone())
             .collect(),
         refused,
+        refused_reply,
+        listener,
+        refused_reply_without_tls: None,
         effective_sender,
         policy_sender: plan.eff.sender.map(ToString::to_string),
         display_name: identity
@@ -295,6 +315,14 @@ pub fn explain(cfg: &Config, req: &Request) -> Result<Report, ExplainError> {
         recipients,
         server_chain,
     })
+}
+
+/// The reply line the relay sends for `r`, without CRLF.
+fn reply_text(r: &Refusal) -> String {
+    crate::session::reply::refusal(r)
+        .to_wire()
+        .trim_end()
+        .to_owned()
 }
 
 impl Report {
@@ -319,24 +347,54 @@ impl Report {
         }
     }
 
+    fn unidentified() -> Report {
+        Report {
+            application: None,
+            identified_by: None,
+            tenant: None,
+            tenant_chain: Vec::new(),
+            refused: None,
+            refused_reply: None,
+            listener: None,
+            refused_reply_without_tls: None,
+            effective_sender: None,
+            policy_sender: None,
+            display_name: None,
+            reply_to: None,
+            sources: Sources::default(),
+            test_mode: None,
+            recipients: Vec::new(),
+            deliver_to: Vec::new(),
+            server_chain: Vec::new(),
+        }
+    }
+
     /// The human-readable form.
     pub fn to_text(&self) -> String {
         let mut o = String::new();
         let none = || "-".to_owned();
+        let on = self
+            .listener
+            .as_deref()
+            .map_or(String::new(), |l| format!(" on listener {l}"));
         let Some(app) = &self.application else {
             let _ = writeln!(
                 o,
-                "not identified: the relay refuses this client (550 5.7.1)"
+                "not identified{on}: the relay answers MAIL FROM with {}",
+                self.refused_reply.as_deref().unwrap_or("a refusal")
             );
+            if let Some(p) = &self.refused_reply_without_tls {
+                let _ = writeln!(o, "  (a client that does not use STARTTLS: {p})");
+            }
             return o;
         };
         let by = self
             .identified_by
-            .map_or("name".to_owned(), |b| format!("{b:?}"));
-        let _ = writeln!(o, "application:    {app} (identified by {by})");
+            .map_or("name (--app)", IdentifiedBy::describe);
+        let _ = writeln!(o, "application:    {app} (identified by {by}{on})");
         let _ = writeln!(o, "tenant:         {}", self.tenant_chain.join(" -> "));
-        if let Some(r) = &self.refused {
-            let _ = writeln!(o, "REFUSED:        {r:?}");
+        if let Some(r) = &self.refused_reply {
+            let _ = writeln!(o, "REFUSED:        {r}");
         }
         let from = |s: &Option<policy::Source>| {
             s.as_ref()

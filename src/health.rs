@@ -7,14 +7,22 @@
 //!
 //! Health lives in the relay, not in the config snapshot, so it survives
 //! reloads.
+//!
+//! Each transition (marked down, half open, back up) logs one line with
+//! target `smarthost::health` and sets the gauge `smarthost_server_up`
+//! (1 up or failing, 0 down or half open until a delivery succeeds).
 
+use crate::metrics::ServerLabel;
 use dashmap::DashMap;
+use prometheus_client::metrics::{family::Family, gauge::Gauge};
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, Default)]
 struct State {
     failures: u32,
     down_until: Option<Instant>,
+    /// The cool-down ended and the server is being tried again.
+    half_open: bool,
     /// The last failure's text (the upstream's reply or the connection
     /// error), for the admin API and status page; kept after a success.
     last_error: Option<String>,
@@ -47,15 +55,58 @@ impl Status {
 #[derive(Debug, Default)]
 pub struct Health {
     map: DashMap<String, State>,
+    /// `smarthost_server_up{server}`.
+    up: Family<ServerLabel, Gauge>,
 }
 
 impl Health {
+    /// Health that sets `up` (the registered `smarthost_server_up`).
+    pub fn with_gauge(up: Family<ServerLabel, Gauge>) -> Self {
+        Health {
+            map: DashMap::new(),
+            up,
+        }
+    }
+
+    /// Creates the gauge of every server in `servers` (at start and after a
+    /// reload), from its current health.
+    pub fn prime<'a>(&self, servers: impl IntoIterator<Item = &'a str>, now: Instant) {
+        for server in servers {
+            let down = self
+                .map
+                .get(server)
+                .is_some_and(|s| s.half_open || s.down_until.is_some_and(|u| now < u));
+            self.set_up(server, !down);
+        }
+    }
+
+    fn set_up(&self, server: &str, up: bool) {
+        let _ = self
+            .up
+            .get_or_create(&ServerLabel {
+                server: server.to_owned(),
+            })
+            .set(i64::from(up));
+    }
+
     /// Whether `server` is marked down at `now` (its cool-down not over).
+    /// The first call after the cool-down ends turns it half open (logged):
+    /// the caller is about to try it again.
     pub fn is_down(&self, server: &str, now: Instant) -> bool {
-        self.map
-            .get(server)
-            .and_then(|s| s.down_until)
-            .is_some_and(|until| now < until)
+        let Some(mut s) = self.map.get_mut(server) else {
+            return false;
+        };
+        match s.down_until {
+            Some(until) if now < until => true,
+            Some(_) => {
+                s.down_until = None;
+                s.half_open = true;
+                drop(s);
+                tracing::info!(target: "smarthost::health", server = %server, "server half open: its cool-down is over, trying it again");
+                false
+            }
+            None => false,
+        }
     }
 
     /// Records a server-level failure (the caller checked
@@ -72,9 +123,14 @@ impl Health {
         s.failures += 1;
         if s.failures >= max_failures.max(1) {
             s.down_until = now.checked_add(cooldown);
+            s.half_open = false;
             // Half open after the cool-down: the next failure marks it
             // down again at once, a success clears it.
             s.failures = max_failures.max(1) - 1;
+            let reason = s.last_error.clone().unwrap_or_default();
+            drop(s);
+            self.set_up(server, false);
+            tracing::warn!(target: "smarthost::health", server = %server, cooldown_s = cooldown.as_secs(), reason, "server marked down after repeated failures");
             return true;
         }
         false
@@ -104,8 +160,15 @@ impl Health {
     /// Records a success: the server is healthy again.
     pub fn success(&self, server: &str) {
         if let Some(mut s) = self.map.get_mut(server) {
+            let was_down = s.half_open || s.down_until.is_some();
             s.failures = 0;
             s.down_until = None;
+            s.half_open = false;
+            drop(s);
+            if was_down {
+                self.set_up(server, true);
+                tracing::info!(target: "smarthost::health", server = %server, "server back up");
+            }
         }
     }
 }
@@ -136,6 +199,26 @@ mod tests {
         h.success("a");
         assert!(!h.failure("a", t0 + cd, 2, cd));
         assert!(h.failure("a", t0 + cd, 2, cd));
+    }
+
+    #[test]
+    fn gauge_follows_transitions() {
+        let up: Family<ServerLabel, Gauge> = Family::default();
+        let h = Health::with_gauge(up.clone());
+        let g = |s: &str| up.get(&ServerLabel { server: s.into() }).map(|g| g.get());
+        let t0 = Instant::now();
+        let cd = Duration::from_secs(30);
+        h.prime(["a", "b"], t0);
+        assert_eq!((g("a"), g("b")), (Some(1), Some(1)));
+        assert!(h.failure("a", t0, 1, cd));
+        assert_eq!(g("a"), Some(0));
+        // Half open: still 0 until a delivery succeeds.
+        assert!(!h.is_down("a", t0 + cd));
+        assert_eq!(g("a"), Some(0));
+        h.prime(["a"], t0 + cd);
+        assert_eq!(g("a"), Some(0));
+        h.success("a");
+        assert_eq!(g("a"), Some(1));
     }
 
     #[test]

@@ -211,6 +211,9 @@ pub struct Metrics {
     /// Send-limit reservations made without Redis (`[cluster]`), because it
     /// could not be reached: counted locally or refused (`on_redis_error`).
     pub limit_redis_unavailable: Counter,
+    /// 1 when a server is up, 0 while it is marked down or half open
+    /// (set by [`crate::health::Health`]).
+    pub server_up: Family<ServerLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -252,6 +255,7 @@ impl Metrics {
             limit_hits: Family::default(),
             connection_slot_waits: Family::default(),
             limit_redis_unavailable: Counter::default(),
+            server_up: Family::default(),
             registry: Registry::default(),
         };
         r.register(
@@ -374,6 +378,11 @@ impl Metrics {
             "auth_lockouts",
             "Client addresses locked out after repeated AUTH failures, by listener",
             m.auth_lockouts.clone(),
+        );
+        r.register(
+            "server_up",
+            "1 when the server is up, 0 while it is marked down or half open",
+            m.server_up.clone(),
         );
         r.register(
             "config_reloads",

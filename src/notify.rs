@@ -26,17 +26,14 @@ fn send(msg: &str) {
     }
 }
 
-fn monotonic_usec() -> u128 {
-    // CLOCK_MONOTONIC as systemd wants it for RELOADING: /proc/uptime is
-    // close enough and needs no unsafe call.
-    std::fs::read_to_string("/proc/uptime")
-        .ok()
-        .and_then(|s| {
-            s.split_whitespace()
-                .next()
-                .and_then(|v| v.parse::<f64>().ok())
-        })
-        .map_or(0, |secs| (secs * 1_000_000.0) as u128)
+/// CLOCK_MONOTONIC in microseconds, as `MONOTONIC_USEC` must be (systemd
+/// compares it with its own clock to match RELOADING=1 to the reload it
+/// asked for under `Type=notify-reload`).
+pub fn monotonic_usec() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    (t.tv_sec as u64)
+        .saturating_mul(1_000_000)
+        .saturating_add(t.tv_nsec as u64 / 1_000)
 }
 
 /// The relay is serving.

@@ -66,6 +66,17 @@ impl Reply {
     }
 }
 
+/// The reply for a transaction refused before any recipient.
+pub fn refusal(r: &crate::policy::Refusal) -> Reply {
+    use crate::policy::Refusal;
+    match r {
+        Refusal::SystemDisabled => system_disabled(),
+        Refusal::TenantDisabled => tenant_disabled(),
+        Refusal::AuthRequired => auth_required(),
+        Refusal::NotIdentified => relay_denied(),
+    }
+}
+
 /// `220` greeting.
 pub fn greeting(hostname: &str) -> Reply {
     Reply::new(220, None, format!("{hostname} ESMTP smarthost"))

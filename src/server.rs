@@ -245,7 +245,11 @@ impl Relay {
         metrics.prime(&cfg, crate::util::unix_now());
         let config = Arc::new(ArcSwap::from_pointee(cfg));
         let upstreams = Arc::new(crate::upstream::Upstreams::with_metrics(metrics.clone()));
-        let health: Arc<crate::health::Health> = Arc::default();
+        let health = Arc::new(crate::health::Health::with_gauge(metrics.server_up.clone()));
+        health.prime(
+            config.load().servers.keys().map(String::as_str),
+            std::time::Instant::now(),
+        );
         let deliveries: Arc<crate::admin::types::Recent> = Arc::default();
         let limiter = Arc::new(crate::limits::Limiter::load(
             store.clone(),
@@ -473,7 +477,10 @@ impl Relay {
 
     async fn accept_loop(self: Arc<Self>, b: Bound, key: LoopKey, mut stop: watch::Receiver<bool>) {
         let mut shutdown = self.shutdown_signal();
-        tracing::info!(listener = %b.name, address = ?b.local_addr().ok(), "listening");
+        match b.local_addr() {
+            Ok(address) => tracing::info!(listener = %b.name, %address, "listening"),
+            Err(e) => tracing::info!(listener = %b.name, error = %e, "listening"),
+        }
         loop {
             if *shutdown.borrow() || *stop.borrow() {
                 break;
@@ -566,11 +573,20 @@ impl Relay {
         });
         match permit {
             Ok(permit) => {
-                tokio::spawn(async move {
-                    self.clone().session(cfg, l, tcp, peer).await;
-                    self.release_connection(permit);
-                    drop(ticket);
-                });
+                // One span per session: every line logged while serving it
+                // (and while delivering its messages in direct mode)
+                // carries its id; queued messages keep it in their job.
+                let id = self.next_id();
+                let span =
+                    tracing::info_span!(target: "smarthost::session", "session", session_id = %id);
+                tokio::spawn(tracing::Instrument::instrument(
+                    async move {
+                        self.clone().session(cfg, l, tcp, peer, id).await;
+                        self.release_connection(permit);
+                        drop(ticket);
+                    },
+                    span,
+                ));
             }
             Err(_) => {
                 if let Some(left_out) = self.quiet_refused.allow(Instant::now()) {
@@ -587,6 +603,7 @@ impl Relay {
         l: crate::config::Listener,
         mut tcp: TcpStream,
         mut peer: SocketAddr,
+        id: String,
     ) {
         if l.proxy_protocol {
             // Behind a load balancer: the header's address is the client
@@ -637,7 +654,7 @@ impl Relay {
                             .inc();
                         let session = Session::new(cfg.clone(), l.clone(), peer, Some(info))
                             .with_runtime_blacklist(self.blacklist.handle());
-                        driver::run(&self, &l.name, Conn::Tls(Box::new(stream)), session).await
+                        driver::run(&self, &id, &l.name, Conn::Tls(Box::new(stream)), session).await
                     }
                     Err(e) => Err(e),
                 },
@@ -645,7 +662,7 @@ impl Relay {
         } else {
             let session = Session::new(cfg.clone(), l.clone(), peer, None)
                 .with_runtime_blacklist(self.blacklist.handle());
-            driver::run(&self, &l.name, Conn::Plain(tcp), session).await
+            driver::run(&self, &id, &l.name, Conn::Plain(tcp), session).await
         };
         active.dec();
         let outcome = match &result {
@@ -758,6 +775,10 @@ impl Relay {
         self.metrics.prime(&new, crate::util::unix_now());
         // The remaining-budget gauges under the new limits (counts kept).
         let _ = self.engine.limiter.rows(&new, crate::util::unix_now());
+        self.health.prime(
+            new.servers.keys().map(String::as_str),
+            std::time::Instant::now(),
+        );
         announce(&new);
         Ok(new)
     }

@@ -1,4 +1,4 @@
-//! Small pure helpers: RFC 5322 dates and message ids.
+//! Small pure helpers: RFC 5322 dates, message ids, command output.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -16,6 +16,26 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
     let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
     (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+/// `println!` for command output: a closed pipe (`smarthost explain … |
+/// head`) or any other write error ends the output quietly instead of
+/// panicking.
+#[macro_export]
+macro_rules! outln {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($t)*);
+    }};
+}
+
+/// `print!` for command output; see [`outln!`].
+#[macro_export]
+macro_rules! out {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout().lock(), $($t)*);
+    }};
 }
 
 /// `Mon, 23 Nov 2026 01:02:03 +0000` for a time given as seconds since

@@ -177,6 +177,7 @@ fn health_and_readiness() {
     assert_eq!(relay.admin_get("/healthz"), (200, "ok\n".into()));
     assert_eq!(relay.admin_get("/readyz"), (200, "ready\n".into()));
     assert_eq!(relay.admin_get("/nothing").0, 404);
+    assert_eq!(relay.metric("smarthost_server_up{server=\"dead\"}"), 1.0);
     // One failed delivery marks the only system server down.
     let mut c = Raw::connect(relay.addr("main"));
     c.expect("EHLO c", 250);
@@ -191,6 +192,7 @@ fn health_and_readiness() {
         body.contains("every server of the system chain is marked down: dead"),
         "{body}"
     );
+    assert_eq!(relay.metric("smarthost_server_up{server=\"dead\"}"), 0.0);
     // While it is down it is skipped: no second connection attempt.
     c.expect("MAIL FROM:<app@legacy.test>", 250);
     c.expect("RCPT TO:<a@example.com>", 250);

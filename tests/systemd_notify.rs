@@ -45,11 +45,25 @@ fn ready_reloading_stopping() {
         );
     };
     assert!(next(&sock).starts_with("READY=1"));
+    let before = smarthost::notify::monotonic_usec();
     kill("-HUP");
     let reloading = next(&sock);
+    let after = smarthost::notify::monotonic_usec();
     assert!(
         reloading.starts_with("RELOADING=1\nMONOTONIC_USEC="),
         "{reloading}"
+    );
+    // The timestamp is CLOCK_MONOTONIC, read between the signal and the
+    // datagram (not /proc/uptime, which is the boot-time clock, rounded).
+    let usec: u64 = reloading
+        .lines()
+        .find_map(|l| l.strip_prefix("MONOTONIC_USEC="))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        before <= usec && usec <= after,
+        "{before} <= {usec} <= {after}"
     );
     assert!(next(&sock).starts_with("READY=1"));
     kill("-TERM");

@@ -164,7 +164,7 @@ pub fn run(cfg: &Config, c: Call, json: bool, render: Render) -> ExitCode {
         Err(e @ CallError::Unreachable { .. }) => {
             eprintln!("smarthost: {e}");
             if json {
-                println!("{}", serde_json::json!({ "error": e.to_string() }));
+                crate::outln!("{}", serde_json::json!({ "error": e.to_string() }));
             }
             return ExitCode::from(EXIT_UNREACHABLE);
         }
@@ -175,7 +175,7 @@ pub fn run(cfg: &Config, c: Call, json: bool, render: Render) -> ExitCode {
             .map(|e| e.error)
             .unwrap_or_else(|_| String::from_utf8_lossy(&answer.body).trim().to_owned());
         if json {
-            println!("{}", serde_json::json!({ "error": msg }));
+            crate::outln!("{}", serde_json::json!({ "error": msg }));
         }
         if answer.status == 401 {
             eprintln!(
@@ -190,7 +190,7 @@ pub fn run(cfg: &Config, c: Call, json: bool, render: Render) -> ExitCode {
     if json {
         // Exactly the API's document, re-indented.
         match serde_json::from_slice::<serde_json::Value>(&answer.body) {
-            Ok(v) => println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default()),
+            Ok(v) => crate::outln!("{}", serde_json::to_string_pretty(&v).unwrap_or_default()),
             Err(e) => {
                 eprintln!("smarthost: the daemon's answer is not JSON: {e}");
                 return ExitCode::FAILURE;
@@ -200,7 +200,7 @@ pub fn run(cfg: &Config, c: Call, json: bool, render: Render) -> ExitCode {
     }
     match render(&answer.body) {
         Ok(text) => {
-            print!("{text}");
+            crate::out!("{text}");
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -195,7 +195,10 @@ pub fn router(relay: Arc<Relay>) -> Router {
 /// Serves the admin port until the relay shuts down.
 pub async fn serve(listener: TcpListener, relay: Arc<Relay>) {
     let mut shutdown = relay.shutdown_signal();
-    tracing::info!(address = ?listener.local_addr().ok(), "admin port listening");
+    match listener.local_addr() {
+        Ok(address) => tracing::info!(%address, "admin port listening"),
+        Err(e) => tracing::info!(error = %e, "admin port listening"),
+    }
     let app = router(relay.clone());
     loop {
         let (tcp, _) = tokio::select! {

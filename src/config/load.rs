@@ -3,8 +3,12 @@
 //!
 //! Each server, tenant, application, listener and route is deserialised on
 //! its own; when one fails, the offending key is removed and the entity is
-//! tried again, so a file with three typos reports three errors. Lines come
-//! from the TOML spans, looked up by key path.
+//! tried again, so a file with three typos reports three errors. Errors do
+//! not cascade: the entity without its bad keys is kept (it counts as
+//! defined, and its other checks run); one that cannot be built at all is
+//! remembered as `broken`, so references to it add no "not defined"; a
+//! syntax error is reported alone. Lines come from the TOML spans, looked
+//! up by key path; `validate` sorts the errors into file order.
 
 use super::raw::{
     QueueSettings, RawAdmin, RawApplication, RawDkim, RawHealth, RawLimits, RawListener, RawLog,
@@ -174,6 +178,16 @@ pub(super) struct RawDoc {
     pub applications: Vec<(String, Located<RawApplication>)>,
     pub routes: Vec<Located<RawRoute>>,
     pub dkim: Vec<Located<RawDkim>>,
+    /// Entities whose errors left nothing to build (`listener`, or
+    /// `server`/`tenant`/`application` with a name): they still count as
+    /// defined, so references to them do not add errors.
+    pub broken: Vec<(&'static str, String)>,
+}
+
+fn missing_field(msg: &str) -> Option<&str> {
+    msg.strip_prefix("missing field `")
+        .and_then(|r| r.split_once('`'))
+        .map(|(f, _)| f)
 }
 
 fn unknown_field(msg: &str) -> Option<&str> {
@@ -228,13 +242,18 @@ fn entity<T: DeserializeOwned>(
     errors: &mut Vec<ConfigError>,
 ) -> Option<T> {
     let mut v = value.clone();
-    let mut clean = true;
+    // Keys removed for being bad: a later "missing field" about one of
+    // them only repeats that error.
+    let mut removed: Vec<Vec<Seg>> = Vec::new();
     for _ in 0..64 {
         let de = ValueDeserializer::from(v.clone());
         match serde_path_to_error::deserialize::<_, T>(de) {
-            Ok(t) => return clean.then_some(t),
+            // With its bad keys reported and removed, the entity still
+            // counts as defined: references to it and its other checks
+            // go on, so one bad value does not cascade (the config is
+            // refused anyway, since an error was recorded).
+            Ok(t) => return Some(t),
             Err(e) => {
-                clean = false;
                 let mut segs = to_segs(e.path());
                 let inner = e.into_inner();
                 let msg = inner.message().to_owned();
@@ -242,6 +261,13 @@ fn entity<T: DeserializeOwned>(
                     && segs.last() != Some(&Seg::Key(f.to_owned()))
                 {
                     segs.push(Seg::Key(f.to_owned()));
+                }
+                if let Some(f) = missing_field(&msg) {
+                    let mut at = segs.clone();
+                    at.push(Seg::Key(f.to_owned()));
+                    if removed.contains(&at) {
+                        return None;
+                    }
                 }
                 let mut full = path.clone();
                 full.0.extend(segs.iter().cloned());
@@ -258,6 +284,7 @@ fn entity<T: DeserializeOwned>(
                 if !remove_at(&mut v, &segs) {
                     return None;
                 }
+                removed.push(segs);
             }
         }
     }
@@ -312,8 +339,9 @@ fn collect(src: &Sources<'_>, file: usize, doc: &mut RawDoc, errors: &mut Vec<Co
                 for (i, item) in items.iter().enumerate() {
                     let p = path.clone().index(i);
                     if k == "listener" {
-                        if let Some(l) = entity(src, file, &p, item, errors) {
-                            doc.listeners.push(Located { file, path: p, value: l });
+                        match entity(src, file, &p, item, errors) {
+                            Some(l) => doc.listeners.push(Located { file, path: p, value: l }),
+                            None => doc.broken.push(("listener", i.to_string())),
                         }
                     } else if k == "dkim" {
                         if let Some(d) = entity(src, file, &p, item, errors) {
@@ -336,22 +364,26 @@ fn collect(src: &Sources<'_>, file: usize, doc: &mut RawDoc, errors: &mut Vec<Co
                         errors.push(src.error(file, &p, "names may not be empty or contain spaces or control characters"));
                         continue;
                     }
+                    if k == "tenant" && name == "system" {
+                        // The `list` label of the blacklist metrics says
+                        // `system` for the system list.
+                        errors.push(src.error(file, &p, "the tenant name \"system\" is reserved (it names the system blacklist in metrics and the admin API); choose another name"));
+                        doc.broken.push(("tenant", name));
+                        continue;
+                    }
                     match k {
-                        "server" => {
-                            if let Some(v) = entity(src, file, &p, item, errors) {
-                                doc.servers.push((name, Located { file, path: p, value: v }));
-                            }
-                        }
-                        "tenant" => {
-                            if let Some(v) = entity(src, file, &p, item, errors) {
-                                doc.tenants.push((name, Located { file, path: p, value: v }));
-                            }
-                        }
-                        _ => {
-                            if let Some(v) = entity(src, file, &p, item, errors) {
-                                doc.applications.push((name, Located { file, path: p, value: v }));
-                            }
-                        }
+                        "server" => match entity(src, file, &p, item, errors) {
+                            Some(v) => doc.servers.push((name, Located { file, path: p, value: v })),
+                            None => doc.broken.push(("server", name)),
+                        },
+                        "tenant" => match entity(src, file, &p, item, errors) {
+                            Some(v) => doc.tenants.push((name, Located { file, path: p, value: v })),
+                            None => doc.broken.push(("tenant", name)),
+                        },
+                        _ => match entity(src, file, &p, item, errors) {
+                            Some(v) => doc.applications.push((name, Located { file, path: p, value: v })),
+                            None => doc.broken.push(("application", name)),
+                        },
                     }
                 }
             }
@@ -420,6 +452,11 @@ fn load_inner(text: &str, name: String, path: Option<PathBuf>) -> Result<Config,
             message: format!("TOML syntax error: {}", e.message().trim()),
         });
     }
+    if !errors.is_empty() {
+        // Without the file's tables every later check would only echo
+        // the syntax error ("no [[listener]] is configured"...).
+        return Err(ConfigErrors(errors));
+    }
     let mut files = vec![SourceFile {
         name: name.clone(),
         path: path.clone(),
@@ -455,6 +492,12 @@ fn load_inner(text: &str, name: String, path: Option<PathBuf>) -> Result<Config,
         });
     }
 
+    if errors
+        .iter()
+        .any(|e| e.message.starts_with("TOML syntax error"))
+    {
+        return Err(ConfigErrors(errors));
+    }
     let src = Sources { files };
     let mut doc = RawDoc::default();
     for i in 0..src.files.len() {

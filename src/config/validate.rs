@@ -34,9 +34,27 @@ struct Ctx<'s, 't> {
     warnings: Vec<ConfigError>,
     /// Files the config refers to (certificates, keys, CA and secret files).
     referenced: Vec<PathBuf>,
+    /// Entities that had errors and could not be built: they count as
+    /// defined for references (their own errors are already reported).
+    broken: Vec<(&'static str, String)>,
 }
 
 impl Ctx<'_, '_> {
+    /// An error about a reference to `kind` `name`, unless that entity is
+    /// defined but broken (its errors say what is wrong; this would only
+    /// cascade).
+    fn err_ref(
+        &mut self,
+        kind: &'static str,
+        name: &str,
+        file: usize,
+        path: &KeyPath,
+        msg: impl Into<String>,
+    ) {
+        if !self.broken.iter().any(|(k, n)| *k == kind && n == name) {
+            self.err(file, path, msg);
+        }
+    }
     fn err(&mut self, file: usize, path: &KeyPath, msg: impl Into<String>) {
         self.errors.push(self.src.error(file, path, msg));
     }
@@ -619,6 +637,7 @@ pub(super) fn validate(
         errors,
         warnings: Vec::new(),
         referenced: Vec::new(),
+        broken: doc.broken.clone(),
     };
 
     // [system]
@@ -900,7 +919,9 @@ pub(super) fn validate(
     for (name, l) in &raw_tenants {
         if let Some(p) = &l.value.parent {
             if !tenants.contains_key(p) {
-                cx.err(
+                cx.err_ref(
+                    "tenant",
+                    p,
                     l.file,
                     &l.path.clone().key("parent"),
                     format!("tenant {name:?} names parent {p:?}, which is not defined"),
@@ -1004,7 +1025,9 @@ pub(super) fn validate(
             continue;
         };
         if !cfg.tenants.contains_key(owner) {
-            cx.err(
+            cx.err_ref(
+                "tenant",
+                owner,
                 l.file,
                 &l.path.clone().key("tenant"),
                 format!("server {name:?} names tenant {owner:?}, which is not defined"),
@@ -1039,7 +1062,9 @@ pub(super) fn validate(
                      tenant: Option<&str>| {
         let Some(s) = cfg.servers.get(server) else {
             if !server_loc.contains_key(server) {
-                cx.err(
+                cx.err_ref(
+                    "server",
+                    server,
                     file,
                     path,
                     format!("{who} refers to server {server:?}, which is not defined"),
@@ -1141,7 +1166,9 @@ pub(super) fn validate(
             continue;
         };
         if !cfg.tenants.contains_key(&tenant) {
-            cx.err(
+            cx.err_ref(
+                "tenant",
+                &tenant,
                 file,
                 &path.clone().key("tenant"),
                 format!("{who} names tenant {tenant:?}, which is not defined"),
@@ -1321,7 +1348,9 @@ pub(super) fn validate(
         if let Some(t) = &r.tenant
             && !cfg.tenants.contains_key(t)
         {
-            cx.err(
+            cx.err_ref(
+                "tenant",
+                t,
                 l.file,
                 &l.path.clone().key("tenant"),
                 format!("{who} names tenant {t:?}, which is not defined"),
@@ -1497,7 +1526,9 @@ pub(super) fn validate(
             && !cfg.applications.contains_key(a)
             && !raw_apps.iter().any(|(n, _)| n == a)
         {
-            cx.err(
+            cx.err_ref(
+                "application",
+                a,
                 l.file,
                 &p.clone().key("application"),
                 format!("listener {address} refers to application {a:?}, which is not defined"),
@@ -1526,11 +1557,20 @@ pub(super) fn validate(
             );
         }
         if auth == ListenerAuth::None && r.application.is_none() {
-            // Behind a proxy, clients may come from anywhere.
+            // Behind a proxy, clients may come from anywhere. Applications
+            // left out for their own errors count too: this error would
+            // only cascade from theirs.
             let can_match = cfg
                 .ip_index
                 .iter()
-                .any(|(c, _)| proxy_protocol || listener_can_see(address.ip(), c));
+                .any(|(c, _)| proxy_protocol || listener_can_see(address.ip(), c))
+                || raw_apps.iter().any(|(_, a)| {
+                    a.value
+                        .client_ips
+                        .iter()
+                        .any(|c| proxy_protocol || listener_can_see(address.ip(), c))
+                })
+                || cx.broken.iter().any(|(k, _)| *k == "application");
             if !can_match {
                 cx.err(
                     l.file,
@@ -1578,7 +1618,7 @@ pub(super) fn validate(
         });
     }
 
-    if doc.listeners.is_empty() {
+    if doc.listeners.is_empty() && !doc.broken.iter().any(|(k, _)| *k == "listener") {
         cx.err(
             0,
             &KeyPath::new(["listener"]),
@@ -1610,6 +1650,27 @@ pub(super) fn validate(
         cfg.referenced = cx.referenced;
         Ok(cfg)
     } else {
+        // File order: by file (main first, then includes as read), then
+        // line; errors with no single place last in their file.
+        let order = |e: &ConfigError| {
+            let file = src.files.iter().position(|f| f.name == e.file);
+            (
+                file.unwrap_or(usize::MAX),
+                if e.line == 0 { usize::MAX } else { e.line },
+            )
+        };
+        cx.errors.sort_by_key(order);
+        // "needs `tenant`" after `tenant` itself was reported (and
+        // removed) as invalid only repeats that error.
+        let bad: BTreeSet<String> = cx.errors.iter().map(|e| e.key.clone()).collect();
+        cx.errors.retain(|e| {
+            let needed = e
+                .message
+                .split_once("needs `")
+                .and_then(|(_, r)| r.split_once('`'))
+                .map(|(f, _)| format!("{}.{f}", e.key));
+            !needed.is_some_and(|k| bad.contains(&k))
+        });
         Err(ConfigErrors(cx.errors))
     }
 }

@@ -501,21 +501,22 @@ impl FromStr for BlacklistEntry {
 deserialize_from_str!(BlacklistEntry, "an address or \"@domain\"");
 
 /// An IP network in CIDR notation (`"10.1.0.0/16"`, `"::1/128"`); a bare
-/// address means a single host. Host bits must be zero.
+/// address means a single host. Host bits must be zero. The network math
+/// is `ipnet`'s; this type adds the config's parsing messages, the
+/// IPv4-mapped match and the private/loopback checks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Cidr {
-    addr: IpAddr,
-    prefix: u8,
+    net: ipnet::IpNet,
 }
 
 impl Cidr {
     /// The prefix length.
     pub fn prefix(&self) -> u8 {
-        self.prefix
+        self.net.prefix_len()
     }
     /// The network address.
     pub fn addr(&self) -> IpAddr {
-        self.addr
+        self.net.network()
     }
     /// Whether `ip` lies in this network. IPv4-mapped IPv6 addresses
     /// (`::ffff:10.1.2.3`, as a dual-stack socket reports them) match IPv4
@@ -525,29 +526,15 @@ impl Cidr {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
             v4 => v4,
         };
-        match (self.addr, ip) {
-            (IpAddr::V4(n), IpAddr::V4(a)) => {
-                let mask = u32::MAX
-                    .checked_shl(32 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u32::from(n) & mask == u32::from(a) & mask
-            }
-            (IpAddr::V6(n), IpAddr::V6(a)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u128::from(n) & mask == u128::from(a) & mask
-            }
-            _ => false,
-        }
+        self.net.contains(&ip)
     }
     /// Whether the network spans every address of its family.
     pub fn is_everything(&self) -> bool {
-        self.prefix == 0
+        self.prefix() == 0
     }
     /// Whether this network lies inside `other`.
     pub fn within(&self, other: &Cidr) -> bool {
-        self.prefix >= other.prefix && other.contains(self.addr)
+        other.net.contains(&self.net)
     }
 
     /// Whether this network and `other` share any address.
@@ -599,7 +586,7 @@ impl Cidr {
     pub fn public_span(nets: &[Cidr]) -> (u128, u128) {
         let all: Vec<ipnet::IpNet> = nets
             .iter()
-            .filter_map(|c| ipnet::IpNet::new(c.addr, c.prefix).ok())
+            .filter_map(|c| ipnet::IpNet::new(c.addr(), c.prefix()).ok())
             .map(|n| n.trunc())
             .collect();
         let private = Self::private_nets();
@@ -634,9 +621,9 @@ impl Cidr {
 
     /// Whether every address in the network is a loopback address.
     pub fn is_loopback(&self) -> bool {
-        match self.addr {
-            IpAddr::V4(a) => a.is_loopback() && self.prefix >= 8,
-            IpAddr::V6(a) => a.is_loopback() && self.prefix == 128,
+        match self.addr() {
+            IpAddr::V4(a) => a.is_loopback() && self.prefix() >= 8,
+            IpAddr::V6(a) => a.is_loopback() && self.prefix() == 128,
         }
     }
 }
@@ -657,31 +644,19 @@ impl FromStr for Cidr {
                 .map_err(|_| bad("the prefix length is not a number"))?,
             None => max,
         };
-        if prefix > max {
-            return Err(bad("the prefix length is too long for the address family"));
-        }
-        let c = Cidr { addr, prefix };
-        let host_bits_zero = match addr {
-            IpAddr::V4(n) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
-                u32::from(n) & !mask == 0
-            }
-            IpAddr::V6(n) => {
-                let mask = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
-                u128::from(n) & !mask == 0
-            }
-        };
-        if !host_bits_zero {
+        let net = ipnet::IpNet::new(addr, prefix)
+            .map_err(|_| bad("the prefix length is too long for the address family"))?;
+        if net.trunc() != net {
             return Err(bad("host bits are set; write the network address"));
         }
-        Ok(c)
+        Ok(Cidr { net })
     }
 }
 deserialize_from_str!(Cidr, "an IP network such as \"10.1.0.0/16\"");
 
 impl fmt::Display for Cidr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
+        write!(f, "{}/{}", self.addr(), self.prefix())
     }
 }
 

@@ -71,6 +71,11 @@ pub struct Job {
     pub received: String,
     /// Set when this message is a DSN we generated.
     pub dsn: Option<DsnOf>,
+    /// The id of the session that submitted it (absent for DSNs and
+    /// messages queued by older versions): queue attempts log it, so a
+    /// delivery line and its session line share an id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
 }
 
 /// What a DSN is about: it is routed like the original message, starting
@@ -105,6 +110,7 @@ impl Job {
             },
             received: String::new(),
             dsn: None,
+            session: None,
         }
     }
 
@@ -229,7 +235,12 @@ impl Engine {
     pub async fn submit(&self, cfg: &Arc<Config>, sub: Submission) -> Reply {
         self.count_received(cfg, &sub.job);
         match cfg.system.delivery {
-            DeliveryMode::Direct => self.deliver_direct(cfg, sub).await,
+            DeliveryMode::Direct => {
+                // Inside the session's span: every line of this delivery
+                // carries the session id and the message id.
+                let span = tracing::info_span!(target: "smarthost::delivery", "delivery", id = %sub.job.id);
+                tracing::Instrument::instrument(self.deliver_direct(cfg, sub), span).await
+            }
             DeliveryMode::Queue => {
                 let Some(q) = self.queue() else {
                     tracing::error!(id = %sub.job.id, "the queue is not open; message refused for now");
@@ -530,6 +541,7 @@ impl Engine {
                 original_mail_from: job.envelope.mail_from.clone(),
                 first_server: first_server.map(str::to_owned),
             }),
+            session: None,
         };
         let Some(q) = self.queue() else {
             tracing::error!(id = %job.id, "the queue is not open: DSN lost");

@@ -347,10 +347,9 @@ pub async fn deliver(plan: &Plan<'_>, msg: &Message, cx: &Context<'_>) -> Outcom
                         .inc();
                     cx.health.note_error(&server.name, &f.reason);
                     let (h, now) = (cx.health_settings, Instant::now());
-                    if f.counts_for_health()
-                        && cx.health.failure(&server.name, now, h.failures, h.cooldown)
-                    {
-                        tracing::warn!(server = %server.name, cooldown_s = h.cooldown.as_secs(), reason = %f.reason, "server marked down after repeated failures");
+                    if f.counts_for_health() {
+                        // Logs the transition when this marks it down.
+                        cx.health.failure(&server.name, now, h.failures, h.cooldown);
                     }
                     rcpts.retain(|r| !f.refused.iter().any(|x| &x.rcpt == r));
                     refused_before.extend(f.refused.iter().cloned());

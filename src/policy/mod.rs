@@ -14,7 +14,8 @@ pub use chain::{route_kept_sender, server_chain};
 use crate::blacklist::{RuntimeBlacklist, Scope};
 use crate::config::values::{EmailAddress, normalize_address};
 use crate::config::{
-    Application, BlacklistAction, Config, Listener, Server, Tenant, TestMode, TestModeSetting,
+    Application, BlacklistAction, Config, Listener, ListenerAuth, Server, Tenant, TestMode,
+    TestModeSetting,
 };
 use crate::rewrite::RewriteSpec;
 use serde::{Deserialize, Serialize};
@@ -55,6 +56,48 @@ pub fn identify<'c>(
     }
     cfg.application_by_ip(client_ip)
         .map(|a| (a, IdentifiedBy::ClientIp))
+}
+
+/// Identifies the sender of a transaction exactly as the live relay does
+/// at MAIL FROM (the session and `explain` both call this): a listener
+/// with `auth = "required"` wants AUTH first; a client that is no
+/// application gets `AuthRequired` (530) where it could authenticate
+/// (AUTH offered: `auth` is not "none", TLS is up or plaintext AUTH is
+/// allowed, and some application has an AUTH user), else `NotIdentified`
+/// (550).
+pub fn identify_client<'c>(
+    cfg: &'c Config,
+    listener: &Listener,
+    auth_user: Option<&str>,
+    client_ip: IpAddr,
+    tls: bool,
+) -> Result<(&'c Application, IdentifiedBy), Refusal> {
+    if listener.auth == ListenerAuth::Required && auth_user.is_none() {
+        return Err(Refusal::AuthRequired);
+    }
+    match identify(cfg, Some(listener), auth_user, client_ip) {
+        Some(found) => Ok(found),
+        None if auth_offered(cfg, listener, tls) => Err(Refusal::AuthRequired),
+        None => Err(Refusal::NotIdentified),
+    }
+}
+
+/// Whether a listener offers AUTH to a client (TLS up or not).
+pub fn auth_offered(cfg: &Config, listener: &Listener, tls: bool) -> bool {
+    listener.auth != ListenerAuth::None
+        && (tls || listener.allow_plaintext_auth)
+        && cfg.has_auth_users()
+}
+
+impl IdentifiedBy {
+    /// For people: how it was recognised, with the config key.
+    pub fn describe(self) -> &'static str {
+        match self {
+            IdentifiedBy::AuthUser => "AUTH user (auth_user)",
+            IdentifiedBy::Listener => "listener (its application key)",
+            IdentifiedBy::ClientIp => "client address (client_ips)",
+        }
+    }
 }
 
 /// Where a blacklist comes from. Shown and serialised as `system` or

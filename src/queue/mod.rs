@@ -256,10 +256,17 @@ impl Queue {
                 match next {
                     Ok(id) => {
                         let (q, e) = (self.clone(), engine.clone());
-                        tokio::spawn(async move {
-                            q.work(&e, &id).await;
-                            drop(permit);
-                        });
+                        // No session around a queue attempt: the span
+                        // carries the message id, and the submitting
+                        // session's id once the job is loaded.
+                        let span = tracing::info_span!(target: "smarthost::delivery", "delivery", id = %id, session_id = tracing::field::Empty);
+                        tokio::spawn(tracing::Instrument::instrument(
+                            async move {
+                                q.work(&e, &id).await;
+                                drop(permit);
+                            },
+                            span,
+                        ));
                         break;
                     }
                     Err(wait) => {
@@ -339,6 +346,9 @@ impl Queue {
                 return;
             }
         };
+        if let Some(s) = &job.session {
+            tracing::Span::current().record("session_id", tracing::field::display(s));
+        }
         let cfg = engine.config();
         let (rcpts, attempts) = {
             let g = self.lock();

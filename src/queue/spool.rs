@@ -501,6 +501,7 @@ mod tests {
             },
             received: "Received: x\r\n".into(),
             dsn: None,
+            session: None,
         }
     }
 

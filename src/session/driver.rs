@@ -155,13 +155,22 @@ async fn write_out<S: AsyncRead + AsyncWrite + Unpin>(
 /// and logs one line about the session.
 pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(
     relay: &Relay,
+    session_id: &str,
     listener: &str,
     conn: Conn<S>,
     mut session: Session,
 ) -> io::Result<End> {
     let started = Instant::now();
     let mut messages = 0u32;
-    let result = serve(relay, listener, conn, &mut session, &mut messages).await;
+    let result = serve(
+        relay,
+        session_id,
+        listener,
+        conn,
+        &mut session,
+        &mut messages,
+    )
+    .await;
     let end = match &result {
         Ok(end) => end.label(),
         Err(_) => "error",
@@ -183,6 +192,7 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(
 
 async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
     relay: &Relay,
+    session_id: &str,
     listener: &str,
     mut conn: Conn<S>,
     session: &mut Session,
@@ -283,7 +293,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
                         None => Ok(Message::in_memory(rest)),
                     };
                     let r = match msg {
-                        Ok(msg) => deliver(relay, &cfg, env, msg).await,
+                        Ok(msg) => deliver(relay, session_id, &cfg, env, msg).await,
                         Err(e) => {
                             tracing::error!(error = %e, "cannot spool a message to disk");
                             reply::local_error()
@@ -428,6 +438,7 @@ const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$lNk2UO7CQcwBk9zQ8hlNXA$
 /// Hands a complete message to the delivery engine and returns its verdict.
 async fn deliver(
     relay: &Relay,
+    session_id: &str,
     cfg: &Arc<Config>,
     env: Box<Envelope>,
     msg: Message,
@@ -440,6 +451,7 @@ async fn deliver(
         envelope: (*env).clone(),
         received: String::new(),
         dsn: None,
+        session: None,
     }
     .deliver_to();
     let received =
@@ -450,6 +462,7 @@ async fn deliver(
         envelope: *env,
         received,
         dsn: None,
+        session: Some(session_id.to_owned()),
     };
     relay
         .engine

@@ -11,7 +11,7 @@ use super::data::DataDecoder;
 use super::reply::{self, EhloCaps, Reply};
 use crate::config::values::EmailAddress;
 use crate::config::{Config, Listener, ListenerAuth, ListenerTls};
-use crate::policy::{self, IdentifiedBy, RcptVerdict, RecipientPlan, Refusal};
+use crate::policy::{self, IdentifiedBy, RcptVerdict, RecipientPlan};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use memchr::memchr;
@@ -401,9 +401,7 @@ impl Session {
     }
 
     fn auth_offered(&self) -> bool {
-        self.listener.auth != ListenerAuth::None
-            && (self.tls.is_some() || self.listener.allow_plaintext_auth)
-            && self.cfg.has_auth_users()
+        policy::auth_offered(&self.cfg, &self.listener, self.tls.is_some())
     }
 
     fn reset_tx(&mut self) {
@@ -611,19 +609,15 @@ impl Session {
     }
 
     fn identify(&self) -> Result<(String, IdentifiedBy), Reply> {
-        if self.listener.auth == ListenerAuth::Required && self.auth_user.is_none() {
-            return Err(reply::auth_required());
-        }
-        match policy::identify(
+        policy::identify_client(
             &self.cfg,
-            Some(&self.listener),
+            &self.listener,
             self.auth_user.as_deref(),
             self.peer.ip(),
-        ) {
-            Some((app, by)) => Ok((app.name.clone(), by)),
-            None if self.auth_offered() => Err(reply::auth_required()),
-            None => Err(reply::relay_denied()),
-        }
+            self.tls.is_some(),
+        )
+        .map(|(app, by)| (app.name.clone(), by))
+        .map_err(|r| reply::refusal(&r))
     }
 
     fn mail(&mut self, from: smtp_proto::MailFrom<String>, _line: &[u8]) {
@@ -655,12 +649,7 @@ impl Session {
         };
         let eff = policy::resolve(&self.cfg, application);
         if let Err(r) = policy::check_mail(&self.cfg, &eff) {
-            return self.reply(match r {
-                Refusal::SystemDisabled => reply::system_disabled(),
-                Refusal::TenantDisabled => reply::tenant_disabled(),
-                Refusal::AuthRequired => reply::auth_required(),
-                Refusal::NotIdentified => reply::relay_denied(),
-            });
+            return self.reply(reply::refusal(&r));
         }
         let address = if from.address.is_empty() {
             String::new()

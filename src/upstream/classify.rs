@@ -219,6 +219,7 @@ fn describe(e: &SmtpError) -> String {
             "connection closed by the server (or an unparseable reply)".into()
         }
         SmtpError::Timeout => "timed out".into(),
+        SmtpError::Tls(t) => super::tls::describe_error(t),
         other => other.to_string(),
     }
 }

@@ -130,3 +130,122 @@ impl ServerCertVerifier for AcceptAnyCertificate {
             .supported_schemes()
     }
 }
+
+/// A TLS failure in plain words for logs, `test-server` and probes:
+/// rustls prints some errors as Rust names (`Other(OtherError(
+/// CaUsedAsEndEntity))`, `AlertReceived(HandshakeFailure)`).
+pub fn describe_error(e: &rustls::Error) -> String {
+    use rustls::CertificateError as C;
+    use rustls::Error as E;
+    match e {
+        E::InvalidCertificate(c) => {
+            let what = match c {
+                C::UnknownIssuer => {
+                    "is signed by an unknown certificate authority (not in the system trust store or `ca_file`)".to_owned()
+                }
+                C::Expired => "has expired".to_owned(),
+                C::NotValidYet => "is not valid yet".to_owned(),
+                C::NotValidForName => "does not name this host (see `tls_name`)".to_owned(),
+                C::BadSignature => "has a bad signature".to_owned(),
+                C::BadEncoding => "cannot be parsed".to_owned(),
+                C::Revoked => "is revoked".to_owned(),
+                C::InvalidPurpose => "is not meant for a TLS server".to_owned(),
+                C::Other(o) => match o.to_string().as_str() {
+                    "CaUsedAsEndEntity" => {
+                        "is a certificate authority's certificate, not a server certificate".to_owned()
+                    }
+                    other => format!("is refused: {}", words(other)),
+                },
+                C::NotValidForNameContext {
+                    expected,
+                    presented,
+                } => {
+                    // `DnsName("localhost")`, `IpAddress(127.0.0.1)` → the name.
+                    let names: Vec<&str> = presented
+                        .iter()
+                        .map(|p| {
+                            p.split_once('(')
+                                .map_or(p.as_str(), |(_, v)| v)
+                                .trim_end_matches(')')
+                                .trim_matches('"')
+                        })
+                        .collect();
+                    format!(
+                        "does not name {:?} (it names {}; see `tls_name`)",
+                        expected.to_str(),
+                        if names.is_empty() { "nothing".to_owned() } else { names.join(", ") }
+                    )
+                }
+                C::ExpiredContext { .. } | C::NotValidYetContext { .. } => {
+                    return format!("the server's certificate: {c}");
+                }
+                other => {
+                    let dbg = format!("{other:?}");
+                    let name = dbg.split([' ', '{', '(']).next().unwrap_or_default();
+                    format!("is refused: {}", words(name))
+                }
+            };
+            format!("the server's certificate {what}")
+        }
+        E::NoCertificatesPresented => "the server sent no certificate".to_owned(),
+        E::AlertReceived(a) => format!(
+            "the server ended the TLS handshake ({})",
+            words(&format!("{a:?}"))
+        ),
+        E::PeerIncompatible(why) => format!(
+            "no TLS version or cipher suite in common with the server ({})",
+            words(&format!("{why:?}"))
+        ),
+        E::PeerMisbehaved(why) => format!(
+            "the server broke the TLS protocol ({})",
+            words(&format!("{why:?}"))
+        ),
+        other => words(&other.to_string()),
+    }
+}
+
+/// `Other(OtherError(CaUsedAsEndEntity))` → `ca used as end entity`: the
+/// innermost Rust name, split into lower-case words. Text that is already
+/// words is returned as it is.
+fn words(s: &str) -> String {
+    let inner = s.rsplit('(').next().unwrap_or(s).trim_end_matches(')');
+    if inner.contains(' ') || inner.is_empty() {
+        return s.to_owned();
+    }
+    let mut out = String::new();
+    for (i, ch) in inner.chars().enumerate() {
+        if ch.is_uppercase() && i > 0 {
+            out.push(' ');
+        }
+        out.extend(ch.to_lowercase());
+    }
+    out
+}
+
+#[cfg(test)]
+mod words_tests {
+    use super::*;
+
+    #[test]
+    fn tls_errors_in_plain_words() {
+        let other = rustls::Error::InvalidCertificate(rustls::CertificateError::Other(
+            rustls::OtherError(Arc::new(std::io::Error::other("CaUsedAsEndEntity"))),
+        ));
+        assert_eq!(
+            describe_error(&other),
+            "the server's certificate is a certificate authority's certificate, not a server certificate"
+        );
+        let alert = rustls::Error::AlertReceived(rustls::AlertDescription::HandshakeFailure);
+        assert_eq!(
+            describe_error(&alert),
+            "the server ended the TLS handshake (handshake failure)"
+        );
+        let unknown = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        assert!(describe_error(&unknown).contains("unknown certificate authority"));
+        assert_eq!(
+            words("Other(OtherError(UnsupportedCertVersion))"),
+            "unsupported cert version"
+        );
+        assert_eq!(words("already words"), "already words");
+    }
+}

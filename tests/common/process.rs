@@ -75,17 +75,7 @@ impl Proc {
                 .lock()
                 .unwrap()
                 .iter()
-                .filter(|l| l.contains(" listening "))
-                .filter_map(|l| {
-                    let name = l
-                        .split("listener=")
-                        .nth(1)?
-                        .split_whitespace()
-                        .next()?
-                        .to_owned();
-                    let addr = l.split("address=Some(").nth(1)?.split(')').next()?;
-                    Some((name, addr.parse::<SocketAddr>().ok()?.port()))
-                })
+                .filter_map(|l| listening(l))
                 .collect();
             if ports.len() == listeners {
                 break ports;
@@ -179,4 +169,22 @@ impl Drop for Proc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `(listener, port)` from a "listening" log line, text or JSON.
+fn listening(line: &str) -> Option<(String, u16)> {
+    if line.starts_with('{') {
+        let v: serde_json::Value = serde_json::from_str(line).ok()?;
+        if v["message"] != "listening" {
+            return None;
+        }
+        let addr: SocketAddr = v["address"].as_str()?.parse().ok()?;
+        return Some((v["listener"].as_str()?.to_owned(), addr.port()));
+    }
+    if !line.contains(" listening ") {
+        return None;
+    }
+    let name = line.split("listener=").nth(1)?.split_whitespace().next()?;
+    let addr = line.split("address=").nth(1)?.split_whitespace().next()?;
+    Some((name.to_owned(), addr.parse::<SocketAddr>().ok()?.port()))
 }

@@ -3,6 +3,10 @@
 //! accepting, deferring everything (451), and being down (421 at the
 //! greeting, then close). Per-recipient replies come from the local part:
 //! `temp…@` gets `450`, `perm…@` gets `550`, unless `accept_temp` is set.
+//! Any stage's reply can be scripted with [`Sink::reply_at`] and delayed
+//! with [`Sink::delay_at`]. A message is recorded before its `250` is
+//! sent, so right after the relay's reply the record is complete: no
+//! waiting for what did not arrive.
 //! Runs on its own threads, so sync tests and relays in other processes can
 //! use it. Loopback only, port 0.
 #![allow(dead_code)]
@@ -22,6 +26,19 @@ pub enum Mode {
     Down,
     /// `451` after DATA's content.
     DeferData,
+}
+
+/// Where in the dialogue a scripted reply or delay applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Stage {
+    /// The greeting (a reply other than 220 ends the connection).
+    Greeting,
+    /// MAIL FROM.
+    Mail,
+    /// Every RCPT TO.
+    Rcpt,
+    /// The reply after the message content.
+    Data,
 }
 
 /// One accepted message.
@@ -63,6 +80,8 @@ impl Got {
 
 struct Shared {
     mode: Mutex<Mode>,
+    script: Mutex<std::collections::HashMap<Stage, String>>,
+    delays: Mutex<std::collections::HashMap<Stage, Duration>>,
     accept_temp: AtomicBool,
     got: Mutex<Vec<Got>>,
     connections: AtomicUsize,
@@ -86,6 +105,8 @@ impl Sink {
         let addr = l.local_addr().unwrap();
         let shared = Arc::new(Shared {
             mode: Mutex::new(Mode::Accept),
+            script: Mutex::default(),
+            delays: Mutex::default(),
             accept_temp: AtomicBool::new(false),
             got: Mutex::new(Vec::new()),
             connections: AtomicUsize::new(0),
@@ -116,6 +137,21 @@ impl Sink {
     /// Switches what new connections get.
     pub fn set_mode(&self, m: Mode) {
         *self.shared.mode.lock().unwrap() = m;
+    }
+
+    /// From now on, answer `stage` with `reply` (e.g. `"452 4.3.1 full"`),
+    /// for every connection; `None` goes back to the normal answer.
+    pub fn reply_at(&self, stage: Stage, reply: Option<&str>) {
+        let mut m = self.shared.script.lock().unwrap();
+        match reply {
+            Some(r) => m.insert(stage, r.to_owned()),
+            None => m.remove(&stage),
+        };
+    }
+
+    /// From now on, wait `delay` before answering `stage`.
+    pub fn delay_at(&self, stage: Stage, delay: Duration) {
+        self.shared.delays.lock().unwrap().insert(stage, delay);
     }
 
     /// Whether `temp…@` recipients are accepted (true) or get 450.
@@ -191,7 +227,14 @@ fn session(c: TcpStream, s: &Shared) -> std::io::Result<()> {
         w.write_all(b"421 4.3.2 sink.test down for maintenance\r\n")?;
         return Ok(());
     }
-    w.write_all(b"220 sink.test ESMTP\r\n")?;
+    if let Some(reply) = scripted(s, Stage::Greeting) {
+        w.write_all(format!("{reply}\r\n").as_bytes())?;
+        if !reply.starts_with("220") {
+            return Ok(());
+        }
+    } else {
+        w.write_all(b"220 sink.test ESMTP\r\n")?;
+    }
     let (mut from, mut rcpts) = (String::new(), Vec::new());
     let mut line = String::new();
     loop {
@@ -206,13 +249,19 @@ fn session(c: TcpStream, s: &Shared) -> std::io::Result<()> {
         } else if upper.starts_with("HELO") {
             w.write_all(b"250 sink.test\r\n")?;
         } else if upper.starts_with("MAIL FROM:") {
+            if let Some(reply) = scripted(s, Stage::Mail) {
+                w.write_all(format!("{reply}\r\n").as_bytes())?;
+                continue;
+            }
             from = addr_of(&cmd[10..]);
             rcpts.clear();
             w.write_all(b"250 2.1.0 ok\r\n")?;
         } else if upper.starts_with("RCPT TO:") {
             let a = addr_of(&cmd[8..]);
             let local = a.split('@').next().unwrap_or("").to_ascii_lowercase();
-            if local.starts_with("perm") {
+            if let Some(reply) = scripted(s, Stage::Rcpt) {
+                w.write_all(format!("{reply}\r\n").as_bytes())?;
+            } else if local.starts_with("perm") {
                 w.write_all(b"550 5.1.1 no such user\r\n")?;
             } else if local.starts_with("temp") && !s.accept_temp.load(Ordering::SeqCst) {
                 w.write_all(b"450 4.2.1 mailbox busy, try later\r\n")?;
@@ -244,7 +293,9 @@ fn session(c: TcpStream, s: &Shared) -> std::io::Result<()> {
             if delay > 0 {
                 std::thread::sleep(Duration::from_millis(delay as u64));
             }
-            if *s.mode.lock().unwrap() == Mode::DeferData {
+            if let Some(reply) = scripted(s, Stage::Data) {
+                w.write_all(format!("{reply}\r\n").as_bytes())?;
+            } else if *s.mode.lock().unwrap() == Mode::DeferData {
                 w.write_all(b"451 4.3.0 try again later\r\n")?;
             } else {
                 s.got.lock().unwrap().push(Got {
@@ -265,6 +316,15 @@ fn session(c: TcpStream, s: &Shared) -> std::io::Result<()> {
             w.write_all(b"502 5.5.2 unknown\r\n")?;
         }
     }
+}
+
+/// The scripted reply for `stage`, if any, after its delay.
+fn scripted(s: &Shared, stage: Stage) -> Option<String> {
+    let delay = s.delays.lock().unwrap().get(&stage).copied();
+    if let Some(d) = delay {
+        std::thread::sleep(d);
+    }
+    s.script.lock().unwrap().get(&stage).cloned()
 }
 
 fn addr_of(arg: &str) -> String {
