@@ -342,3 +342,40 @@ fn queued_messages_survive_a_restart() {
     );
     wait_until("the queue to empty", WAIT, || queue(&relay).depth() == 0);
 }
+
+#[test]
+fn a_returning_upstream_drains_the_messages_that_waited_for_it_at_once() {
+    let sink = Sink::start();
+    sink.set_mode(Mode::Down);
+    let relay = TestRelay::start(
+        &config(
+            sink.port(),
+            "[health]\nfailures = 1\ncooldown = \"300ms\"\n",
+        )
+        .replace("min_backoff = \"200ms\"", "min_backoff = \"1h\"")
+        .replace("max_backoff = \"400ms\"", "max_backoff = \"1h\""),
+    );
+    let ids: Vec<String> = (0..3)
+        .map(|i| queued_id(&send(&relay, &format!("parked-{i}"), &["rcpt@example.com"])))
+        .collect();
+    let q = queue(&relay);
+    wait_until("first attempts", WAIT, || {
+        q.list().iter().all(|m| m.attempts >= 1) && q.list().len() == 3
+    });
+    assert!(
+        q.list().iter().all(|m| m.next_attempt_secs > 600),
+        "{:?}",
+        q.list()
+    );
+    // The upstream returns; after the cool-down the next message is the
+    // probe, and its success wakes the three waiting for an hour.
+    sink.set_mode(Mode::Accept);
+    std::thread::sleep(Duration::from_millis(400));
+    queued_id(&send(&relay, "probe", &["rcpt@example.com"]));
+    let got = sink.wait(WAIT, |g| g.len() == 4);
+    let mut subjects: Vec<String> = got.iter().filter_map(|g| g.header("Subject")).collect();
+    subjects.sort();
+    assert_eq!(subjects, ["parked-0", "parked-1", "parked-2", "probe"]);
+    wait_until("the queue to empty", WAIT, || q.depth() == 0);
+    assert_eq!(ids.len(), 3);
+}

@@ -69,6 +69,11 @@ struct Inner {
     /// Fresh messages handed straight to their first attempt.
     hot: HashMap<String, (Job, Message)>,
     hot_bytes: u64,
+    /// Messages whose last attempt found every server of their chain
+    /// skipped (marked down): woken as soon as any delivery succeeds, so
+    /// a returning upstream drains the backlog at once instead of at each
+    /// message's backoff.
+    parked: std::collections::HashSet<String>,
 }
 
 impl Inner {
@@ -371,6 +376,9 @@ impl Queue {
         } else {
             engine.attempt(&cfg, &job, &msg, &rcpts, true).await.outcome
         };
+        if matches!(outcome, Outcome::Delivered { .. }) {
+            self.unpark_all();
+        }
         let attempt_no = attempts + 1;
         engine.metrics.queue_attempts.inc();
         let now = now_ms();
@@ -548,6 +556,15 @@ impl Queue {
         // crash could repeat happened: the state stays in memory only, so
         // a backlog waiting for a dead upstream costs no disk writes.
         let tried_any = !matches!(outcome, Outcome::NoServer { .. });
+        // Deferred because the servers themselves failed (down, or
+        // connection/TLS/AUTH trouble), not because of this message.
+        let waits_for_servers = match &outcome {
+            Outcome::NoServer { skipped } => !skipped.is_empty(),
+            Outcome::Deferred { failovers } => failovers
+                .iter()
+                .all(|f| f.class == crate::outcome::FailureClass::Down || f.counts_for_health()),
+            _ => false,
+        };
         let (q, i, st) = (self.clone(), id.to_owned(), snapshot.clone());
         let written = if tried_any {
             tokio::task::spawn_blocking(move || q.spool.write_state(&i, &st).map(|()| true))
@@ -575,9 +592,47 @@ impl Queue {
         {
             let at = e.state.next_attempt_ms;
             g.schedule(id, at);
+            if waits_for_servers {
+                g.parked.insert(id.to_owned());
+            }
         }
         drop(g);
         self.wake.notify_one();
+    }
+
+    /// A delivery succeeded: servers are reachable again, so every message
+    /// parked because its whole chain was down is due now.
+    fn unpark_all(&self) {
+        let now = now_ms();
+        let mut g = self.lock();
+        if g.parked.is_empty() {
+            return;
+        }
+        let ids: Vec<String> = g.parked.drain().collect();
+        let mut n = 0;
+        for id in ids {
+            let Some(e) = g.entries.get(&id) else {
+                continue;
+            };
+            if e.in_flight || e.state.held {
+                continue;
+            }
+            let old = e.state.next_attempt_ms;
+            if old <= now {
+                continue;
+            }
+            g.schedule.remove(&(old, id.clone()));
+            if let Some(e) = g.entries.get_mut(&id) {
+                e.state.next_attempt_ms = now;
+            }
+            g.schedule(&id, now);
+            n += 1;
+        }
+        drop(g);
+        if n > 0 {
+            tracing::info!(target: "smarthost::queue", messages = n, "a server is reachable again: messages that waited for it are due now");
+            self.wake.notify_one();
+        }
     }
 
     fn reschedule_after_error(&self, id: &str, after: Duration) {
