@@ -379,3 +379,68 @@ fn a_returning_upstream_drains_the_messages_that_waited_for_it_at_once() {
     wait_until("the queue to empty", WAIT, || q.depth() == 0);
     assert_eq!(ids.len(), 3);
 }
+
+/// How often header `name` starts a line of the header section.
+fn count_header(data: &[u8], name: &str) -> usize {
+    let text = String::from_utf8_lossy(data);
+    let head = text.split("\r\n\r\n").next().unwrap_or("");
+    head.split("\r\n")
+        .filter(|l| {
+            l.split_once(':')
+                .is_some_and(|(n, _)| n.eq_ignore_ascii_case(name))
+        })
+        .count()
+}
+
+#[test]
+fn date_and_message_id_are_present_exactly_once_on_every_path() {
+    // Direct mode, the first server down (421): the failover hop, and a
+    // DSN for a refused recipient. Then the queue path.
+    let down = Sink::start();
+    down.set_mode(Mode::Down);
+    let up = Sink::start();
+    let cfg = config(
+        up.port(),
+        &format!(
+            "primary = \"down\"\nfallback = \"sink\"\n\n[server.down]\nhost = \"127.0.0.1\"\nport = {}\nsecurity = \"none\"\n",
+            down.port()
+        ),
+    );
+    let direct = TestRelay::start(&cfg.replace("delivery = \"queue\"", "delivery = \"direct\""));
+    let r = send(
+        &direct,
+        "failover",
+        &["rcpt@example.com", "perm@example.com"],
+    );
+    assert!(r.starts_with("250 "), "{r}");
+    let got = up.wait(WAIT, |g| g.len() == 2);
+    for g in &got {
+        assert_eq!(
+            count_header(&g.data, "Date"),
+            1,
+            "{}",
+            String::from_utf8_lossy(&g.data)
+        );
+        assert_eq!(
+            count_header(&g.data, "Message-ID"),
+            1,
+            "{}",
+            String::from_utf8_lossy(&g.data)
+        );
+    }
+    assert!(got.iter().any(|g| g.mail_from.is_empty()), "a DSN");
+    // A message that has both keeps its own.
+    let queued = TestRelay::start(&cfg);
+    let mut c = Raw::connect(queued.addr("main"));
+    c.begin("app@legacy.test", &["rcpt@example.com"]);
+    c.send(b"Date: Mon, 1 Jan 2024 00:00:00 +0000\r\nMessage-ID: <own@legacy.test>\r\nSubject: own\r\n\r\nx\r\n");
+    let r = c.cmd(".");
+    assert!(r.starts_with("250 2.0.0 Ok: queued as "), "{r}");
+    let got = up.wait(WAIT, |g| g.len() == 3);
+    let own = &got[2];
+    assert_eq!(count_header(&own.data, "Date"), 1);
+    assert_eq!(
+        own.header("Message-ID").as_deref(),
+        Some("<own@legacy.test>")
+    );
+}
