@@ -91,29 +91,6 @@ pub struct DsnOf {
 }
 
 impl Job {
-    /// An empty job (for error paths that lost theirs).
-    pub fn placeholder() -> Job {
-        Job {
-            id: String::new(),
-            received_at: 0,
-            envelope: Envelope {
-                mail_from: String::new(),
-                recipients: Vec::new(),
-                application: String::new(),
-                identified_by: crate::policy::IdentifiedBy::ClientIp,
-                smtputf8: false,
-                body_8bit: false,
-                helo: String::new(),
-                auth_user: None,
-                tls: None,
-                peer: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
-            },
-            received: String::new(),
-            dsn: None,
-            session: None,
-        }
-    }
-
     /// The envelope recipients to deliver to (test-mode redirects applied,
     /// duplicates removed, drops left out): the same on every attempt,
     /// since verdicts were fixed at RCPT time.

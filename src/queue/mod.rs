@@ -202,14 +202,13 @@ impl Queue {
     /// Makes `sub` durable (written and synced) and schedules it.
     pub async fn enqueue_now(&self, sub: Submission) -> Result<(), EnqueueError> {
         let Submission { job, message } = sub;
-        let (res, job, message) = self.spool.commit(job, message).await;
-        if let Err(e) = res {
-            return Err(if spool::is_no_space(&e) {
+        let (job, message) = self.spool.commit(job, message).await.map_err(|e| {
+            if spool::is_no_space(&e) {
                 EnqueueError::NoSpace
             } else {
                 EnqueueError::Io(e)
-            });
-        }
+            }
+        })?;
         let now = now_ms();
         let id = job.id.clone();
         {

@@ -120,7 +120,7 @@ pub fn is_no_space(e: &io::Error) -> bool {
 
 type SyncResult = Result<(), (io::ErrorKind, String)>;
 type SyncReply = tokio::sync::oneshot::Sender<SyncResult>;
-type WriteReply = tokio::sync::oneshot::Sender<(io::Result<()>, Job, Message)>;
+type WriteReply = tokio::sync::oneshot::Sender<io::Result<(Job, Message)>>;
 
 /// What the committer thread is asked to do.
 enum Op {
@@ -149,6 +149,8 @@ impl Spool {
         fs::create_dir_all(dir)?;
         let handle = File::open(dir)?;
         let (tx, rx) = mpsc::channel::<Op>();
+        // The committer's own handle: only its file methods are used (its
+        // sender is never used, so the thread ends when `Spool` is dropped).
         let owner = Spool {
             dir: dir.to_path_buf(),
             tx: Mutex::new(mpsc::channel().0),
@@ -198,56 +200,25 @@ impl Spool {
     /// Writes `ID.msg` and waits until it is on stable storage (group
     /// commit); gives the job and message back. On error nothing is left
     /// behind.
-    pub async fn commit(
-        self: &Arc<Self>,
-        job: Job,
-        msg: Message,
-    ) -> (io::Result<()>, Job, Message) {
+    pub async fn commit(self: &Arc<Self>, job: Job, msg: Message) -> io::Result<(Job, Message)> {
+        let stopped = || io::Error::other("the spool committer stopped");
         if msg.len() > COMMITTER_WRITES_UP_TO {
             let me = self.clone();
-            let (r, job, msg) = match tokio::task::spawn_blocking(move || {
-                let r = me.write_message(&job, &msg);
-                (r, job, msg)
+            let (job, msg) = tokio::task::spawn_blocking(move || {
+                me.write_message(&job, &msg).map(|()| (job, msg))
             })
             .await
-            {
-                Ok(x) => x,
-                Err(e) => panic!("spool writer panicked: {e}"),
-            };
-            if r.is_err() {
-                return (r, job, msg);
-            }
-            let r = self.sync().await;
-            if r.is_err() {
+            .map_err(io::Error::other)??;
+            if let Err(e) = self.sync().await {
                 let (me, id) = (self.clone(), job.id.clone());
                 let _ = tokio::task::spawn_blocking(move || me.remove(&id)).await;
+                return Err(e);
             }
-            return (r, job, msg);
+            return Ok((job, msg));
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let id = job.id.clone();
-        if let Err(e) = self.send(Op::Write(Box::new((job, msg)), tx)) {
-            // The committer is gone; the job went with it.
-            return (
-                Err(e),
-                Job {
-                    id,
-                    ..Job::placeholder()
-                },
-                Message::in_memory(Vec::new()),
-            );
-        }
-        match rx.await {
-            Ok(x) => x,
-            Err(_) => (
-                Err(io::Error::other("the spool committer stopped")),
-                Job {
-                    id,
-                    ..Job::placeholder()
-                },
-                Message::in_memory(Vec::new()),
-            ),
-        }
+        self.send(Op::Write(Box::new((job, msg)), tx))?;
+        rx.await.map_err(|_| stopped())?
     }
 
     /// Removes a message's files in the background (it is done).
@@ -457,7 +428,7 @@ fn committer(spool: &Spool, dir: File, rx: mpsc::Receiver<Op>) {
         });
         for (w, job, msg, tx) in writes {
             let w = match (w, &r) {
-                (Ok(()), Ok(())) => Ok(()),
+                (Ok(()), Ok(())) => Ok((job, msg)),
                 (Ok(()), Err((kind, text))) => {
                     // Not durable: the client must not get a 250, and the
                     // message must not be delivered behind its back.
@@ -466,7 +437,7 @@ fn committer(spool: &Spool, dir: File, rx: mpsc::Receiver<Op>) {
                 }
                 (Err(e), _) => Err(e),
             };
-            let _ = tx.send((w, job, msg));
+            let _ = tx.send(w);
         }
         for tx in syncs {
             let _ = tx.send(r.clone());

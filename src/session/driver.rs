@@ -445,25 +445,17 @@ async fn deliver(
 ) -> reply::Reply {
     let id = relay.next_id();
     let now = util::unix_now();
-    let rcpts = crate::delivery::engine::Job {
-        id: id.clone(),
-        received_at: now,
-        envelope: (*env).clone(),
-        received: String::new(),
-        dsn: None,
-        session: None,
-    }
-    .deliver_to();
-    let received =
-        String::from_utf8_lossy(&received_header(cfg, &env, &id, &rcpts, now)).into_owned();
-    let job = crate::delivery::engine::Job {
+    let mut job = crate::delivery::engine::Job {
         id,
         received_at: now,
         envelope: *env,
-        received,
+        received: String::new(),
         dsn: None,
         session: Some(session_id.to_owned()),
     };
+    // `Received: ... for <rcpt>` names the recipient actually delivered to.
+    let header = received_header(cfg, &job.envelope, &job.id, &job.deliver_to(), now);
+    job.received = String::from_utf8_lossy(&header).into_owned();
     relay
         .engine
         .submit(
