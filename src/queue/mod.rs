@@ -16,6 +16,7 @@
 pub mod backoff;
 pub mod control;
 pub mod spool;
+pub mod wal;
 
 use crate::config::Config;
 use crate::delivery::engine::{Engine, Job, Submission};
@@ -739,7 +740,7 @@ impl Queue {
             in_flight
         };
         if !in_flight {
-            self.spool.remove(id);
+            self.spool.remove_later(id);
         }
         tracing::warn!(target: "smarthost::queue", id, "message deleted from the queue by an operator");
         Ok(())

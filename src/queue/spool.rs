@@ -1,29 +1,36 @@
 //! The queue's files under `{spool}/queue/`: one `ID.msg` per message
 //! (envelope and content, immutable once written) and one `ID.st` with its
-//! delivery state (rewritten as it changes). Blocking I/O, called from
-//! blocking threads; only [`Spool::sync`] is async.
+//! delivery state (rewritten as it changes), plus the commit log in
+//! `wal/` (see `wal.rs`). Blocking I/O, on the committer thread or on
+//! blocking threads; only [`Spool::commit`] and [`Spool::sync`] are async.
 //!
-//! **Commit point.** An `ID.msg` file is written in one go and ends with a
-//! trailer holding the SHA-256 of everything before it. The client's 250 is
-//! sent only after a `syncfs(2)` that started after the file was complete
-//! has returned. So at recovery a file with a valid trailer is committed
-//! (delivered), and a file without one was never acknowledged (removed).
-//! A complete file whose sync had not finished when the machine died is
-//! indistinguishable from an acknowledged one and is delivered too: the
-//! client may then send it again (a duplicate, never a loss).
+//! **Commit point.** A message is committed when its bytes (magic,
+//! envelope, content, and a trailer holding the SHA-256 of everything
+//! before it) are on stable storage, either as a record of the commit log
+//! whose segment has been `fdatasync`ed (messages up to 256 KiB), or as
+//! its own `ID.msg` file followed by a sync of the file system (larger
+//! messages, and any batch the log cannot take). Only then is the 250
+//! sent. At recovery the log is replayed first (committed messages whose
+//! file is missing are written back), then every `ID.msg` with a valid
+//! trailer is delivered and every other one (never acknowledged) removed.
+//! A message whose record or file was complete but whose sync had not
+//! returned when the machine died cannot be told from an acknowledged
+//! one and is delivered too: the client, which got no 250, may send it
+//! again (a duplicate, never a loss).
 //!
-//! **Group commit.** Writers do not sync their own file. They ask the one
-//! committer thread, which takes every request waiting at that moment and
-//! answers them all with a single `syncfs` of the spool's file system: one
-//! sync covers every message committed in the same window, so throughput
-//! grows with concurrency instead of stopping at the disk's sync rate.
-//! (`syncfs` flushes the whole file system the spool is on; a spool on its
-//! own file system keeps other writers' data out of that sync.)
+//! **Group commit.** Writers do not sync anything themselves. They ask
+//! the one committer thread, which takes every request waiting at that
+//! moment and answers them all after a single `fdatasync` of the log
+//! segment (or a single `syncfs` when that is needed): one sync covers
+//! every message committed in the same window, so throughput grows with
+//! concurrency instead of stopping at the disk's sync rate.
 
+use super::wal::{Location, Wal};
 use crate::delivery::engine::Job;
 use crate::message::Message;
 use ring::digest;
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::fs::FileExt;
@@ -141,26 +148,50 @@ const COMMITTER_WRITES_UP_TO: u64 = 256 << 10;
 pub struct Spool {
     dir: PathBuf,
     tx: Mutex<mpsc::Sender<Op>>,
+    /// Committed messages that have no file of their own yet: their bytes
+    /// are only in the commit log. Most messages are delivered and done
+    /// before they ever get one.
+    resident: Arc<Mutex<HashMap<String, Location>>>,
 }
 
 impl Spool {
-    /// Opens (creating) `dir` and starts the committer thread.
+    /// Opens (creating) `dir`, replays its commit log (writing back any
+    /// committed message whose file was lost) and starts the committer
+    /// thread.
     pub fn open(dir: &Path) -> io::Result<Spool> {
         fs::create_dir_all(dir)?;
         let handle = File::open(dir)?;
         let (tx, rx) = mpsc::channel::<Op>();
         // The committer's own handle: only its file methods are used (its
         // sender is never used, so the thread ends when `Spool` is dropped).
+        let resident = Arc::new(Mutex::new(HashMap::new()));
         let owner = Spool {
             dir: dir.to_path_buf(),
             tx: Mutex::new(mpsc::channel().0),
+            resident: resident.clone(),
         };
+        let (mut wal, replayed) = Wal::open(&dir.join("wal"), dir)?;
+        let mut restored = 0;
+        for r in &replayed {
+            let path = owner.msg_path(&r.id);
+            if matches!(verify(&path), Ok(Some((job, _))) if job.id == r.id) {
+                continue;
+            }
+            owner.write_bytes(&r.id, &r.bytes, true)?;
+            restored += 1;
+        }
+        if restored > 0 {
+            rustix::fs::syncfs(&handle)?;
+            tracing::warn!(target: "smarthost::queue", messages = restored, "restored committed messages from the queue's commit log");
+        }
+        wal.retire_replayed()?;
         std::thread::Builder::new()
             .name("spool-commit".into())
-            .spawn(move || committer(&owner, handle, rx))?;
+            .spawn(move || committer(&owner, handle, wal, rx))?;
         Ok(Spool {
             dir: dir.to_path_buf(),
             tx: Mutex::new(tx),
+            resident,
         })
     }
 
@@ -224,34 +255,56 @@ impl Spool {
     /// Removes a message's files in the background (it is done).
     pub fn remove_later(&self, id: &str) {
         if self.send(Op::Remove(id.to_owned())).is_err() {
+            self.residents().remove(id);
             self.remove(id);
         }
     }
 
-    /// Writes `ID.msg` (not yet synced). On error nothing is left behind.
+    /// Writes `ID.msg` (not yet synced), streaming the content. On error
+    /// nothing is left behind.
     pub fn write_message(&self, job: &Job, msg: &Message) -> io::Result<()> {
         let path = self.msg_path(&job.id);
         let f = OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(&path)?;
-        let res = (|| {
-            let meta = serde_json::to_vec(job).map_err(io::Error::other)?;
-            let mut w = HashingWriter {
-                inner: BufWriter::with_capacity(64 << 10, f),
-                ctx: digest::Context::new(&digest::SHA256),
-            };
-            w.write_all(MAGIC)?;
-            w.write_all(&(meta.len() as u32).to_le_bytes())?;
-            w.write_all(&meta)?;
-            w.write_all(&msg.len().to_le_bytes())?;
-            msg.write_to(&mut w)?;
-            let sum = w.ctx.finish();
-            let mut inner = w.inner;
-            inner.write_all(sum.as_ref())?;
-            inner.write_all(TRAILER_END)?;
-            inner.flush()
-        })();
+        let res = encode_into(job, msg, BufWriter::with_capacity(64 << 10, f))
+            .and_then(|mut w| w.flush());
+        if res.is_err() {
+            let _ = fs::remove_file(&path);
+        }
+        res
+    }
+
+    fn residents(&self) -> std::sync::MutexGuard<'_, HashMap<String, Location>> {
+        self.resident.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Gives a message that so far lives only in the commit log its own
+    /// file (not synced: the checkpoint that follows syncs it).
+    fn materialize(&self, id: &str, at: &Location) {
+        let res = at
+            .read()
+            .and_then(|bytes| self.write_bytes(id, &bytes, true));
+        if let Err(e) = res {
+            // Its segment stays live (not retired) only as long as it is
+            // not reused; say so loudly.
+            tracing::error!(target: "smarthost::queue", id, error = %e, "cannot write a queued message's file from the commit log");
+        }
+    }
+
+    /// Writes `ID.msg` from its complete bytes (`replace`: over an
+    /// existing one). On error nothing is left behind.
+    fn write_bytes(&self, id: &str, bytes: &[u8], replace: bool) -> io::Result<()> {
+        let path = self.msg_path(id);
+        let mut o = OpenOptions::new();
+        o.write(true);
+        if replace {
+            o.create(true).truncate(true);
+        } else {
+            o.create_new(true);
+        }
+        let res = o.open(&path).and_then(|mut f| f.write_all(bytes));
         if res.is_err() {
             let _ = fs::remove_file(&path);
         }
@@ -272,8 +325,10 @@ impl Spool {
         res
     }
 
-    /// Removes a message's files (it is done).
-    pub fn remove(&self, id: &str) {
+    /// Removes a message's files (it is done). Only the committer (and
+    /// code running before it starts) calls this: removals must also be
+    /// marked in the commit log ([`Spool::remove_later`]).
+    fn remove(&self, id: &str) {
         // The state file first: a message file without state is retried
         // from scratch, never the other way round.
         let _ = fs::remove_file(self.state_path(id));
@@ -287,6 +342,21 @@ impl Spool {
     /// Reads a queued message back: its envelope and its content (the
     /// header section in memory, the rest read from the file as it is sent).
     pub fn load(&self, id: &str) -> io::Result<(Job, Message)> {
+        {
+            // Still only in the commit log: the lock keeps the committer
+            // from writing its file and letting the segment go meanwhile.
+            let g = self.residents();
+            if let Some(at) = g.get(id) {
+                let bytes = at.read()?;
+                drop(g);
+                let bad = || io::Error::new(io::ErrorKind::InvalidData, "bad commit log record");
+                let (job, data_at, len) = parse_meta(&bytes).ok_or_else(bad)?;
+                let content = bytes
+                    .get(data_at as usize..(data_at + len) as usize)
+                    .ok_or_else(bad)?;
+                return Ok((job, Message::in_memory(content.to_vec())));
+            }
+        }
         let f = File::open(self.msg_path(id))?;
         let (job, data_at, len) = read_meta(&f)?;
         let msg = Message::from_file(Arc::new(f), data_at, len, HEAD_IN_MEMORY)?;
@@ -337,6 +407,45 @@ impl Spool {
         }
         Ok(out)
     }
+}
+
+/// Writes a message's `ID.msg` bytes (magic, envelope, content, trailer)
+/// into `w`, returning it.
+fn encode_into<W: Write>(job: &Job, msg: &Message, w: W) -> io::Result<W> {
+    let meta = serde_json::to_vec(job).map_err(io::Error::other)?;
+    let mut w = HashingWriter {
+        inner: w,
+        ctx: digest::Context::new(&digest::SHA256),
+    };
+    w.write_all(MAGIC)?;
+    w.write_all(&(meta.len() as u32).to_le_bytes())?;
+    w.write_all(&meta)?;
+    w.write_all(&msg.len().to_le_bytes())?;
+    msg.write_to(&mut w)?;
+    let sum = w.ctx.finish();
+    let mut inner = w.inner;
+    inner.write_all(sum.as_ref())?;
+    inner.write_all(TRAILER_END)?;
+    Ok(inner)
+}
+
+/// The queue id inside an `ID.msg` file's bytes, if they are complete.
+pub fn id_of(bytes: &[u8]) -> Option<String> {
+    let (job, data_at, len) = parse_meta(bytes)?;
+    (data_at + len + TRAILER_LEN == bytes.len() as u64).then_some(job.id)
+}
+
+/// The envelope at the start of `ID.msg` bytes: (job, where the content
+/// starts, content length).
+fn parse_meta(bytes: &[u8]) -> Option<(Job, u64, u64)> {
+    if bytes.len() < 11 || &bytes[..7] != MAGIC {
+        return None;
+    }
+    let meta_len = u32::from_le_bytes(bytes[7..11].try_into().ok()?) as usize;
+    let meta = bytes.get(11..11 + meta_len)?;
+    let job: Job = serde_json::from_slice(meta).ok()?;
+    let len = u64::from_le_bytes(bytes.get(11 + meta_len..19 + meta_len)?.try_into().ok()?);
+    Some((job, 11 + meta_len as u64 + 8, len))
 }
 
 /// Reads the envelope of an `ID.msg` file: (job, where the content
@@ -402,9 +511,11 @@ impl<W: Write> Write for HashingWriter<W> {
 }
 
 /// The committer: takes every request waiting when it wakes, writes the
-/// small messages among them, removes what is done, and answers all
-/// writes and syncs after one `syncfs`.
-fn committer(spool: &Spool, dir: File, rx: mpsc::Receiver<Op>) {
+/// small messages among them to their files and to the commit log (one
+/// `fdatasync` of the log's segment answers them all), removes what is
+/// done, and answers sync requests (and, when the log cannot take a
+/// batch, the writes too) after one `syncfs` of the spool's file system.
+fn committer(spool: &Spool, dir: File, mut wal: Wal, rx: mpsc::Receiver<Op>) {
     while let Ok(first) = rx.recv() {
         let mut writes = Vec::new();
         let mut syncs = Vec::new();
@@ -412,26 +523,85 @@ fn committer(spool: &Spool, dir: File, rx: mpsc::Receiver<Op>) {
             match op {
                 Op::Write(b, tx) => {
                     let (job, msg) = *b;
-                    let r = spool.write_message(&job, &msg);
+                    let r = encode_into(&job, &msg, Vec::with_capacity(msg.len() as usize + 1024));
                     writes.push((r, job, msg, tx));
                 }
                 Op::Sync(tx) => syncs.push(tx),
-                Op::Remove(id) => spool.remove(&id),
+                Op::Remove(id) => {
+                    wal.done(&id);
+                    spool.residents().remove(&id);
+                    spool.remove(&id);
+                }
             }
         }
-        if writes.is_empty() && syncs.is_empty() {
-            continue;
+        let bodies: Vec<&[u8]> = writes
+            .iter()
+            .filter_map(|w| w.0.as_ref().ok().map(Vec::as_slice))
+            .collect();
+        let logged = if bodies.is_empty() {
+            wal.flush_done();
+            false
+        } else {
+            match wal.commit(&bodies) {
+                Ok(locations) => {
+                    let ids = writes
+                        .iter()
+                        .filter(|w| w.0.is_ok())
+                        .map(|w| w.1.id.clone());
+                    spool.residents().extend(ids.zip(locations));
+                    true
+                }
+                Err(_) => false,
+            }
+        };
+        drop(bodies);
+        if !logged {
+            // No commit log for these: their own files, and a sync below.
+            for w in writes.iter_mut() {
+                if let Ok(bytes) = &w.0
+                    && let Err(e) = spool.write_bytes(&w.1.id, bytes, false)
+                {
+                    w.0 = Err(e);
+                }
+            }
         }
-        let r: SyncResult = rustix::fs::syncfs(&dir).map_err(|e| {
-            let e = io::Error::from(e);
-            (e.kind(), e.to_string())
-        });
+        // Sealed segments: the messages they still hold get their own
+        // files before the checkpoint syncs the file system and lets the
+        // segment go.
+        for seq in wal.take_sealed() {
+            let held: Vec<(String, Location)> = spool
+                .residents()
+                .iter()
+                .filter(|(_, at)| at.seq == seq)
+                .map(|(id, at)| (id.clone(), at.clone()))
+                .collect();
+            for (id, at) in &held {
+                spool.materialize(id, at);
+            }
+            let mut g = spool.residents();
+            for (id, _) in &held {
+                g.remove(id);
+            }
+            drop(g);
+            wal.checkpoint(seq);
+        }
+        let needs_syncfs = !syncs.is_empty() || (!writes.is_empty() && !logged);
+        let r: SyncResult = if needs_syncfs {
+            rustix::fs::syncfs(&dir).map_err(|e| {
+                let e = io::Error::from(e);
+                (e.kind(), e.to_string())
+            })
+        } else {
+            Ok(())
+        };
         for (w, job, msg, tx) in writes {
             let w = match (w, &r) {
-                (Ok(()), Ok(())) => Ok((job, msg)),
-                (Ok(()), Err((kind, text))) => {
+                (Ok(_), Ok(())) => Ok((job, msg)),
+                (Ok(_), Err((kind, text))) => {
                     // Not durable: the client must not get a 250, and the
                     // message must not be delivered behind its back.
+                    wal.done(&job.id);
+                    spool.residents().remove(&job.id);
                     spool.remove(&job.id);
                     Err(io::Error::new(*kind, text.clone()))
                 }
@@ -514,6 +684,77 @@ mod tests {
         assert_eq!(out, body);
         s.remove("m1");
         assert!(s.recover().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn committed_messages_live_in_the_commit_log_until_restored_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let body = b"Subject: x\r\n\r\nhello\r\n".to_vec();
+        {
+            let s = Arc::new(Spool::open(dir.path()).unwrap());
+            s.commit(job("m1"), Message::in_memory(body.clone()))
+                .await
+                .unwrap();
+            s.commit(job("m2"), Message::in_memory(body.clone()))
+                .await
+                .unwrap();
+            // m2 is delivered: marked done in the log, then removed.
+            s.remove_later("m2");
+            // A later commit writes the mark with its own record.
+            s.commit(job("m3"), Message::in_memory(body.clone()))
+                .await
+                .unwrap();
+        }
+        // The messages live in the commit log only (a quick delivery
+        // never costs a file); a crash, whatever it loses of the page
+        // cache, does not lose the log.
+        for id in ["m1", "m2", "m3"] {
+            assert!(!dir.path().join(format!("{id}.msg")).exists());
+        }
+        let s = Spool::open(dir.path()).unwrap();
+        let mut ids: Vec<String> = s.recover().unwrap().into_iter().map(|r| r.job.id).collect();
+        ids.sort();
+        assert_eq!(ids, ["m1", "m3"], "m2 was done and stays done");
+        let (_, m) = s.load("m1").unwrap();
+        let mut out = Vec::new();
+        m.write_to(&mut out).unwrap();
+        assert_eq!(out, body);
+        // The replayed segment is retired: a second start restores nothing.
+        s.remove("m1");
+        s.remove("m3");
+        drop(s);
+        let s = Spool::open(dir.path()).unwrap();
+        assert!(s.recover().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn commit_log_segments_are_sealed_checkpointed_and_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Arc::new(Spool::open(dir.path()).unwrap());
+        // 240 KiB each: about 17 per segment, so 200 of them fill every
+        // segment there may be several times over.
+        let body = vec![b'x'; 240 << 10];
+        // One message outlives its segment: it gets its own file when the
+        // segment is sealed.
+        s.commit(job("keep"), Message::in_memory(b"kept\r\n".to_vec()))
+            .await
+            .unwrap();
+        assert!(!dir.path().join("keep.msg").exists());
+        for i in 0..200 {
+            let id = format!("m{i}");
+            s.commit(job(&id), Message::in_memory(body.clone()))
+                .await
+                .unwrap();
+            s.remove_later(&id);
+        }
+        assert!(dir.path().join("keep.msg").exists());
+        let (j, m) = s.load("keep").unwrap();
+        assert_eq!((j.id.as_str(), m.len()), ("keep", 6));
+        let segments = fs::read_dir(dir.path().join("wal")).unwrap().count();
+        assert!(
+            (2..=super::super::wal::MAX_SEGMENTS).contains(&segments),
+            "{segments} segment files"
+        );
     }
 
     #[test]
