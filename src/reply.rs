@@ -307,6 +307,19 @@ pub fn over_send_limit(returns_in: std::time::Duration) -> Reply {
         ),
     )
 }
+/// `554 5.5.3` the message needs more send-limit budget than any server
+/// of its chain has in a whole window (`limit_counts = "recipients"`, more
+/// recipients than every limit): it can never pass as one message, so
+/// retrying is futile; `why` names the numbers.
+pub fn beyond_every_send_limit(why: &str) -> Reply {
+    Reply::new(
+        554,
+        Some((5, 5, 3)),
+        format!(
+            "Too many recipients for the send limits: {why}; send it as several smaller messages"
+        ),
+    )
+}
 /// `451 4.3.0` a local error (spool, disk) while receiving.
 pub fn local_error() -> Reply {
     Reply::new(
