@@ -845,3 +845,42 @@ fn a_message_beyond_every_whole_limit_is_refused_for_good() {
     assert!(r.starts_with("250 "), "{r}");
     assert_eq!(primary.got().len(), 1);
 }
+
+#[test]
+fn queue_mode_fails_a_message_beyond_every_whole_limit_with_a_dsn() {
+    let primary = Sink::start();
+    let admin = free_port();
+    let d = Proc::start(&config(
+        admin,
+        primary.port(),
+        "limit = \"3/hour\"\nlimit_counts = \"recipients\"",
+        None,
+        "delivery = \"queue\"",
+    ));
+    let five: Vec<String> = (0..5).map(|i| format!("q{i}@example.com")).collect();
+    let five: Vec<&str> = five.iter().map(String::as_str).collect();
+    let r = send(d.addr("main"), &five);
+    assert!(r.starts_with("250 ") && r.contains("queued as"), "{r}");
+    // No retry for ever: the recipients fail at once and the sender gets
+    // a DSN saying why (one recipient: it fits the budget).
+    let got = primary.wait(WAIT, |g| !g.is_empty());
+    assert_eq!(got.len(), 1, "only the DSN");
+    // To the sender (the tenant's, after the rewrite).
+    assert_eq!(got[0].rcpts, ["app@relay.test"]);
+    let text = String::from_utf8_lossy(&got[0].data);
+    assert!(text.contains("5.5.3"), "{text}");
+    assert!(
+        text.contains("more than the send limit of every server allows"),
+        "{text}"
+    );
+    let cfg = cfg_path(&d);
+    let end = std::time::Instant::now() + WAIT;
+    loop {
+        let v: Value = serde_json::from_str(&run(&cfg, &["queue", "list", "--json"])).unwrap();
+        if v.as_array().unwrap().is_empty() {
+            break;
+        }
+        assert!(std::time::Instant::now() < end, "still queued: {v}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

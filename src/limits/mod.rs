@@ -1093,6 +1093,32 @@ mod tests {
         assert!(store.get(&TABLE, "p").unwrap().is_none());
     }
 
+    #[test]
+    fn only_limit_skips_without_return_time_are_beyond_every_limit() {
+        let never = |s: &str| Failover::new(s, FailureClass::Limit, "too big");
+        let later = |s: &str| {
+            let mut f = never(s);
+            f.retry_after = Some(Duration::from_secs(60));
+            f
+        };
+        assert!(!is_beyond_every_limit(&[]));
+        assert!(is_beyond_every_limit(&[never("a"), never("b")]));
+        // Budget returns on one server, or one is only down: temporary.
+        assert!(!is_beyond_every_limit(&[never("a"), later("b")]));
+        assert!(!is_beyond_every_limit(&[
+            never("a"),
+            Failover::new("b", FailureClass::Down, "down"),
+        ]));
+        assert_eq!(
+            SlotDenied::Busy {
+                waited: Duration::from_secs(10)
+            }
+            .reason(2),
+            "no connection slot free within 10 s (max_connections = 2)"
+        );
+        assert!(SlotDenied::Unavailable.reason(2).contains("on_redis_error"));
+    }
+
     #[tokio::test]
     async fn connection_slots_wait_then_give_up() {
         let l = limiter();

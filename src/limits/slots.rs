@@ -5,7 +5,7 @@
 //! Each server has one sorted set of leases, `smarthost:slots:{server}`:
 //! member `{instance id}:{sequence}`, score the lease's expiry in
 //! milliseconds of Redis's own clock (`TIME`, so the instances' clocks do
-//! not matter). Taking a slot is one Lua script, atomic in Redis: drop the
+//! not matter; Redis 3.2 or later). Taking a slot is one Lua script, atomic in Redis: drop the
 //! expired leases, and add one when fewer than `max_connections` are left.
 //! A holder renews its lease every third of [`lease`] and removes it when
 //! the hop ends; an instance that dies stops renewing, and its slots return
@@ -54,6 +54,7 @@ pub fn lease() -> Duration {
 /// Drops expired leases; adds `ARGV[2]` expiring in `ARGV[3]` ms when fewer
 /// than `ARGV[1]` are held. 1: taken, 0: full.
 const ACQUIRE: &str = r#"
+if redis.replicate_commands then redis.replicate_commands() end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local lease = tonumber(ARGV[3])
@@ -71,6 +72,7 @@ return 0
 /// Extends lease `ARGV[2]`; one that expired and was dropped is taken
 /// again when there is room. 1: renewed, 2: taken again, 0: lost.
 const RENEW: &str = r#"
+if redis.replicate_commands then redis.replicate_commands() end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local lease = tonumber(ARGV[3])
