@@ -772,10 +772,10 @@ fn max_connections_holds_across_two_instances_through_redis() {
 }
 
 #[test]
-fn a_killed_instance_s_connection_slot_returns_when_its_lease_expires() {
+fn slot_leases_are_renewed_while_held_and_a_killed_instance_s_expire() {
     let redis = RedisServer::start();
     let primary = Sink::start();
-    primary.set_data_delay(Duration::from_secs(3));
+    primary.set_data_delay(Duration::from_millis(2500));
     // A 1.5 s lease (debug builds only; production leases last 30 s).
     let [(a, _), (b, admin_b)] = cluster_pair(
         &redis,
@@ -783,20 +783,32 @@ fn a_killed_instance_s_connection_slot_returns_when_its_lease_expires() {
         "max_connections = 1\nconnect_timeout = \"15s\"",
         &["env", "SMARTHOST_TEST_SLOT_LEASE_MS=1500"],
     );
-    let aa = a.addr("main");
+    let (aa, ba) = (a.addr("main"), b.addr("main"));
+    let connected = |n: usize| {
+        let end = std::time::Instant::now() + WAIT;
+        while primary.connections() < n {
+            assert!(std::time::Instant::now() < end, "no connection {n}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    // A delivery longer than the lease keeps its slot (renewed): the
+    // other instance waits for it instead of taking the slot at 1.5 s.
+    let first = std::thread::spawn(move || send(aa, &["long@example.com"]));
+    connected(1);
+    let r = send(ba, &["waits@example.com"]);
+    assert!(r.starts_with("250 "), "{r}");
+    assert!(first.join().unwrap().starts_with("250 "));
+    assert_eq!(primary.peak_connections(), 1, "the lease was renewed");
+
     // The reply never comes: the instance is killed meanwhile.
     let _orphan = std::thread::spawn(move || {
         let _ = std::panic::catch_unwind(|| send(aa, &["held@example.com"]));
     });
-    let end = std::time::Instant::now() + WAIT;
-    while primary.connections() == 0 {
-        assert!(std::time::Instant::now() < end, "the first never connected");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    connected(3);
     // It holds the only slot; it dies without giving it back.
     drop(kill(a));
     let started = std::time::Instant::now();
-    let r = send(b.addr("main"), &["after-kill@example.com"]);
+    let r = send(ba, &["after-kill@example.com"]);
     assert!(r.starts_with("250 "), "{r}");
     assert!(
         primary
