@@ -4,7 +4,10 @@
 //! daemon; recipient counting never splits a message; with no server left
 //! direct mode answers `451 4.7.0` with when budget returns and queue mode
 //! waits exactly until then; no overshoot at 50 concurrent senders;
-//! `max_connections` caps the connections an upstream sees.
+//! `max_connections` caps the connections an upstream sees, also across
+//! two instances sharing a `redis-server` (leases renewed while held,
+//! a killed instance's expiring); a message beyond every server's whole
+//! limit is refused for good (554 5.5.3, a DSN in queue mode).
 
 mod common;
 

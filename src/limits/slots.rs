@@ -129,6 +129,8 @@ pub struct Lease {
     member: String,
     conn: ConnectionManager,
     renewal: tokio::task::JoinHandle<()>,
+    /// `release` removed it.
+    released: bool,
 }
 
 impl std::fmt::Debug for Lease {
@@ -171,6 +173,7 @@ pub async fn try_acquire(
         member,
         conn: conn.clone(),
         renewal,
+        released: false,
     }))
 }
 
@@ -207,16 +210,22 @@ impl Lease {
     /// Removes the lease (bounded); a lease that cannot be removed expires.
     pub async fn release(mut self) {
         self.renewal.abort();
-        let done = bounded(
-            redis::cmd("ZREM")
-                .arg(key(&self.server))
-                .arg(&self.member)
-                .query_async::<i64>(&mut self.conn),
-        )
-        .await;
-        if let Err(e) = done {
-            tracing::warn!(server = %self.server, error = %e, "cannot give the connection slot back to Redis; it returns when its lease expires");
-        }
+        remove(self.conn.clone(), &self.server, &self.member).await;
+        self.released = true;
+    }
+}
+
+/// `ZREM`s `member` of `server`'s leases (bounded).
+async fn remove(mut conn: ConnectionManager, server: &str, member: &str) {
+    let done = bounded(
+        redis::cmd("ZREM")
+            .arg(key(server))
+            .arg(member)
+            .query_async::<i64>(&mut conn),
+    )
+    .await;
+    if let Err(e) = done {
+        tracing::warn!(server = %server, error = %e, "cannot give the connection slot back to Redis; it returns when its lease expires");
     }
 }
 
@@ -224,5 +233,18 @@ impl Drop for Lease {
     fn drop(&mut self) {
         // Released or not, the renewal ends with the lease.
         self.renewal.abort();
+        if self.released {
+            return;
+        }
+        // Dropped without `release` (a delivery cancelled right after it
+        // took the slot): removed in the background.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let (conn, server, member) = (
+                self.conn.clone(),
+                std::mem::take(&mut self.server),
+                std::mem::take(&mut self.member),
+            );
+            rt.spawn(async move { remove(conn, &server, &member).await });
+        }
     }
 }
