@@ -5,8 +5,9 @@
 //! Each server has one sorted set of leases, `smarthost:slots:{server}`:
 //! member `{instance id}:{sequence}`, score the lease's expiry in
 //! milliseconds of Redis's own clock (`TIME`, so the instances' clocks do
-//! not matter; Redis 3.2 or later). Taking a slot is one Lua script, atomic in Redis: drop the
-//! expired leases, and add one when fewer than `max_connections` are left.
+//! not matter; Redis 3.2 or later). Taking a slot is one Lua script,
+//! atomic in Redis: drop the expired leases, and add one when fewer than
+//! `max_connections` are held.
 //! A holder renews its lease every third of [`lease`] and removes it when
 //! the hop ends; an instance that dies stops renewing, and its slots return
 //! when their leases expire (at most [`lease`] later; 30 s).
