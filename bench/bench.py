@@ -42,7 +42,7 @@ LIFETIME = 1800  # seconds: timeout(1) backstop for every process we start
 
 KIB = 1024
 PATHS = ["a", "b", "q", "c-proxy", "c-queue"]
-EXTRA_PATHS = ["b-quiet", "b-pool4", "b-1worker", "b-limits", "b-redis"]
+EXTRA_PATHS = ["b-quiet", "b-pool4", "b-1worker", "b-limits", "b-redis", "b-redis-cap"]
 PATH_TEXT = {
     "a": "loadgen -> smtp-sink (ceiling)",
     "b": "smarthost direct, 4 rewrites, default settings (info logs, pool_size 100)",
@@ -54,6 +54,7 @@ PATH_TEXT = {
     "b-1worker": "as b, one tokio worker thread (TOKIO_WORKER_THREADS=1)",
     "b-limits": "as b, with limit = \"100000000/hour\" on the sink server (local counters; nothing skipped)",
     "b-redis": "as b-limits, counters shared through a private redis-server ([cluster] redis)",
+    "b-redis-cap": "as b-redis, plus max_connections = 64 shared through Redis (a lease and a new connection per message)",
 }
 
 
@@ -454,7 +455,7 @@ class Bench:
                                                     name="smarthost-limits", pool_size=args.pool_size,
                                                     log_level="info", server_extra=high)
         self.redis = None
-        if "b-redis" in args.paths:
+        if "b-redis" in args.paths or "b-redis-cap" in args.paths:
             rport = free_port()
             self.redis = Proc("redis-server", ["redis-server", "--port", str(rport), "--bind",
                                                "127.0.0.1", "--save", "", "--appendonly", "no"],
@@ -465,10 +466,19 @@ class Bench:
                     sys.exit("bench: redis-server did not start")
                 time.sleep(0.05)
             cluster = f'[cluster]\nredis = "redis://127.0.0.1:{rport}/"'
-            self.smarthosts["b-redis"] = Smarthost(args.smarthost, work, self.sink.port,
-                                                   name="smarthost-redis", pool_size=args.pool_size,
-                                                   log_level="info", server_extra=high,
-                                                   cluster=cluster)
+            if "b-redis" in args.paths:
+                self.smarthosts["b-redis"] = Smarthost(args.smarthost, work, self.sink.port,
+                                                       name="smarthost-redis", pool_size=args.pool_size,
+                                                       log_level="info", server_extra=high,
+                                                       cluster=cluster)
+            # Connection caps shared through Redis, high enough that nobody
+            # waits: the cost of a lease per hop and of closing the
+            # connection after each message (no pooling under a shared cap).
+            if "b-redis-cap" in args.paths:
+                self.smarthosts["b-redis-cap"] = Smarthost(
+                    args.smarthost, work, self.sink.port, name="smarthost-redis-cap",
+                    pool_size=args.pool_size, log_level="info",
+                    server_extra=high + "\nmax_connections = 64", cluster=cluster)
         self.postfix = None
         if any(p.startswith("c-") for p in args.paths):
             self.postfix = Postfix(work, self.sink.port)

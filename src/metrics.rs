@@ -208,8 +208,9 @@ pub struct Metrics {
     pub limit_hits: Family<ServerLabel, Counter>,
     /// Hops that had to wait for a connection slot (`max_connections`).
     pub connection_slot_waits: Family<ServerLabel, Counter>,
-    /// Send-limit reservations made without Redis (`[cluster]`), because it
-    /// could not be reached: counted locally or refused (`on_redis_error`).
+    /// Send-limit reservations and connection slots taken without Redis
+    /// (`[cluster]`), because it could not be reached: counted locally or
+    /// refused (`on_redis_error`).
     pub limit_redis_unavailable: Counter,
     /// 1 when a server is up, 0 while it is marked down or half open
     /// (set by [`crate::health::Health`]).
@@ -260,7 +261,7 @@ impl Metrics {
         };
         r.register(
             "limit_redis_unavailable",
-            "Send-limit reservations made without Redis because it could not be reached (on_redis_error applied)",
+            "Send-limit reservations and connection slots taken without Redis because it could not be reached (on_redis_error applied)",
             m.limit_redis_unavailable.clone(),
         );
         r.register(

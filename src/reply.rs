@@ -307,6 +307,21 @@ pub fn over_send_limit(returns_in: std::time::Duration) -> Reply {
         ),
     )
 }
+/// `554 5.5.3` the message needs more send-limit budget than any server
+/// of its chain has in a whole window (`limit_counts = "recipients"`, more
+/// recipients than every limit): it can never pass as one message, so
+/// retrying is futile; `why` names the numbers (cut to 300 characters:
+/// a reply line stays within 512 octets).
+pub fn beyond_every_send_limit(why: &str) -> Reply {
+    let why: String = why.chars().take(300).collect();
+    Reply::new(
+        554,
+        Some((5, 5, 3)),
+        format!(
+            "Too many recipients for the send limits: {why}; send it as several smaller messages"
+        ),
+    )
+}
 /// `451 4.3.0` a local error (spool, disk) while receiving.
 pub fn local_error() -> Reply {
     Reply::new(
@@ -504,6 +519,13 @@ pub fn upstream_permanent(code: u16, enhanced: Option<(u8, u16, u16)>, reason: &
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn beyond_every_send_limit_is_permanent_and_one_short_line() {
+        let r = beyond_every_send_limit(&"x".repeat(2000)).to_wire();
+        assert!(r.starts_with("554 5.5.3 Too many recipients for the send limits: xxx"));
+        assert!(r.len() <= 512 && r.matches("\r\n").count() == 1, "{r}");
+    }
 
     #[test]
     fn wire_forms() {

@@ -4,7 +4,10 @@
 //! daemon; recipient counting never splits a message; with no server left
 //! direct mode answers `451 4.7.0` with when budget returns and queue mode
 //! waits exactly until then; no overshoot at 50 concurrent senders;
-//! `max_connections` caps the connections an upstream sees.
+//! `max_connections` caps the connections an upstream sees, also across
+//! two instances sharing a `redis-server` (leases renewed while held,
+//! a killed instance's expiring); a message beyond every server's whole
+//! limit is refused for good (554 5.5.3, a DSN in queue mode).
 
 mod common;
 
@@ -689,4 +692,210 @@ fn explain_without_the_admin_api_while_the_daemon_holds_the_store() {
         text.contains("limit 3/hour, budget: 2 of 3 messages left"),
         "{text}"
     );
+}
+
+/// Two relays on `redis` with `primary` capped by `primary_extra`; the
+/// first counts alone, the second gives no slot while Redis is away.
+fn cluster_pair(
+    redis: &RedisServer,
+    primary: u16,
+    primary_extra: &str,
+    prefix: &[&str],
+) -> [(Proc, u16); 2] {
+    ["local", "closed"].map(|on_error| {
+        let admin = free_port();
+        let toml = format!(
+            "{}\n[cluster]\nredis = \"redis://127.0.0.1:{}/\"\non_redis_error = \"{on_error}\"\n",
+            config(admin, primary, primary_extra, None, ""),
+            redis.port
+        );
+        (Proc::start_with_prefix(&toml, prefix), admin)
+    })
+}
+
+#[test]
+fn max_connections_holds_across_two_instances_through_redis() {
+    let mut redis = RedisServer::start();
+    let primary = Sink::start();
+    primary.set_data_delay(Duration::from_millis(300));
+    let [(a, admin_a), (b, admin_b)] = cluster_pair(
+        &redis,
+        primary.port(),
+        "max_connections = 2\nconnect_timeout = \"20s\"",
+        &[],
+    );
+    let (aa, ba) = (a.addr("main"), b.addr("main"));
+    let threads: Vec<_> = (0..12)
+        .map(|t| {
+            let addr = if t % 2 == 0 { aa } else { ba };
+            std::thread::spawn(move || send(addr, &[&format!("shared{t}@example.com")]))
+        })
+        .collect();
+    for t in threads {
+        let r = t.join().unwrap();
+        assert!(r.starts_with("250 "), "{r}");
+    }
+    assert_eq!(primary.got().len(), 12, "every message delivered");
+    assert!(
+        primary.peak_connections() <= 2,
+        "peak {} connections at the upstream for max_connections = 2 on two instances",
+        primary.peak_connections()
+    );
+    let waits = |admin| {
+        metric(
+            admin,
+            "smarthost_connection_slot_waits_total{server=\"primary\"}",
+        )
+    };
+    assert!(waits(admin_a) + waits(admin_b) >= 1.0);
+
+    // Redis goes away: "local" counts this instance's slots alone (with a
+    // warning), "closed" gives no slot, so the hop fails.
+    redis.stop();
+    primary.set_data_delay(Duration::ZERO);
+    let r = send(aa, &["local@example.com"]);
+    assert!(r.starts_with("250 "), "local: {r}");
+    assert_eq!(primary.got().len(), 13);
+    assert!(
+        a.log()
+            .iter()
+            .any(|l| l.contains("WARN") && l.contains("connection slots in Redis unavailable")),
+        "a warning names the fallback"
+    );
+    assert!(metric(admin_a, "smarthost_limit_redis_unavailable_total") >= 1.0);
+    let r = send(ba, &["closed@example.com"]);
+    assert!(r.starts_with("451 "), "closed: {r}");
+    assert_eq!(primary.got().len(), 13, "closed: nothing sent");
+    assert!(
+        b.log()
+            .iter()
+            .any(|l| l.contains("connection slots (max_connections = 2) unavailable")),
+        "closed: the failover names the reason"
+    );
+}
+
+#[test]
+fn slot_leases_are_renewed_while_held_and_a_killed_instance_s_expire() {
+    let redis = RedisServer::start();
+    let primary = Sink::start();
+    primary.set_data_delay(Duration::from_millis(2500));
+    // A 1.5 s lease (debug builds only; production leases last 30 s).
+    let [(a, _), (b, admin_b)] = cluster_pair(
+        &redis,
+        primary.port(),
+        "max_connections = 1\nconnect_timeout = \"15s\"",
+        &["env", "SMARTHOST_TEST_SLOT_LEASE_MS=1500"],
+    );
+    let (aa, ba) = (a.addr("main"), b.addr("main"));
+    let connected = |n: usize| {
+        let end = std::time::Instant::now() + WAIT;
+        while primary.connections() < n {
+            assert!(std::time::Instant::now() < end, "no connection {n}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    // A delivery longer than the lease keeps its slot (renewed): the
+    // other instance waits for it instead of taking the slot at 1.5 s.
+    let first = std::thread::spawn(move || send(aa, &["long@example.com"]));
+    connected(1);
+    let r = send(ba, &["waits@example.com"]);
+    assert!(r.starts_with("250 "), "{r}");
+    assert!(first.join().unwrap().starts_with("250 "));
+    assert_eq!(primary.peak_connections(), 1, "the lease was renewed");
+
+    // The reply never comes: the instance is killed meanwhile.
+    let _orphan = std::thread::spawn(move || {
+        let _ = std::panic::catch_unwind(|| send(aa, &["held@example.com"]));
+    });
+    connected(3);
+    // It holds the only slot; it dies without giving it back.
+    drop(kill(a));
+    let started = std::time::Instant::now();
+    let r = send(ba, &["after-kill@example.com"]);
+    assert!(r.starts_with("250 "), "{r}");
+    assert!(
+        primary
+            .got()
+            .iter()
+            .any(|g| g.rcpts.iter().any(|r| r.contains("after-kill"))),
+        "delivered through the capped server"
+    );
+    assert!(
+        metric(
+            admin_b,
+            "smarthost_connection_slot_waits_total{server=\"primary\"}"
+        ) >= 1.0,
+        "it waited for the dead instance's slot"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(12),
+        "reclaimed by lease expiry, not by the connect timeout"
+    );
+}
+
+#[test]
+fn a_message_beyond_every_whole_limit_is_refused_for_good() {
+    let (primary, fallback) = (Sink::start(), Sink::start());
+    let admin = free_port();
+    let every = "limit = \"3/hour\"\nlimit_counts = \"recipients\"";
+    let toml = config(admin, primary.port(), every, Some(fallback.port()), "").replace(
+        "[server.fallback]\n",
+        &format!("[server.fallback]\n{every}\n"),
+    );
+    let d = Proc::start(&toml);
+    let five: Vec<String> = (0..5).map(|i| format!("r{i}@example.com")).collect();
+    let five: Vec<&str> = five.iter().map(String::as_str).collect();
+    let r = send(d.addr("main"), &five);
+    assert!(
+        r.starts_with("554 5.5.3 Too many recipients for the send limits: 5 recipients"),
+        "{r}"
+    );
+    assert!(
+        r.contains("at most 3: primary 3/hour, fallback 3/hour"),
+        "{r}"
+    );
+    assert!(primary.got().is_empty() && fallback.got().is_empty());
+    // Nothing was used: three still fit.
+    let r = send(d.addr("main"), &five[..3]);
+    assert!(r.starts_with("250 "), "{r}");
+    assert_eq!(primary.got().len(), 1);
+}
+
+#[test]
+fn queue_mode_fails_a_message_beyond_every_whole_limit_with_a_dsn() {
+    let primary = Sink::start();
+    let admin = free_port();
+    let d = Proc::start(&config(
+        admin,
+        primary.port(),
+        "limit = \"3/hour\"\nlimit_counts = \"recipients\"",
+        None,
+        "delivery = \"queue\"",
+    ));
+    let five: Vec<String> = (0..5).map(|i| format!("q{i}@example.com")).collect();
+    let five: Vec<&str> = five.iter().map(String::as_str).collect();
+    let r = send(d.addr("main"), &five);
+    assert!(r.starts_with("250 ") && r.contains("queued as"), "{r}");
+    // No retry for ever: the recipients fail at once and the sender gets
+    // a DSN saying why (one recipient: it fits the budget).
+    let got = primary.wait(WAIT, |g| !g.is_empty());
+    assert_eq!(got.len(), 1, "only the DSN");
+    // To the sender (the tenant's, after the rewrite).
+    assert_eq!(got[0].rcpts, ["app@relay.test"]);
+    let text = String::from_utf8_lossy(&got[0].data);
+    assert!(text.contains("5.5.3"), "{text}");
+    assert!(
+        text.contains("more than the send limit of every server allows"),
+        "{text}"
+    );
+    let cfg = cfg_path(&d);
+    let end = std::time::Instant::now() + WAIT;
+    loop {
+        let v: Value = serde_json::from_str(&run(&cfg, &["queue", "list", "--json"])).unwrap();
+        if v.as_array().unwrap().is_empty() {
+            break;
+        }
+        assert!(std::time::Instant::now() < end, "still queued: {v}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

@@ -301,6 +301,13 @@ impl Engine {
             )
             .await;
         }
+        if let Outcome::Refused {
+            failovers, reason, ..
+        } = &a.outcome
+            && crate::limits::is_beyond_every_limit(failovers)
+        {
+            return reply::beyond_every_send_limit(reason);
+        }
         match &a.outcome {
             Outcome::Delivered { .. } => reply::delivered(&job.id),
             Outcome::NothingToDeliver => reply::accepted_nothing_to_deliver(&job.id),

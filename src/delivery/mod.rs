@@ -253,19 +253,15 @@ pub async fn deliver(plan: &Plan<'_>, msg: &Message, cx: &Context<'_>) -> Outcom
         };
         let _slot = match cx
             .limiter
-            .slot(&server.name, server.max_connections, wait)
+            .slot(&server.name, server.max_connections, wait, cx.cluster)
             .await
         {
             Ok(p) => p,
-            Err(waited) => {
+            Err(denied) => {
                 let f = Failover::new(
                     &server.name,
                     FailureClass::Temporary,
-                    format!(
-                        "no connection slot free within {} s (max_connections = {})",
-                        waited.as_secs(),
-                        server.max_connections.unwrap_or_default()
-                    ),
+                    denied.reason(server.max_connections.unwrap_or_default()),
                 );
                 tracing::warn!(id = cx.id, server = %f.server, reason = %f.reason, "hop failed, trying the next server");
                 failovers.push(f);
@@ -376,6 +372,9 @@ pub async fn deliver(plan: &Plan<'_>, msg: &Message, cx: &Context<'_>) -> Outcom
             }
         }
     }
+    if let Some(never) = crate::limits::beyond_every_limit(&plan.chain, &failovers, rcpts.len()) {
+        return never;
+    }
     if failovers
         .iter()
         .all(|f| matches!(f.class, FailureClass::Down | FailureClass::Limit))
@@ -449,6 +448,8 @@ async fn hop(
                 smtputf8: needs_smtputf8(cx.envelope.smtputf8, &header, &mail_from, rcpts),
                 body_8bit: cx.envelope.body_8bit,
                 partial: cx.partial,
+                // A cap shared through Redis counts open connections.
+                keep: !(cx.cluster.is_some() && server.max_connections.is_some()),
             };
             cx.upstreams.send(&server.name, s, &out).await
         }

@@ -17,19 +17,23 @@
 //!   threads, by one flusher that batches every changed server into one
 //!   transaction; `run` flushes again at shutdown.
 //! * Connection slots — a semaphore per server with `max_connections`;
-//!   a hop waits for a slot up to the server's `connect_timeout`. Slots
-//!   are per instance (not shared through Redis).
+//!   a hop waits for a slot up to the server's `connect_timeout`. With
+//!   `[cluster] redis` a slot is also a lease in Redis ([`slots`]), so the
+//!   cap holds across all instances together.
 //! * [`shared`] — with `[cluster] redis`, Redis holds the counters every
 //!   instance reserves from (atomic Lua scripts); the local counters still
 //!   record this instance's own uses, which is what `on_redis_error =
 //!   "local"` counts with while Redis cannot be reached.
 
 pub mod shared;
+pub mod slots;
 
 use crate::admin::types::{BoxFut, ControlError, LimitRow, LimitsControl, check_limited};
 use crate::config::values::Limit;
 use crate::config::{Cluster, Config, LimitCounts, OnRedisError};
+use crate::delivery::Outcome;
 use crate::metrics::{Metrics, ServerLabel};
+use crate::outcome::{Failover, FailureClass};
 use crate::store::{Store, StoreError, TableDef};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap, VecDeque};
@@ -624,17 +628,22 @@ impl Limiter {
     }
 
     /// A connection slot at `server` when it has `max_connections` (`max`):
-    /// waits up to `wait`; `Err` with how long it waited when none freed.
-    /// `Ok(None)` when the server has no cap.
+    /// waits up to `wait`. `Ok(None)` when the server has no cap. With
+    /// `cluster`, the slot is also a lease in Redis ([`slots`]), so the cap
+    /// holds across every instance; when Redis fails, `on_redis_error`
+    /// decides: `local` keeps this instance's slot alone (warning and
+    /// metric), `closed` gives none.
     pub async fn slot(
         &self,
         server: &str,
         max: Option<usize>,
         wait: Duration,
-    ) -> Result<Option<OwnedSemaphorePermit>, Duration> {
+        cluster: Option<&Cluster>,
+    ) -> Result<Option<Slot>, SlotDenied> {
         let Some(max) = max else {
             return Ok(None);
         };
+        let deadline = tokio::time::Instant::now() + wait;
         let sem = {
             let mut g = self.slots.lock().unwrap_or_else(|p| p.into_inner());
             let e = g
@@ -647,8 +656,51 @@ impl Limiter {
             }
             e.1.clone()
         };
-        if let Ok(p) = sem.clone().try_acquire_owned() {
-            return Ok(Some(p));
+        let mut waited = false;
+        let local = match sem.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                self.count_wait(server, &mut waited);
+                match tokio::time::timeout_at(deadline, sem.acquire_owned()).await {
+                    Ok(Ok(p)) => p,
+                    _ => return Err(SlotDenied::Busy { waited: wait }),
+                }
+            }
+        };
+        let Some(c) = cluster else {
+            return Ok(Some(Slot {
+                local: Some(local),
+                lease: None,
+            }));
+        };
+        match self.lease(server, max, deadline, c, &mut waited).await {
+            Ok(Some(lease)) => Ok(Some(Slot {
+                local: Some(local),
+                lease: Some(lease),
+            })),
+            Ok(None) => Err(SlotDenied::Busy { waited: wait }),
+            Err(e) => {
+                self.metrics.limit_redis_unavailable.inc();
+                if matches!(e, shared::SharedError::Resting) {
+                    tracing::debug!(server, error = %e, "connection slots without Redis");
+                } else {
+                    tracing::warn!(server, error = %e, on_redis_error = ?c.on_redis_error, "connection slots in Redis unavailable");
+                }
+                match c.on_redis_error {
+                    OnRedisError::Local => Ok(Some(Slot {
+                        local: Some(local),
+                        lease: None,
+                    })),
+                    OnRedisError::Closed => Err(SlotDenied::Unavailable),
+                }
+            }
+        }
+    }
+
+    /// Counts a wait for a slot once per hop.
+    fn count_wait(&self, server: &str, waited: &mut bool) {
+        if std::mem::replace(waited, true) {
+            return;
         }
         self.metrics
             .connection_slot_waits
@@ -656,11 +708,150 @@ impl Limiter {
                 server: server.to_owned(),
             })
             .inc();
-        match tokio::time::timeout(wait, sem.acquire_owned()).await {
-            Ok(Ok(p)) => Ok(Some(p)),
-            _ => Err(wait),
+    }
+
+    /// A lease on one of `server`'s `max` slots in Redis, tried with a
+    /// bounded backoff until `deadline` (`None`: none freed).
+    async fn lease(
+        &self,
+        server: &str,
+        max: usize,
+        deadline: tokio::time::Instant,
+        c: &Cluster,
+        waited: &mut bool,
+    ) -> Result<Option<slots::Lease>, shared::SharedError> {
+        let mut conn = self.redis.conn(c.redis.expose()).await?;
+        let mut pause = slots::FIRST_PAUSE;
+        loop {
+            match slots::try_acquire(&self.redis, &mut conn, server, max).await {
+                Ok(Some(l)) => return Ok(Some(l)),
+                Ok(None) => {}
+                Err(e) => {
+                    self.redis.failed().await;
+                    return Err(e);
+                }
+            }
+            self.count_wait(server, waited);
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Ok(None);
+            }
+            tokio::time::sleep_until((now + pause).min(deadline)).await;
+            pause = (pause * 2).min(slots::MAX_PAUSE);
         }
     }
+}
+
+/// A connection slot: this instance's permit, and with `[cluster]` the
+/// lease in Redis. Dropping it gives both back: the lease first, then the
+/// permit (in the background), so the next local waiter finds the lease
+/// gone from Redis.
+#[derive(Debug)]
+pub struct Slot {
+    local: Option<OwnedSemaphorePermit>,
+    lease: Option<slots::Lease>,
+}
+
+impl Slot {
+    /// Whether the slot is shared through Redis (the connection must then
+    /// close before the slot is given back: an idle pooled connection would
+    /// hold no lease).
+    pub fn is_shared(&self) -> bool {
+        self.lease.is_some()
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let Some(lease) = self.lease.take() else {
+            return;
+        };
+        let local = self.local.take();
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(async move {
+                    lease.release().await;
+                    drop(local);
+                });
+            }
+            // No runtime (never in the daemon): the lease expires.
+            Err(_) => drop((lease, local)),
+        }
+    }
+}
+
+/// Why [`Limiter::slot`] gave no slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SlotDenied {
+    /// None freed within `waited` (the server's `connect_timeout`).
+    Busy {
+        /// How long the hop waited.
+        waited: Duration,
+    },
+    /// Redis could not be asked and `on_redis_error = "closed"`.
+    Unavailable,
+}
+
+impl SlotDenied {
+    /// The failover reason.
+    pub fn reason(&self, max: usize) -> String {
+        match self {
+            SlotDenied::Busy { waited } => format!(
+                "no connection slot free within {} s (max_connections = {max})",
+                waited.as_secs()
+            ),
+            SlotDenied::Unavailable => format!(
+                "connection slots (max_connections = {max}) unavailable: Redis unreachable, on_redis_error = \"closed\""
+            ),
+        }
+    }
+}
+
+/// Whether every server in `failovers` was skipped because the message
+/// needs more than its whole limit: class `Limit` without a return time
+/// ([`Denied::returns_in`] is `None` only then).
+pub fn is_beyond_every_limit(failovers: &[Failover]) -> bool {
+    !failovers.is_empty()
+        && failovers
+            .iter()
+            .all(|f| f.class == FailureClass::Limit && f.retry_after.is_none())
+}
+
+/// The permanent refusal of a message that no server of `chain` can ever
+/// take within its send limit (every one skipped as
+/// [`is_beyond_every_limit`]): `554 5.5.3` from the reply catalogue, since
+/// no window ever frees more than the whole limit (a 451 would have the
+/// client, or the queue, retry for ever). `rcpts`: the message's
+/// recipients.
+pub fn beyond_every_limit(
+    chain: &[&crate::config::Server],
+    failovers: &[Failover],
+    rcpts: usize,
+) -> Option<Outcome> {
+    if !is_beyond_every_limit(failovers) {
+        return None;
+    }
+    let limits: Vec<(&str, Limit)> = chain
+        .iter()
+        .filter_map(|s| s.limit.map(|l| (s.name.as_str(), l)))
+        .collect();
+    let largest = limits.iter().map(|(_, l)| l.count).max().unwrap_or(0);
+    let why = format!(
+        "{rcpts} recipients, more than the send limit of every server allows in a whole window (at most {largest}: {})",
+        limits
+            .iter()
+            .map(|(n, l)| format!("{n} {l}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let r = crate::reply::beyond_every_send_limit(&why);
+    Some(Outcome::Refused {
+        server: failovers.last()?.server.clone(),
+        code: r.code,
+        enhanced: r.enhanced,
+        reason: why,
+        failovers: failovers.to_vec(),
+    })
 }
 
 /// Why [`offline_rows`] could not read the counters.
@@ -902,15 +1093,44 @@ mod tests {
         assert!(store.get(&TABLE, "p").unwrap().is_none());
     }
 
+    #[test]
+    fn only_limit_skips_without_return_time_are_beyond_every_limit() {
+        let never = |s: &str| Failover::new(s, FailureClass::Limit, "too big");
+        let later = |s: &str| {
+            let mut f = never(s);
+            f.retry_after = Some(Duration::from_secs(60));
+            f
+        };
+        assert!(!is_beyond_every_limit(&[]));
+        assert!(is_beyond_every_limit(&[never("a"), never("b")]));
+        // Budget returns on one server, or one is only down: temporary.
+        assert!(!is_beyond_every_limit(&[never("a"), later("b")]));
+        assert!(!is_beyond_every_limit(&[
+            never("a"),
+            Failover::new("b", FailureClass::Down, "down"),
+        ]));
+        assert_eq!(
+            SlotDenied::Busy {
+                waited: Duration::from_secs(10)
+            }
+            .reason(2),
+            "no connection slot free within 10 s (max_connections = 2)"
+        );
+        assert!(SlotDenied::Unavailable.reason(2).contains("on_redis_error"));
+    }
+
     #[tokio::test]
     async fn connection_slots_wait_then_give_up() {
         let l = limiter();
         let wait = Duration::from_millis(50);
-        assert!(l.slot("s", None, wait).await.unwrap().is_none());
-        let a = l.slot("s", Some(1), wait).await.unwrap();
-        assert!(a.is_some());
-        assert_eq!(l.slot("s", Some(1), wait).await.unwrap_err(), wait);
+        assert!(l.slot("s", None, wait, None).await.unwrap().is_none());
+        let a = l.slot("s", Some(1), wait, None).await.unwrap();
+        assert!(a.as_ref().is_some_and(|s| !s.is_shared()));
+        assert_eq!(
+            l.slot("s", Some(1), wait, None).await.unwrap_err(),
+            SlotDenied::Busy { waited: wait }
+        );
         drop(a);
-        assert!(l.slot("s", Some(1), wait).await.unwrap().is_some());
+        assert!(l.slot("s", Some(1), wait, None).await.unwrap().is_some());
     }
 }

@@ -9,6 +9,9 @@
 //! when enough budget returns. Settling gives back what was reserved but
 //! not used (a failed hop, refused recipients) with a second script.
 //!
+//! The connection slots of `max_connections` live next to the counters,
+//! in [`super::slots`], over the same connection.
+//!
 //! The connection is made on first use and kept (`ConnectionManager`
 //! reconnects by itself); every call is bounded by [`TIMEOUT`]. After a
 //! failure Redis is not asked again for [`RETRY`]: the caller applies
@@ -112,6 +115,8 @@ pub struct Shared {
     link: tokio::sync::Mutex<Link>,
     reserve: redis::Script,
     give_back: redis::Script,
+    /// The connection-slot scripts ([`super::slots`]).
+    pub(super) slots: super::slots::Scripts,
 }
 
 impl std::fmt::Debug for Shared {
@@ -130,6 +135,7 @@ impl Default for Shared {
             }),
             reserve: redis::Script::new(RESERVE),
             give_back: redis::Script::new(GIVE_BACK),
+            slots: super::slots::Scripts::default(),
         }
     }
 }
@@ -139,7 +145,8 @@ pub fn key(server: &str) -> String {
     format!("smarthost:limit:{server}")
 }
 
-async fn bounded<T>(
+/// `f`, bounded by [`TIMEOUT`].
+pub(super) async fn bounded<T>(
     f: impl std::future::Future<Output = redis::RedisResult<T>>,
 ) -> Result<T, SharedError> {
     match tokio::time::timeout(TIMEOUT, f).await {

@@ -142,6 +142,7 @@ mod tests {
             smtputf8,
             body_8bit,
             partial: false,
+            keep: true,
         }
     }
 

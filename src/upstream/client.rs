@@ -607,6 +607,22 @@ impl Session {
         let _ = timeout(QUIT_TIMEOUT, self.client.stream.shutdown()).await;
     }
 
+    /// QUIT, our side shut down, then waits (briefly bounded) until the
+    /// server closed the connection too: when this returns the connection
+    /// is gone at the server, which a connection cap shared between
+    /// instances counts on.
+    pub async fn close(mut self) {
+        use tokio::io::AsyncReadExt;
+        let _ = timeout(QUIT_TIMEOUT, self.client.cmd(b"QUIT\r\n")).await;
+        let _ = timeout(QUIT_TIMEOUT, self.client.stream.shutdown()).await;
+        let mut buf = [0u8; 256];
+        let stream = &mut self.client.stream;
+        let _ = timeout(QUIT_TIMEOUT, async {
+            while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
+        })
+        .await;
+    }
+
     /// One mail transaction (the session must be idle). Recipients are sent
     /// one by one: 5xx refusals are collected, anything else aborts the
     /// whole transaction so no recipient can be delivered twice after a

@@ -60,6 +60,11 @@ pub struct Outgoing<'a> {
     /// which keeps per-recipient state) instead of failing the whole
     /// message over (direct mode: one reply for the client).
     pub partial: bool,
+    /// The session may go back to the pool afterwards. `false`: it is
+    /// closed (QUIT, and the server's close awaited) before the hop ends;
+    /// a `max_connections` shared through Redis counts open connections,
+    /// and an idle pooled one would hold no slot.
+    pub keep: bool,
 }
 
 impl Outgoing<'_> {
@@ -160,8 +165,10 @@ impl Upstreams {
                 may_reuse = false;
                 continue;
             }
-            if tx.reusable {
+            if tx.reusable && msg.keep {
                 self.checkin(&key, server, session);
+            } else if tx.reusable {
+                session.close().await;
             }
             return hop_result(name, secret, tx.outcome);
         }

@@ -160,6 +160,7 @@ pub async fn test_message(
         smtputf8,
         body_8bit,
         partial: false,
+        keep: true,
     };
     let tx = session.deliver(server, &out).await;
     let report = session.report().clone();

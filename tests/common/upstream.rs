@@ -138,6 +138,7 @@ impl<'a> Mail<'a> {
             smtputf8: self.smtputf8,
             body_8bit: self.body_8bit,
             partial: self.partial,
+            keep: true,
         };
         up.send(name, server, &out).await
     }
