@@ -11,8 +11,8 @@
 //! up by key path; `validate` sorts the errors into file order.
 
 use super::raw::{
-    QueueSettings, RawAdmin, RawApplication, RawDkim, RawHealth, RawLimits, RawListener, RawLog,
-    RawReload, RawRoute, RawServer, RawSystem, RawTenant, RawTls,
+    HealthSettings, Limits, Log, QueueSettings, RawAdmin, RawApplication, RawDkim, RawListener,
+    RawRoute, RawServer, RawSystem, RawTenant, RawTls, ReloadSettings,
 };
 use super::{Config, ConfigError, ConfigErrors};
 use serde::de::DeserializeOwned;
@@ -166,11 +166,11 @@ pub(super) struct RawDoc {
     pub system: Option<Located<RawSystem>>,
     pub listeners: Vec<Located<RawListener>>,
     pub tls: Option<Located<RawTls>>,
-    pub limits: Option<Located<RawLimits>>,
+    pub limits: Option<Located<Limits>>,
     pub admin: Option<Located<RawAdmin>>,
-    pub log: Option<Located<RawLog>>,
-    pub health: Option<Located<RawHealth>>,
-    pub reload: Option<Located<RawReload>>,
+    pub log: Option<Located<Log>>,
+    pub health: Option<Located<HealthSettings>>,
+    pub reload: Option<Located<ReloadSettings>>,
     pub queue: Option<Located<QueueSettings>>,
     pub cluster: Option<Located<super::raw::RawCluster>>,
     pub servers: Vec<(String, Located<RawServer>)>,

@@ -23,8 +23,8 @@ pub use load::{
     DEFAULT_CONFIG, files_hash, load_default, load_file, load_str, source_hash, watch_hash,
 };
 pub use raw::{
-    BlacklistAction, DeliveryMode, LimitCounts, ListenerAuth, ListenerTls, LogFormat, OnRedisError,
-    QueueSettings, Security, UpstreamAuth,
+    BlacklistAction, DeliveryMode, HealthSettings, LimitCounts, Limits, ListenerAuth, ListenerTls,
+    Log, LogFormat, OnRedisError, QueueSettings, ReloadSettings, Security, UpstreamAuth,
 };
 use values::{BlacklistEntry, Cidr, EmailAddress, HeaderText, Limit, Secret};
 
@@ -191,37 +191,6 @@ impl fmt::Debug for TlsSettings {
     }
 }
 
-/// Inbound limits with defaults applied.
-#[derive(Debug, Clone)]
-pub struct Limits {
-    /// Largest message in bytes.
-    pub max_message_size: u64,
-    /// Most recipients per message.
-    pub max_recipients: usize,
-    /// Most concurrent sessions.
-    pub max_connections: usize,
-    /// Idle time between commands.
-    pub command_timeout: Duration,
-    /// Whole DATA phase.
-    pub data_timeout: Duration,
-    /// Longest line.
-    pub max_line_length: usize,
-    /// Memory threshold before spooling to disk.
-    pub memory_threshold: u64,
-    /// Failed AUTH attempts before lockout.
-    pub auth_failures: u32,
-    /// Lockout duration.
-    pub auth_lockout: Duration,
-    /// Shutdown grace period.
-    pub shutdown_grace: Duration,
-    /// Most sessions per client address that no application owns.
-    pub max_connections_per_client: usize,
-    /// Longest session.
-    pub max_session_time: Duration,
-    /// Idle time between commands before AUTH or identification.
-    pub unidentified_timeout: Duration,
-}
-
 /// `[admin]`.
 #[derive(Debug, Clone)]
 pub struct Admin {
@@ -240,35 +209,6 @@ pub struct Cluster {
     pub redis: Secret,
     /// What limits do while Redis cannot be reached.
     pub on_redis_error: OnRedisError,
-}
-
-/// `[log]`.
-#[derive(Debug, Clone)]
-pub struct Log {
-    /// Line format.
-    pub format: LogFormat,
-    /// Filter directive.
-    pub level: String,
-}
-
-/// `[health]` with defaults applied.
-#[derive(Debug, Clone)]
-pub struct HealthSettings {
-    /// Consecutive server-level failures before a server is skipped.
-    pub failures: u32,
-    /// How long it is skipped.
-    pub cooldown: Duration,
-}
-
-/// `[reload]` with defaults applied.
-#[derive(Debug, Clone)]
-pub struct ReloadSettings {
-    /// Watch the files for changes.
-    pub watch: bool,
-    /// How often.
-    pub interval: Duration,
-    /// Probe new or changed servers first.
-    pub probe: bool,
 }
 
 /// An upstream.

@@ -1,14 +1,64 @@
 //! The config file's shape as serde sees it (PRODUCT §4): one struct per
 //! table, `deny_unknown_fields` everywhere, value types parsed on the way in.
 //!
-//! These structs hold what the file says, with optional fields left unset;
-//! inheritance, defaults, references and cross-checks are applied by
-//! `validate`, which turns them into the snapshot the rest of the code sees.
+//! Two kinds of struct live here:
+//!
+//! - **Sections declared once** with [`section!`]: every key is one line —
+//!   its doc comment, its type (a value type from `values` that parses
+//!   itself) and its default. Missing keys take the default, unknown keys
+//!   are refused, and the struct *is* the validated type the rest of the
+//!   code reads (`Config::limits` is a [`Limits`]); `validate` only adds
+//!   range checks that need a file position. Adding a key with a default to
+//!   `[limits]`, `[health]`, `[reload]`, `[log]` or `[queue]` touches this
+//!   file only.
+//! - **`Raw*` structs** for entities that need resolution against the rest
+//!   of the config or the file system (servers, tenants, applications,
+//!   listeners, secrets, paths): optional fields are left unset and
+//!   `validate` builds their validated twins in `config/mod.rs`.
 
-use super::values::{
-    BlacklistEntry, Cidr, Dur, EmailAddress, HeaderText, Limit, SecretSource, Size,
-};
+use super::values::{BlacklistEntry, Cidr, Dur, EmailAddress, HeaderText, Limit, SecretSource};
 use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// Declares a config table whose keys all have defaults, one line per key:
+///
+/// ```text
+/// section! {
+///     /// `[health]`: ...
+///     pub struct HealthSettings {
+///         /// Consecutive failures before a server is skipped. Default 3.
+///         pub failures: u32 = 3,
+///     }
+/// }
+/// ```
+///
+/// It expands to the struct (`Debug`, `Clone`, `Deserialize` with
+/// `deny_unknown_fields` and `default`) and its `Default` impl built from
+/// the `= default` of each key. Field attributes (e.g.
+/// `#[serde(deserialize_with = "...")]`) pass through.
+macro_rules! section {
+    (
+        $(#[$meta:meta])*
+        pub struct $name:ident {
+            $(
+                $(#[$fmeta:meta])*
+                pub $field:ident : $ty:ty = $default:expr
+            ),* $(,)?
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Deserialize)]
+        #[serde(deny_unknown_fields, default)]
+        pub struct $name {
+            $( $(#[$fmeta])* pub $field: $ty, )*
+        }
+        impl Default for $name {
+            fn default() -> Self {
+                $name { $( $field: $default, )* }
+            }
+        }
+    };
+}
 
 /// `[system]`: global switches and the system side of every inherited setting.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -134,57 +184,53 @@ pub struct RawTls {
     pub private_key: String,
 }
 
-/// `[limits]`: inbound limits.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawLimits {
-    /// Largest message accepted (SIZE and DATA). Default `"25MB"`.
-    pub max_message_size: Option<Size>,
-    /// Most recipients per message. Default 100.
-    pub max_recipients: Option<usize>,
-    /// Most concurrent sessions over all listeners. Default 1000.
-    pub max_connections: Option<usize>,
-    /// Time allowed for each whole command line, counted from the previous
-    /// reply (not reset by each byte that arrives). Default `"5m"`.
-    pub command_timeout: Option<Dur>,
-    /// Time allowed for the whole DATA/BDAT phase. Default `"10m"`.
-    pub data_timeout: Option<Dur>,
-    /// Longest command line in bytes (RFC 5321 asks for at least 512).
-    /// Default 4096. Message lines are not limited: the body is relayed as
-    /// it is, and an upstream's refusal is passed back.
-    pub max_line_length: Option<usize>,
-    /// Messages larger than this are spooled to a temporary file instead of
-    /// memory. Default `"1MB"`.
-    pub memory_threshold: Option<Size>,
-    /// Failed AUTH attempts per client address before a lockout. Default 5.
-    pub auth_failures: Option<u32>,
-    /// How long an address stays locked out after too many failures. Default `"15m"`.
-    pub auth_lockout: Option<Dur>,
-    /// At shutdown, how long transactions in progress may take to finish. Default `"30s"`.
-    pub shutdown_grace: Option<Dur>,
-    /// Most concurrent sessions from one client address that no application
-    /// owns (IPv6: per /64), like Postfix's
-    /// `smtpd_client_connection_count_limit`. Default
-    /// [`RawLimits::DEFAULT_MAX_CONNECTIONS_PER_CLIENT`].
-    pub max_connections_per_client: Option<usize>,
-    /// Longest a session may last; at the next command after it, the client
-    /// gets `421 4.4.2` (a message in transfer may finish). Default
-    /// [`RawLimits::DEFAULT_MAX_SESSION_TIME`].
-    pub max_session_time: Option<Dur>,
-    /// Idle time allowed between commands while a session is neither
-    /// authenticated nor identified by its address or listener. Default
-    /// [`RawLimits::DEFAULT_UNIDENTIFIED_TIMEOUT`].
-    pub unidentified_timeout: Option<Dur>,
-}
-
-impl RawLimits {
-    /// Default of `max_connections_per_client` (Postfix's default too).
-    pub const DEFAULT_MAX_CONNECTIONS_PER_CLIENT: usize = 50;
-    /// Default of `max_session_time`: one hour.
-    pub const DEFAULT_MAX_SESSION_TIME: std::time::Duration = std::time::Duration::from_secs(3600);
-    /// Default of `unidentified_timeout`: twenty seconds.
-    pub const DEFAULT_UNIDENTIFIED_TIMEOUT: std::time::Duration =
-        std::time::Duration::from_secs(20);
+section! {
+    /// `[limits]`: inbound limits. Declared once, here, with the defaults;
+    /// `validate::sections` checks the ranges.
+    pub struct Limits {
+        /// Largest message accepted (SIZE and DATA). Default `"25MB"`.
+        #[serde(deserialize_with = "super::values::plain::bytes")]
+        pub max_message_size: u64 = 25 << 20,
+        /// Most recipients per message. Default 100.
+        pub max_recipients: usize = 100,
+        /// Most concurrent sessions over all listeners. Default 1000.
+        pub max_connections: usize = 1000,
+        /// Time allowed for each whole command line, counted from the previous
+        /// reply (not reset by each byte that arrives). Default `"5m"`.
+        #[serde(deserialize_with = "super::values::plain::duration")]
+        pub command_timeout: Duration = Duration::from_secs(300),
+        /// Time allowed for the whole DATA/BDAT phase. Default `"10m"`.
+        #[serde(deserialize_with = "super::values::plain::duration")]
+        pub data_timeout: Duration = Duration::from_secs(600),
+        /// Longest command line in bytes (RFC 5321 asks for at least 512).
+        /// Default 4096. Message lines are not limited: the body is relayed as
+        /// it is, and an upstream's refusal is passed back.
+        pub max_line_length: usize = 4096,
+        /// Messages larger than this are spooled to a temporary file instead of
+        /// memory. Default `"1MB"`.
+        #[serde(deserialize_with = "super::values::plain::bytes")]
+        pub memory_threshold: u64 = 1 << 20,
+        /// Failed AUTH attempts per client address before a lockout. Default 5.
+        pub auth_failures: u32 = 5,
+        /// How long an address stays locked out after too many failures. Default `"15m"`.
+        #[serde(deserialize_with = "super::values::plain::duration")]
+        pub auth_lockout: Duration = Duration::from_secs(900),
+        /// At shutdown, how long transactions in progress may take to finish. Default `"30s"`.
+        #[serde(deserialize_with = "super::values::plain::duration")]
+        pub shutdown_grace: Duration = Duration::from_secs(30),
+        /// Most concurrent sessions from one client address that no application
+        /// owns (IPv6: per /64), like Postfix's
+        /// `smtpd_client_connection_count_limit`. Default 50 (Postfix's too).
+        pub max_connections_per_client: usize = 50,
+        /// Longest a session may last; at the next command after it, the client
+        /// gets `421 4.4.2` (a message in transfer may finish). Default `"1h"`.
+        #[serde(deserialize_with = "super::values::plain::duration")]
+        pub max_session_time: Duration = Duration::from_secs(3600),
+        /// Idle time allowed between commands while a session is neither
+        /// authenticated nor identified by its address or listener. Default `"20s"`.
+        #[serde(deserialize_with = "super::values::plain::duration")]
+        pub unidentified_timeout: Duration = Duration::from_secs(20),
+    }
 }
 
 /// `[admin]`: the admin and metrics port.
@@ -226,70 +272,59 @@ pub enum OnRedisError {
     Closed,
 }
 
-/// `[health]`: when an upstream is considered down (PRODUCT §3.6).
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawHealth {
-    /// Consecutive connection, TLS or AUTH failures before a server is
-    /// skipped. Default 3.
-    pub failures: Option<u32>,
-    /// How long a server that is down is skipped before it is tried again.
-    /// Default `"30s"`.
-    pub cooldown: Option<Dur>,
-}
-
-/// `[queue]`: retries of queued messages (PRODUCT §3.8). Each key is
-/// declared once, here, with its default; the validated config uses this
-/// type as it is.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct QueueSettings {
-    /// First retry after about this long (jittered by ±20%). Default `"1m"`.
-    pub min_backoff: Dur,
-    /// Retries back off exponentially (doubling) up to this. Default `"1h"`.
-    pub max_backoff: Dur,
-    /// A message still not delivered after this long gets a DSN and leaves
-    /// the queue. Default `"5d"`.
-    pub max_age: Dur,
-    /// Deliveries from the queue that may run at once. Default 100.
-    pub concurrency: u32,
-}
-
-impl Default for QueueSettings {
-    fn default() -> Self {
-        QueueSettings {
-            min_backoff: Dur(std::time::Duration::from_secs(60)),
-            max_backoff: Dur(std::time::Duration::from_secs(3600)),
-            max_age: Dur(std::time::Duration::from_secs(5 * 86400)),
-            concurrency: 100,
-        }
+section! {
+    /// `[health]`: when an upstream is considered down (PRODUCT §3.6).
+    pub struct HealthSettings {
+        /// Consecutive connection, TLS or AUTH failures before a server is
+        /// skipped. Default 3.
+        pub failures: u32 = 3,
+        /// How long a server that is down is skipped before it is tried again.
+        /// Default `"30s"`.
+        #[serde(deserialize_with = "super::values::plain::duration")]
+        pub cooldown: Duration = Duration::from_secs(30),
     }
 }
 
-/// `[reload]`: hot reload (PRODUCT §3.9).
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawReload {
-    /// Reload when the content of the config file, an included file, or a
-    /// certificate, key, CA or secret file they name changes (checked every
-    /// `interval`). Default `true`. SIGHUP always reloads.
-    pub watch: Option<bool>,
-    /// How often the files are checked. Default `"2s"`.
-    pub interval: Option<Dur>,
-    /// Probe new or changed SMTP servers (connect, TLS, AUTH) before a new
-    /// config goes live; a server that fails keeps the old config in place.
-    /// Default `true`.
-    pub probe: Option<bool>,
+section! {
+    /// `[queue]`: retries of queued messages (PRODUCT §3.8).
+    pub struct QueueSettings {
+        /// First retry after about this long (jittered by ±20%). Default `"1m"`.
+        pub min_backoff: Dur = Dur(Duration::from_secs(60)),
+        /// Retries back off exponentially (doubling) up to this. Default `"1h"`.
+        pub max_backoff: Dur = Dur(Duration::from_secs(3600)),
+        /// A message still not delivered after this long gets a DSN and leaves
+        /// the queue. Default `"5d"`.
+        pub max_age: Dur = Dur(Duration::from_secs(5 * 86400)),
+        /// Deliveries from the queue that may run at once. Default 100.
+        pub concurrency: u32 = 100,
+    }
 }
 
-/// `[log]`: log output.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawLog {
-    /// `text` (default) or `json`.
-    pub format: Option<LogFormat>,
-    /// A tracing filter such as `"info"` or `"smarthost=debug"`. Default `"info"`.
-    pub level: Option<String>,
+section! {
+    /// `[reload]`: hot reload (PRODUCT §3.9).
+    pub struct ReloadSettings {
+        /// Reload when the content of the config file, an included file, or a
+        /// certificate, key, CA or secret file they name changes (checked every
+        /// `interval`). Default `true`. SIGHUP always reloads.
+        pub watch: bool = true,
+        /// How often the files are checked. Default `"2s"`.
+        #[serde(deserialize_with = "super::values::plain::duration")]
+        pub interval: Duration = Duration::from_secs(2),
+        /// Probe new or changed SMTP servers (connect, TLS, AUTH) before a new
+        /// config goes live; a server that fails keeps the old config in place.
+        /// Default `true`.
+        pub probe: bool = true,
+    }
+}
+
+section! {
+    /// `[log]`: log output.
+    pub struct Log {
+        /// `text` (default) or `json`.
+        pub format: LogFormat = LogFormat::Text,
+        /// A tracing filter such as `"info"` or `"smarthost=debug"`. Default `"info"`.
+        pub level: String = "info".to_owned(),
+    }
 }
 
 /// Log line format.

@@ -583,6 +583,40 @@ fn defaults_apply() {
     assert_eq!(c.listeners[0].name, "127.0.0.1:2525");
 }
 
+/// Sections declared with `section!` (raw.rs): a key left out takes the
+/// default written beside it, whether the table is absent or present with
+/// other keys; a key that is set wins; an unknown key is still refused.
+#[test]
+fn declared_sections_default_each_missing_key() {
+    let absent = load(&base()).unwrap();
+    assert_eq!(absent.health.failures, 3);
+    assert_eq!(absent.health.cooldown, Duration::from_secs(30));
+    assert_eq!(absent.reload.interval, Duration::from_secs(2));
+    assert!(absent.reload.watch && absent.reload.probe);
+    assert_eq!(absent.log.level, "info");
+    assert_eq!(absent.log.format, LogFormat::Text);
+    assert_eq!(absent.queue.concurrency, 100);
+    assert_eq!(absent.limits.max_session_time, Duration::from_secs(3600));
+
+    let partial = load(&format!(
+        "{}\n[health]\nfailures = 7\n[limits]\nmax_recipients = 5\n[log]\nformat = \"json\"\n",
+        base()
+    ))
+    .unwrap();
+    assert_eq!(partial.health.failures, 7);
+    assert_eq!(partial.health.cooldown, Duration::from_secs(30));
+    assert_eq!(partial.limits.max_recipients, 5);
+    assert_eq!(partial.limits.max_message_size, 25 << 20);
+    assert_eq!(partial.limits.unidentified_timeout, Duration::from_secs(20));
+    assert_eq!(partial.log.format, LogFormat::Json);
+    assert_eq!(partial.log.level, "info");
+
+    let e = errors(&format!("{}\n[health]\nfailure = 7\n", base()));
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert_eq!(e[0].key, "health.failure");
+    assert!(e[0].message.starts_with("unknown field `failure`"), "{e:?}");
+}
+
 #[test]
 fn microsoft_365_servers() {
     let text = format!(

@@ -7,14 +7,14 @@
 
 use super::load::{KeyPath, Located, RawDoc, Sources};
 use super::raw::{
-    BlacklistAction, DeliveryMode, LimitCounts, ListenerAuth, ListenerTls, LogFormat, RawLimits,
-    RawServer, RawTestMode, Security, ServerKindName, UpstreamAuth,
+    BlacklistAction, DeliveryMode, LimitCounts, ListenerAuth, ListenerTls, RawServer, RawTestMode,
+    Security, ServerKindName, UpstreamAuth,
 };
 use super::values::Cidr;
 use super::{
-    Admin, Application, CaptureServer, Config, ConfigError, ConfigErrors, GraphServer, Limits,
-    Listener, Log, OAuth, OAuthGrant, Route, Server, ServerKind, SmtpServer, System, Tenant,
-    TestMode, TestModeSetting, TlsSettings,
+    Admin, Application, CaptureServer, Config, ConfigError, ConfigErrors, GraphServer, Listener,
+    OAuth, OAuthGrant, Route, Server, ServerKind, SmtpServer, System, Tenant, TestMode,
+    TestModeSetting, TlsSettings,
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -595,6 +595,11 @@ fn server(
     })
 }
 
+/// A section as written, or its defaults when the file has none.
+fn section<T: Clone + Default>(l: &Option<Located<T>>) -> T {
+    l.as_ref().map(|l| l.value.clone()).unwrap_or_default()
+}
+
 /// Duplicate names across files: the first definition wins, later ones are errors.
 fn dedupe<T>(
     cx: &mut Ctx<'_, '_>,
@@ -680,40 +685,7 @@ pub(super) fn validate(
     }
 
     // [limits]
-    let rl = doc
-        .limits
-        .as_ref()
-        .map(|l| l.value.clone())
-        .unwrap_or_default();
-    let limits = Limits {
-        max_message_size: rl.max_message_size.map_or(25 << 20, |s| s.bytes()),
-        max_recipients: rl.max_recipients.unwrap_or(100),
-        max_connections: rl.max_connections.unwrap_or(1000),
-        command_timeout: rl
-            .command_timeout
-            .map_or(Duration::from_secs(300), |d| d.get()),
-        data_timeout: rl
-            .data_timeout
-            .map_or(Duration::from_secs(600), |d| d.get()),
-        max_line_length: rl.max_line_length.unwrap_or(4096),
-        memory_threshold: rl.memory_threshold.map_or(1 << 20, |s| s.bytes()),
-        auth_failures: rl.auth_failures.unwrap_or(5),
-        auth_lockout: rl
-            .auth_lockout
-            .map_or(Duration::from_secs(900), |d| d.get()),
-        shutdown_grace: rl
-            .shutdown_grace
-            .map_or(Duration::from_secs(30), |d| d.get()),
-        max_connections_per_client: rl
-            .max_connections_per_client
-            .unwrap_or(RawLimits::DEFAULT_MAX_CONNECTIONS_PER_CLIENT),
-        max_session_time: rl
-            .max_session_time
-            .map_or(RawLimits::DEFAULT_MAX_SESSION_TIME, |d| d.get()),
-        unidentified_timeout: rl
-            .unidentified_timeout
-            .map_or(RawLimits::DEFAULT_UNIDENTIFIED_TIMEOUT, |d| d.get()),
-    };
+    let limits = section(&doc.limits);
     if let Some(l) = &doc.limits {
         let p = &l.path;
         for (key, bad) in [
@@ -785,15 +757,7 @@ pub(super) fn validate(
             status_public: l.value.status_public.unwrap_or(false),
         })
     });
-    let rlog = doc
-        .log
-        .as_ref()
-        .map(|l| l.value.clone())
-        .unwrap_or_default();
-    let log = Log {
-        format: rlog.format.unwrap_or(LogFormat::Text),
-        level: rlog.level.unwrap_or_else(|| "info".to_owned()),
-    };
+    let log = section(&doc.log);
     if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log.level) {
         let (f, p) = doc
             .log
@@ -802,15 +766,7 @@ pub(super) fn validate(
         cx.err(f, &p.key("level"), format!("invalid log filter: {e}"));
     }
 
-    let rh = doc
-        .health
-        .as_ref()
-        .map(|l| l.value.clone())
-        .unwrap_or_default();
-    let health = super::HealthSettings {
-        failures: rh.failures.unwrap_or(3),
-        cooldown: rh.cooldown.map_or(Duration::from_secs(30), |d| d.get()),
-    };
+    let health = section(&doc.health);
     if let (Some(l), 0) = (&doc.health, health.failures) {
         cx.err(
             l.file,
@@ -818,11 +774,7 @@ pub(super) fn validate(
             "must be greater than zero",
         );
     }
-    let queue = doc
-        .queue
-        .as_ref()
-        .map(|l| l.value.clone())
-        .unwrap_or_default();
+    let queue = section(&doc.queue);
     let cluster = doc.cluster.as_ref().and_then(|l| {
         let key = l.path.clone().key("redis");
         let Some(src) = &l.value.redis else {
@@ -867,16 +819,7 @@ pub(super) fn validate(
             );
         }
     }
-    let rr = doc
-        .reload
-        .as_ref()
-        .map(|l| l.value.clone())
-        .unwrap_or_default();
-    let reload = super::ReloadSettings {
-        watch: rr.watch.unwrap_or(true),
-        interval: rr.interval.map_or(Duration::from_secs(2), |d| d.get()),
-        probe: rr.probe.unwrap_or(true),
-    };
+    let reload = section(&doc.reload);
     if let Some(l) = &doc.reload
         && reload.interval < Duration::from_millis(100)
     {

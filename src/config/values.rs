@@ -100,6 +100,26 @@ impl<'de> Deserialize<'de> for Size {
     }
 }
 
+/// `#[serde(deserialize_with = ...)]` helpers for keys written as a
+/// [`Dur`] or a [`Size`] whose value the rest of the code reads as a plain
+/// [`Duration`] or byte count: the parse (and its error text) stays the
+/// newtype's.
+pub mod plain {
+    use super::{Dur, Size};
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    /// A duration such as `"30s"`, held as a [`Duration`].
+    pub fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        Dur::deserialize(d).map(Dur::get)
+    }
+
+    /// A size such as `"25MB"` or a number of bytes, held as bytes.
+    pub fn bytes<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        Size::deserialize(d).map(Size::bytes)
+    }
+}
+
 impl fmt::Display for Size {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let b = self.0;
