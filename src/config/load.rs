@@ -11,7 +11,7 @@
 //! up by key path; `validate` sorts the errors into file order.
 
 use super::raw::{
-    HealthSettings, Limits, Log, QueueSettings, RawAdmin, RawApplication, RawDkim, RawListener,
+    HealthSettings, Limits, Listener, Log, QueueSettings, RawAdmin, RawApplication, RawDkim,
     RawRoute, RawServer, RawSystem, RawTenant, RawTls, ReloadSettings,
 };
 use super::{Config, ConfigError, ConfigErrors};
@@ -164,7 +164,7 @@ pub(super) struct Located<T> {
 #[derive(Default)]
 pub(super) struct RawDoc {
     pub system: Option<Located<RawSystem>>,
-    pub listeners: Vec<Located<RawListener>>,
+    pub listeners: Vec<Located<Listener>>,
     pub tls: Option<Located<RawTls>>,
     pub limits: Option<Located<Limits>>,
     pub admin: Option<Located<RawAdmin>>,

@@ -23,8 +23,9 @@ pub use load::{
     DEFAULT_CONFIG, files_hash, load_default, load_file, load_str, source_hash, watch_hash,
 };
 pub use raw::{
-    BlacklistAction, DeliveryMode, HealthSettings, LimitCounts, Limits, ListenerAuth, ListenerTls,
-    Log, LogFormat, OnRedisError, QueueSettings, ReloadSettings, Security, UpstreamAuth,
+    BlacklistAction, DeliveryMode, HealthSettings, LimitCounts, Limits, Listener, ListenerAuth,
+    ListenerTls, Log, LogFormat, OnRedisError, QueueSettings, ReloadSettings, Security,
+    UpstreamAuth,
 };
 use values::{BlacklistEntry, Cidr, EmailAddress, HeaderText, Limit, Secret};
 
@@ -146,29 +147,6 @@ pub struct System {
     pub blacklist: Vec<BlacklistEntry>,
     /// Its action.
     pub blacklist_action: BlacklistAction,
-}
-
-/// A listener.
-#[derive(Debug, Clone)]
-pub struct Listener {
-    /// Name for logs and metrics.
-    pub name: String,
-    /// Address to bind.
-    pub address: SocketAddr,
-    /// TLS mode.
-    pub tls: ListenerTls,
-    /// AUTH requirement.
-    pub auth: ListenerAuth,
-    /// Offer AUTH without TLS.
-    pub allow_plaintext_auth: bool,
-    /// Bound application.
-    pub application: Option<String>,
-    /// Accept bare LF in DATA.
-    pub allow_bare_lf: bool,
-    /// Require a PROXY protocol header.
-    pub proxy_protocol: bool,
-    /// Peers that may send it.
-    pub proxy_trusted: Vec<Cidr>,
 }
 
 /// The listener certificate, loaded.

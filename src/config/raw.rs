@@ -18,6 +18,7 @@
 
 use super::values::{BlacklistEntry, Cidr, Dur, EmailAddress, HeaderText, Limit, SecretSource};
 use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 /// Declares a config table whose keys all have defaults, one line per key:
@@ -121,29 +122,41 @@ pub enum BlacklistAction {
     Reject,
 }
 
-/// `[[listener]]`: one inbound address.
+/// `[[listener]]`: one inbound address. Declared once: this is also the
+/// validated type (`Config::listeners`); each key's default is written on
+/// it (`#[serde(default)]`: `false`, empty, or the enum's `#[default]`
+/// variant). `validate::listener` checks it against the rest of the config
+/// and fills in `name`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawListener {
-    /// Optional name, used in logs and metric labels (default: the address).
-    pub name: Option<String>,
+pub struct Listener {
+    /// Name used in logs and metric labels. Default (also when empty): the
+    /// address, e.g. `127.0.0.1:2525`.
+    #[serde(default)]
+    pub name: String,
     /// `host:port` to bind, e.g. `"127.0.0.1:2525"` or `"[::]:587"`.
-    pub address: String,
-    /// `none`, `starttls` (offered) or `implicit` (TLS from the first byte).
-    pub tls: Option<ListenerTls>,
-    /// `none` (no AUTH offered), `optional` or `required`.
-    pub auth: Option<ListenerAuth>,
+    #[serde(deserialize_with = "super::values::plain::socket_addr")]
+    pub address: SocketAddr,
+    /// `none` (default), `starttls` (offered) or `implicit` (TLS from the first byte).
+    #[serde(default)]
+    pub tls: ListenerTls,
+    /// `none` (no AUTH offered), `optional` (default) or `required`.
+    #[serde(default)]
+    pub auth: ListenerAuth,
     /// Offer AUTH without TLS (legacy LAN clients). Default `false`.
-    pub allow_plaintext_auth: Option<bool>,
+    #[serde(default)]
+    pub allow_plaintext_auth: bool,
     /// Every client on this listener is this application (unless it
     /// authenticates as another one).
     pub application: Option<String>,
     /// Accept bare LF line endings in DATA and normalise them to CRLF.
     /// Default `false` (refused with 500 5.6.0 unless the application allows it).
-    pub allow_bare_lf: Option<bool>,
+    #[serde(default)]
+    pub allow_bare_lf: bool,
     /// Require a PROXY protocol v1 or v2 header (from a TCP load balancer)
     /// before SMTP; its client address then stands for the client. Default `false`.
-    pub proxy_protocol: Option<bool>,
+    #[serde(default)]
+    pub proxy_protocol: bool,
     /// Peers (addresses or networks) allowed to send the PROXY header; any
     /// other peer is refused. Required with `proxy_protocol = true`.
     #[serde(default)]
@@ -151,10 +164,11 @@ pub struct RawListener {
 }
 
 /// TLS mode of a listener.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ListenerTls {
-    /// Plaintext only.
+    /// Plaintext only (the default).
+    #[default]
     None,
     /// Plaintext with STARTTLS offered.
     Starttls,
@@ -163,12 +177,14 @@ pub enum ListenerTls {
 }
 
 /// AUTH requirement of a listener.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ListenerAuth {
     /// AUTH is not offered; clients are identified by listener or address.
     None,
-    /// AUTH offered; unauthenticated clients are identified by listener or address.
+    /// AUTH offered; unauthenticated clients are identified by listener or
+    /// address (the default).
+    #[default]
     Optional,
     /// AUTH required before MAIL.
     Required,

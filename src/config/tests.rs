@@ -583,6 +583,55 @@ fn defaults_apply() {
     assert_eq!(c.listeners[0].name, "127.0.0.1:2525");
 }
 
+/// `[[listener]]` is declared once (raw.rs): defaults on the fields, the
+/// name filled in from the address; a bad address is its only error (the
+/// listener counts as defined, so no "no [[listener]]"), and a duplicate
+/// address after it still names the right listener.
+#[test]
+fn listener_defaults_and_a_bad_address_alone() {
+    let c = load(&format!(
+        "{}\n[[listener]]\nname = \"\"\naddress = \"localhost:2526\"\n",
+        base()
+    ))
+    .unwrap();
+    let l = &c.listeners[1];
+    assert_eq!(l.name, "127.0.0.1:2526");
+    assert_eq!((l.tls, l.auth), (ListenerTls::None, ListenerAuth::Optional));
+    assert!(!l.allow_plaintext_auth && !l.allow_bare_lf && !l.proxy_protocol);
+
+    let only = base().replace("127.0.0.1:2525", "somewhere");
+    let e = errors(&only);
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert_eq!(e[0].key, "listener[0].address");
+    assert_eq!(e[0].line, 6);
+    assert!(
+        e[0].message.starts_with("invalid address \"somewhere\""),
+        "{e:?}"
+    );
+
+    let e = errors(&format!(
+        "{}\n[[listener]]\naddress = \"x\"\n[[listener]]\naddress = \"127.0.0.1:2525\"\n",
+        base()
+    ));
+    let keys: Vec<_> = e
+        .iter()
+        .map(|e| (e.key.as_str(), e.message.as_str()))
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            (
+                "listener[1].address",
+                "invalid address \"x\": expected IP:port such as \"127.0.0.1:2525\" or \"[::]:587\""
+            ),
+            (
+                "listener[2].address",
+                "address 127.0.0.1:2525 is already used by listener[0]"
+            ),
+        ]
+    );
+}
+
 /// Sections declared with `section!` (raw.rs): a key left out takes the
 /// default written beside it, whether the table is absent or present with
 /// other keys; a key that is set wins; an unknown key is still refused.

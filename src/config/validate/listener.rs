@@ -4,9 +4,9 @@
 //! clients it cannot identify or lets anyone send as an application (an
 //! open relay). At least one listener must exist.
 
-use super::{Ctx, parse_socket_addr};
+use super::Ctx;
 use crate::config::load::{KeyPath, Located};
-use crate::config::raw::{ListenerAuth, ListenerTls, RawApplication, RawListener};
+use crate::config::raw::{ListenerAuth, ListenerTls, RawApplication};
 use crate::config::values::Cidr;
 use crate::config::{Config, Listener};
 use std::collections::HashMap;
@@ -17,31 +17,27 @@ use std::net::{IpAddr, SocketAddr};
 pub(super) fn listeners(
     cx: &mut Ctx<'_, '_>,
     cfg: &mut Config,
-    listeners: &[Located<RawListener>],
+    listeners: &[Located<Listener>],
     has_tls: bool,
     raw_apps: &[(String, Located<RawApplication>)],
 ) {
-    let mut bound: HashMap<SocketAddr, usize> = HashMap::new();
-    for (i, l) in listeners.iter().enumerate() {
+    // By path, not position: a listener left out for its own errors
+    // (a bad address) keeps the others' numbers.
+    let mut bound: HashMap<SocketAddr, &KeyPath> = HashMap::new();
+    for l in listeners {
         let r = &l.value;
         let p = &l.path;
-        let address = match parse_socket_addr(&r.address) {
-            Ok(a) => a,
-            Err(m) => {
-                cx.err(l.file, &p.clone().key("address"), m);
-                continue;
-            }
-        };
+        let address = r.address;
         if address.port() == 0 {
             // Port 0: the OS picks a free port for each (tests do this).
-        } else if let Some(prev) = bound.insert(address, i) {
+        } else if let Some(prev) = bound.insert(address, p) {
             cx.err(
                 l.file,
                 &p.clone().key("address"),
-                format!("address {address} is already used by listener[{prev}]"),
+                format!("address {address} is already used by {prev}"),
             );
         }
-        let tls = r.tls.unwrap_or(ListenerTls::None);
+        let tls = r.tls;
         if tls != ListenerTls::None && !has_tls {
             cx.err(
                 l.file,
@@ -49,7 +45,7 @@ pub(super) fn listeners(
                 "TLS on a listener needs a [tls] section with certificate and private_key",
             );
         }
-        let auth = r.auth.unwrap_or(ListenerAuth::Optional);
+        let auth = r.auth;
         if let Some(a) = &r.application
             && !cfg.applications.contains_key(a)
             && !raw_apps.iter().any(|(n, _)| n == a)
@@ -69,7 +65,7 @@ pub(super) fn listeners(
                 "auth = \"required\" but no application has an auth_user: nobody could send",
             );
         }
-        let proxy_protocol = r.proxy_protocol.unwrap_or(false);
+        let proxy_protocol = r.proxy_protocol;
         if proxy_protocol && r.proxy_trusted.is_empty() {
             cx.err(
                 l.file,
@@ -107,7 +103,7 @@ pub(super) fn listeners(
                 );
             }
         }
-        if r.allow_plaintext_auth == Some(true) && auth == ListenerAuth::None {
+        if r.allow_plaintext_auth && auth == ListenerAuth::None {
             cx.warn(
                 l.file,
                 &p.clone().key("allow_plaintext_auth"),
@@ -133,17 +129,11 @@ pub(super) fn listeners(
                 format!("every client that reaches {address} without AUTH sends as this application; restrict access to the port"),
             );
         }
-        cfg.listeners.push(Listener {
-            name: r.name.clone().unwrap_or_else(|| address.to_string()),
-            address,
-            tls,
-            auth,
-            allow_plaintext_auth: r.allow_plaintext_auth.unwrap_or(false),
-            application: r.application.clone(),
-            allow_bare_lf: r.allow_bare_lf.unwrap_or(false),
-            proxy_protocol,
-            proxy_trusted: r.proxy_trusted.clone(),
-        });
+        let mut listener = r.clone();
+        if listener.name.is_empty() {
+            listener.name = address.to_string();
+        }
+        cfg.listeners.push(listener);
     }
 
     if listeners.is_empty() && !cx.broken.iter().any(|(k, _)| *k == "listener") {

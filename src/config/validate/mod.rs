@@ -34,10 +34,10 @@ mod system;
 mod tenant;
 
 use super::load::{KeyPath, Located, RawDoc, Sources};
+pub(super) use super::values::parse_socket_addr;
 use super::values::{Secret, SecretSource};
 use super::{Config, ConfigError, ConfigErrors};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 /// What every validation function reports into: errors and warnings with
@@ -125,18 +125,6 @@ impl Ctx<'_, '_> {
             self.src.base_dir(file).join(p)
         }
     }
-}
-
-fn parse_socket_addr(s: &str) -> Result<SocketAddr, String> {
-    if let Some(port) = s.strip_prefix("localhost:") {
-        let port: u16 = port.parse().map_err(|_| format!("invalid port in {s:?}"))?;
-        return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
-    }
-    s.parse().map_err(|_| {
-        format!(
-            "invalid address {s:?}: expected IP:port such as \"127.0.0.1:2525\" or \"[::]:587\""
-        )
-    })
 }
 
 /// A section as written, or its defaults when the file has none.
