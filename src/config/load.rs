@@ -12,7 +12,7 @@
 
 use super::raw::{
     HealthSettings, Limits, Listener, Log, QueueSettings, RawAdmin, RawApplication, RawDkim,
-    RawRoute, RawServer, RawSystem, RawTenant, RawTls, ReloadSettings,
+    RawRoute, RawServer, RawTenant, RawTls, ReloadSettings, System,
 };
 use super::{Config, ConfigError, ConfigErrors};
 use serde::de::DeserializeOwned;
@@ -163,7 +163,7 @@ pub(super) struct Located<T> {
 /// Everything the files say, before validation.
 #[derive(Default)]
 pub(super) struct RawDoc {
-    pub system: Option<Located<RawSystem>>,
+    pub system: Option<Located<System>>,
     pub listeners: Vec<Located<Listener>>,
     pub tls: Option<Located<RawTls>>,
     pub limits: Option<Located<Limits>>,

@@ -24,7 +24,7 @@ pub use load::{
 };
 pub use raw::{
     BlacklistAction, DeliveryMode, HealthSettings, LimitCounts, Limits, Listener, ListenerAuth,
-    ListenerTls, Log, LogFormat, OnRedisError, QueueSettings, ReloadSettings, Security,
+    ListenerTls, Log, LogFormat, OnRedisError, QueueSettings, ReloadSettings, Security, System,
     UpstreamAuth,
 };
 use values::{BlacklistEntry, Cidr, EmailAddress, HeaderText, Limit, Secret};
@@ -116,37 +116,6 @@ pub struct Config {
     pub unknown_transient_until: Option<std::time::Instant>,
     auth_index: HashMap<String, String>,
     ip_index: Vec<(Cidr, String)>,
-}
-
-/// `[system]` with defaults applied.
-#[derive(Debug, Clone)]
-pub struct System {
-    /// Greeting / EHLO / Received name.
-    pub hostname: String,
-    /// Global sending switch.
-    pub enabled: bool,
-    /// Delivery mode as configured.
-    pub delivery: DeliveryMode,
-    /// Spool directory (absolute or relative to the working directory).
-    pub spool: PathBuf,
-    /// The system default server.
-    pub default_server: Option<String>,
-    /// The system fallback server, after the default.
-    pub fallback_server: Option<String>,
-    /// Last-resort sender.
-    pub default_sender: Option<EmailAddress>,
-    /// Last-resort display name.
-    pub display_name: Option<HeaderText>,
-    /// Last-resort Reply-To.
-    pub reply_to: Option<EmailAddress>,
-    /// Where DSNs go when nothing more specific is set.
-    pub bounce_address: Option<EmailAddress>,
-    /// Runtime threads (`None`: one per CPU).
-    pub worker_threads: Option<usize>,
-    /// System suppression list.
-    pub blacklist: Vec<BlacklistEntry>,
-    /// Its action.
-    pub blacklist_action: BlacklistAction,
 }
 
 /// The listener certificate, loaded.

@@ -19,6 +19,7 @@
 use super::values::{BlacklistEntry, Cidr, Dur, EmailAddress, HeaderText, Limit, SecretSource};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Declares a config table whose keys all have defaults, one line per key:
@@ -61,44 +62,60 @@ macro_rules! section {
     };
 }
 
-/// `[system]`: global switches and the system side of every inherited setting.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawSystem {
-    /// Name used in the greeting, in EHLO upstream and in `Received:`.
-    /// Default: the machine's host name.
-    pub hostname: Option<HeaderText>,
-    /// `false` refuses all sending with a 4xx, whatever tenants configure.
-    pub enabled: Option<bool>,
-    /// `"queue"` (default: the message is fsynced to the spool before the
-    /// client's 250 and delivered in the background with retries) or
-    /// `"direct"` (the client's reply waits for the upstream's answer).
-    pub delivery: Option<DeliveryMode>,
-    /// Directory for the queue and persistent state (relative to the config).
-    pub spool: Option<String>,
-    /// The system default server, last in every chain that may use it.
-    pub default_server: Option<String>,
-    /// The system's own fallback, tried after `default_server`. This is the
-    /// fallback PRODUCT §3.6 calls implied: an application whose primary is
-    /// the system default server may not set its own.
-    pub fallback_server: Option<String>,
-    /// Sender used when neither server, application nor tenant sets one.
-    pub default_sender: Option<EmailAddress>,
-    /// Display name used when neither application nor tenant sets one.
-    pub display_name: Option<HeaderText>,
-    /// Reply-To used when neither application nor tenant sets one.
-    pub reply_to: Option<EmailAddress>,
-    /// Where delivery status notifications go when the envelope sender is
-    /// empty or when a tenant routes bounces centrally.
-    pub bounce_address: Option<EmailAddress>,
-    /// System-wide suppression list: addresses or `@domain`.
-    #[serde(default)]
-    pub blacklist: Vec<BlacklistEntry>,
-    /// What happens to a recipient on the system list: `drop` or `reject`.
-    pub blacklist_action: Option<BlacklistAction>,
-    /// Threads of the async runtime. Default: one per CPU. Read at start
-    /// only (a reload does not change it).
-    pub worker_threads: Option<usize>,
+section! {
+    /// `[system]`: global switches and the system side of every inherited
+    /// setting. Declared once; `validate::system` resolves `spool` against
+    /// the config's directory and checks the rest.
+    pub struct System {
+        /// Name used in the greeting, in EHLO upstream and in `Received:`.
+        /// Default: the machine's host name.
+        #[serde(deserialize_with = "super::values::plain::header_text")]
+        pub hostname: String = machine_hostname(),
+        /// `false` refuses all sending with a 4xx, whatever tenants configure.
+        /// Default `true`.
+        pub enabled: bool = true,
+        /// `"queue"` (default: the message is fsynced to the spool before the
+        /// client's 250 and delivered in the background with retries) or
+        /// `"direct"` (the client's reply waits for the upstream's answer).
+        pub delivery: DeliveryMode = DeliveryMode::Queue,
+        /// Directory for the queue and persistent state (relative to the
+        /// config). Default `"spool"`.
+        pub spool: PathBuf = PathBuf::from("spool"),
+        /// The system default server, last in every chain that may use it.
+        pub default_server: Option<String> = None,
+        /// The system's own fallback, tried after `default_server`. This is the
+        /// fallback PRODUCT §3.6 calls implied: an application whose primary is
+        /// the system default server may not set its own.
+        pub fallback_server: Option<String> = None,
+        /// Sender used when neither server, application nor tenant sets one.
+        pub default_sender: Option<EmailAddress> = None,
+        /// Display name used when neither application nor tenant sets one.
+        pub display_name: Option<HeaderText> = None,
+        /// Reply-To used when neither application nor tenant sets one.
+        pub reply_to: Option<EmailAddress> = None,
+        /// Where delivery status notifications go when the envelope sender is
+        /// empty or when a tenant routes bounces centrally.
+        pub bounce_address: Option<EmailAddress> = None,
+        /// System-wide suppression list: addresses or `@domain`.
+        pub blacklist: Vec<BlacklistEntry> = Vec::new(),
+        /// What happens to a recipient on the system list: `drop` (default)
+        /// or `reject`.
+        pub blacklist_action: BlacklistAction = BlacklistAction::Drop,
+        /// Threads of the async runtime. Default: one per CPU. Read at start
+        /// only (a reload does not change it).
+        pub worker_threads: Option<usize> = None,
+    }
+}
+
+/// The default of `system.hostname`: the machine's host name, or
+/// `localhost` when it is empty or not usable in SMTP.
+fn machine_hostname() -> String {
+    let h = gethostname::gethostname().to_string_lossy().into_owned();
+    if h.is_empty() || h.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        "localhost".to_owned()
+    } else {
+        h
+    }
 }
 
 /// Delivery mode (PRODUCT §3.8).

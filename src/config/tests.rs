@@ -646,6 +646,11 @@ fn declared_sections_default_each_missing_key() {
     assert_eq!(absent.log.format, LogFormat::Text);
     assert_eq!(absent.queue.concurrency, 100);
     assert_eq!(absent.limits.max_session_time, Duration::from_secs(3600));
+    // [system] is present in base() with other keys.
+    assert!(absent.system.enabled);
+    assert_eq!(absent.system.blacklist_action, BlacklistAction::Drop);
+    assert_eq!(absent.system.spool, Path::new("/nonexistent-base/spool"));
+    assert_eq!(absent.system.worker_threads, None);
 
     let partial = load(&format!(
         "{}\n[health]\nfailures = 7\n[limits]\nmax_recipients = 5\n[log]\nformat = \"json\"\n",

@@ -120,6 +120,11 @@ pub mod plain {
         Size::deserialize(d).map(Size::bytes)
     }
 
+    /// Header text (no CR, LF or other control characters), held as a `String`.
+    pub fn header_text<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+        super::HeaderText::deserialize(d).map(|h| h.as_str().to_owned())
+    }
+
     /// An address to bind, `IP:port` or `localhost:port`.
     pub fn socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
         let s = String::deserialize(d)?;

@@ -2,40 +2,22 @@
 //! setting, with their defaults; and, once the servers are known, the
 //! system default and fallback servers.
 
-use super::{Ctx, server};
+use super::{Ctx, section, server};
 use crate::config::load::{KeyPath, Located};
-use crate::config::raw::{BlacklistAction, DeliveryMode, RawSystem};
 use crate::config::{Config, System};
 
 /// `[system]` with defaults applied, and where it is (the main file's
 /// `system` table, or where it would be).
 pub(super) fn system(
     cx: &mut Ctx<'_, '_>,
-    l: &Option<Located<RawSystem>>,
+    l: &Option<Located<System>>,
 ) -> (System, usize, KeyPath) {
-    let (sys_file, sys_path, rs) = match l {
-        Some(l) => (l.file, l.path.clone(), l.value.clone()),
-        None => (0, KeyPath::new(["system"]), Default::default()),
+    let (sys_file, sys_path) = match l {
+        Some(l) => (l.file, l.path.clone()),
+        None => (0, KeyPath::new(["system"])),
     };
-    let delivery = rs.delivery.unwrap_or(DeliveryMode::Queue);
-    let system = System {
-        hostname: rs
-            .hostname
-            .as_ref()
-            .map_or_else(system_hostname, |h| h.as_str().to_owned()),
-        enabled: rs.enabled.unwrap_or(true),
-        delivery,
-        spool: cx.resolve_path(sys_file, rs.spool.as_deref().unwrap_or("spool")),
-        default_server: rs.default_server.clone(),
-        fallback_server: rs.fallback_server.clone(),
-        default_sender: rs.default_sender.clone(),
-        display_name: rs.display_name.clone(),
-        reply_to: rs.reply_to.clone(),
-        bounce_address: rs.bounce_address.clone(),
-        worker_threads: rs.worker_threads,
-        blacklist: rs.blacklist.clone(),
-        blacklist_action: rs.blacklist_action.unwrap_or(BlacklistAction::Drop),
-    };
+    let mut system = section(l);
+    system.spool = cx.resolve_path(sys_file, &system.spool.to_string_lossy());
     if system.worker_threads == Some(0) {
         cx.err(
             sys_file,
@@ -88,14 +70,5 @@ pub(super) fn servers(cx: &mut Ctx<'_, '_>, cfg: &Config, sys_file: usize, sys_p
             format!("default_server and fallback_server are both {d:?}; they must differ"),
         ),
         _ => {}
-    }
-}
-
-fn system_hostname() -> String {
-    let h = gethostname::gethostname().to_string_lossy().into_owned();
-    if h.is_empty() || h.chars().any(|c| c.is_control() || c.is_whitespace()) {
-        "localhost".to_owned()
-    } else {
-        h
     }
 }
