@@ -271,14 +271,16 @@ section! {
 #[serde(deny_unknown_fields)]
 pub struct RawAdmin {
     /// `host:port` for `/metrics`, `/healthz`, `/readyz` and the admin API.
-    pub address: String,
+    #[serde(deserialize_with = "super::values::plain::socket_addr")]
+    pub address: SocketAddr,
     /// Bearer token for the admin API (`/api/v1/…`); without one the API
     /// is off.
     pub token: Option<SecretSource>,
     /// Serve the status page (`GET /`) without the token even when the
     /// admin address is not loopback. Default `false`: open on a loopback
     /// address, behind the token otherwise.
-    pub status_public: Option<bool>,
+    #[serde(default)]
+    pub status_public: bool,
 }
 
 /// `[cluster]`: several instances sharing state (PRODUCT §3.10).
@@ -291,7 +293,8 @@ pub struct RawCluster {
     /// When Redis cannot be reached: `local` (default; count in this
     /// instance alone, with a warning and a metric) or `closed` (treat
     /// every limited server as over its limit).
-    pub on_redis_error: Option<OnRedisError>,
+    #[serde(default)]
+    pub on_redis_error: OnRedisError,
 }
 
 /// What send limits do while Redis cannot be reached.
@@ -556,7 +559,8 @@ pub struct RawTenant {
     #[serde(default)]
     pub blacklist: Vec<BlacklistEntry>,
     /// Action for this tenant's list: `drop` (default) or `reject`.
-    pub blacklist_action: Option<BlacklistAction>,
+    #[serde(default)]
+    pub blacklist_action: BlacklistAction,
     /// Test mode. Inherited as a whole.
     pub test_mode: Option<RawTestMode>,
 }

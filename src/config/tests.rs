@@ -374,6 +374,12 @@ fn validation_rules() {
             "already used",
         ),
         (
+            "bad admin address",
+            "[admin]\naddress = \"nowhere\"\n",
+            "admin.address",
+            "invalid address \"nowhere\": expected IP:port",
+        ),
+        (
             "bad listener address",
             "[[listener]]\naddress = \"somewhere\"\n",
             "listener[1].address",
@@ -651,6 +657,10 @@ fn declared_sections_default_each_missing_key() {
     assert_eq!(absent.system.blacklist_action, BlacklistAction::Drop);
     assert_eq!(absent.system.spool, Path::new("/nonexistent-base/spool"));
     assert_eq!(absent.system.worker_threads, None);
+    assert!(absent.admin.is_none());
+    let admin = load(&format!("{}\n[admin]\naddress = \"localhost:0\"\n", base())).unwrap();
+    let admin = admin.admin.unwrap();
+    assert!(!admin.status_public && admin.token.is_none());
 
     let partial = load(&format!(
         "{}\n[health]\nfailures = 7\n[limits]\nmax_recipients = 5\n[log]\nformat = \"json\"\n",

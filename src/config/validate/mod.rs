@@ -34,7 +34,6 @@ mod system;
 mod tenant;
 
 use super::load::{KeyPath, Located, RawDoc, Sources};
-pub(super) use super::values::parse_socket_addr;
 use super::values::{Secret, SecretSource};
 use super::{Config, ConfigError, ConfigErrors};
 use std::collections::{BTreeMap, BTreeSet, HashMap};

@@ -3,7 +3,7 @@
 //! in `raw.rs`; here are the checks that need a file position, and the
 //! resolution of paths and secrets.
 
-use super::{Ctx, parse_socket_addr, section};
+use super::{Ctx, section};
 use crate::config::load::{KeyPath, Located};
 use crate::config::raw::{
     HealthSettings, Limits, Log, QueueSettings, RawAdmin, RawCluster, RawTls, ReloadSettings,
@@ -73,13 +73,7 @@ pub(super) fn tls(cx: &mut Ctx<'_, '_>, l: &Option<Located<RawTls>>) -> Option<T
 /// `[admin]`: the address, and the token resolved.
 pub(super) fn admin(cx: &mut Ctx<'_, '_>, l: &Option<Located<RawAdmin>>) -> Option<Admin> {
     l.as_ref().and_then(|l| {
-        let address = match parse_socket_addr(&l.value.address) {
-            Ok(a) => a,
-            Err(m) => {
-                cx.err(l.file, &l.path.clone().key("address"), m);
-                return None;
-            }
-        };
+        let address = l.value.address;
         let token = l
             .value
             .token
@@ -88,7 +82,7 @@ pub(super) fn admin(cx: &mut Ctx<'_, '_>, l: &Option<Located<RawAdmin>>) -> Opti
         Some(Admin {
             address,
             token,
-            status_public: l.value.status_public.unwrap_or(false),
+            status_public: l.value.status_public,
         })
     })
 }
@@ -139,7 +133,7 @@ pub(super) fn cluster(cx: &mut Ctx<'_, '_>, l: &Option<Located<RawCluster>>) -> 
         }
         Some(Cluster {
             redis,
-            on_redis_error: l.value.on_redis_error.unwrap_or_default(),
+            on_redis_error: l.value.on_redis_error,
         })
     })
 }

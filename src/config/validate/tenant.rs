@@ -4,7 +4,7 @@
 
 use super::{Ctx, server};
 use crate::config::load::{KeyPath, Located};
-use crate::config::raw::{BlacklistAction, RawTenant, RawTestMode};
+use crate::config::raw::{RawTenant, RawTestMode};
 use crate::config::{Config, Tenant, TestMode, TestModeSetting};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -37,7 +37,7 @@ pub(super) fn tenants(
                 reply_to: t.reply_to.clone(),
                 bounce_address: t.bounce_address.clone(),
                 blacklist: t.blacklist.clone(),
-                blacklist_action: t.blacklist_action.unwrap_or(BlacklistAction::Drop),
+                blacklist_action: t.blacklist_action,
                 test_mode: tm,
             },
         );
