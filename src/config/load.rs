@@ -241,6 +241,18 @@ fn entity<T: DeserializeOwned>(
     value: &Spanned<DeValue<'_>>,
     errors: &mut Vec<ConfigError>,
 ) -> Option<T> {
+    entity_keys(src, file, path, value, errors).map(|(t, _)| t)
+}
+
+/// [`entity`], with the keys of the entity's table that the file set and
+/// that were kept (not removed for an error of their own).
+fn entity_keys<T: DeserializeOwned>(
+    src: &Sources<'_>,
+    file: usize,
+    path: &KeyPath,
+    value: &Spanned<DeValue<'_>>,
+    errors: &mut Vec<ConfigError>,
+) -> Option<(T, Vec<String>)> {
     let mut v = value.clone();
     // Keys removed for being bad: a later "missing field" about one of
     // them only repeats that error.
@@ -252,7 +264,13 @@ fn entity<T: DeserializeOwned>(
             // counts as defined: references to it and its other checks
             // go on, so one bad value does not cascade (the config is
             // refused anyway, since an error was recorded).
-            Ok(t) => return Some(t),
+            Ok(t) => {
+                let keys = match v.get_ref() {
+                    DeValue::Table(t) => t.iter().map(|(k, _)| k.get_ref().to_string()).collect(),
+                    _ => Vec::new(),
+                };
+                return Some((t, keys));
+            }
             Err(e) => {
                 let mut segs = to_segs(e.path());
                 let inner = e.into_inner();
@@ -372,8 +390,11 @@ fn collect(src: &Sources<'_>, file: usize, doc: &mut RawDoc, errors: &mut Vec<Co
                         continue;
                     }
                     match k {
-                        "server" => match entity(src, file, &p, item, errors) {
-                            Some(v) => doc.servers.push((name, Located { file, path: p, value: v })),
+                        "server" => match entity_keys::<RawServer>(src, file, &p, item, errors) {
+                            Some((mut v, keys)) => {
+                                v.written = keys;
+                                doc.servers.push((name, Located { file, path: p, value: v }))
+                            }
                             None => doc.broken.push(("server", name)),
                         },
                         "tenant" => match entity(src, file, &p, item, errors) {

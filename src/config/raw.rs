@@ -373,12 +373,22 @@ pub enum LogFormat {
     Json,
 }
 
-/// `[server.NAME]`: an upstream.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// `[server.NAME]`: an upstream. One flat table for every kind, so keys
+/// of another kind can be refused by name; `validate::server` builds the
+/// kind's settings from it. Defaults are written on the fields
+/// (`#[serde(default)]`: the type's default or the named function beside
+/// it); keys whose default depends on other keys (`port`, `tls_name`,
+/// `helo_name`) stay optional and are resolved in `validate::server`.
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawServer {
+    /// The keys the file set (and that parsed): filled in by `load`, so a
+    /// key of another kind is refused even when it has a default.
+    #[serde(skip)]
+    pub written: Vec<String>,
     /// `smtp` (default), `capture` or `graph`.
-    pub kind: Option<ServerKindName>,
+    #[serde(default)]
+    pub kind: ServerKindName,
     /// Owning tenant; system servers name none.
     pub tenant: Option<String>,
     /// SMTP: host name or IP address.
@@ -386,7 +396,8 @@ pub struct RawServer {
     /// SMTP: port. Default 465 for `implicit`, else 587 (25 for `none`).
     pub port: Option<u16>,
     /// SMTP: `none`, `auto`, `implicit`, `starttls`, `starttls-when-available`. Default `auto`.
-    pub security: Option<Security>,
+    #[serde(default)]
+    pub security: Security,
     /// SMTP: AUTH user name; AUTH is used when set.
     pub username: Option<String>,
     /// SMTP: AUTH password (string, `{ env }` or `{ file }`).
@@ -405,30 +416,53 @@ pub struct RawServer {
     /// Send limit such as `"10000/day"`.
     pub limit: Option<Limit>,
     /// What the limit counts: `messages` (default) or `recipients`.
-    pub limit_counts: Option<LimitCounts>,
+    #[serde(default)]
+    pub limit_counts: LimitCounts,
     /// SMTP: TCP connect timeout. Default `"10s"`.
-    pub connect_timeout: Option<Dur>,
+    #[serde(
+        default = "secs::<10>",
+        deserialize_with = "super::values::plain::duration"
+    )]
+    pub connect_timeout: Duration,
     /// SMTP: timeout for the greeting and each command. Default `"60s"`.
-    pub command_timeout: Option<Dur>,
+    #[serde(
+        default = "secs::<60>",
+        deserialize_with = "super::values::plain::duration"
+    )]
+    pub command_timeout: Duration,
     /// SMTP: timeout for the data phase. Default `"10m"`.
-    pub data_timeout: Option<Dur>,
+    #[serde(
+        default = "secs::<600>",
+        deserialize_with = "super::values::plain::duration"
+    )]
+    pub data_timeout: Duration,
     /// SMTP: skip certificate verification (lab servers only). Default `false`.
-    pub accept_invalid_certs: Option<bool>,
+    #[serde(default)]
+    pub accept_invalid_certs: bool,
     /// SMTP: extra PEM CA certificates to trust for this server.
     pub ca_file: Option<String>,
     /// SMTP: TLS server name to verify, when `host` is an IP address.
     pub tls_name: Option<String>,
     /// SMTP: name sent in EHLO. Default: `system.hostname`.
     pub helo_name: Option<String>,
-    /// SMTP: most idle connections kept open to this server for reuse. Default 100.
-    pub pool_size: Option<usize>,
+    /// SMTP: most idle connections kept open to this server for reuse.
+    /// Default 100: with fewer than the concurrent deliveries, connections
+    /// are opened and closed per message (at 100 concurrent senders a pool
+    /// of 32 cost 40% of the throughput, bench/README.md); idle ones close
+    /// after `pool_idle_timeout`, so the pool shrinks when the load drops.
+    #[serde(default = "pool_size")]
+    pub pool_size: usize,
     /// SMTP: most concurrent connections (transactions) to this server
     /// across every session and the queue; a delivery waits for a slot up
     /// to `connect_timeout`, then fails over (direct) or defers (queue).
     /// Default: no cap.
     pub max_connections: Option<usize>,
     /// SMTP: how long an idle pooled connection is kept. Default `"30s"`.
-    pub pool_idle_timeout: Option<Dur>,
+    #[serde(
+        default = "secs::<30>",
+        deserialize_with = "super::values::plain::duration"
+    )]
+    pub pool_idle_timeout: Duration,
     /// Capture: the directory messages are written to (relative to the config).
     pub path: Option<String>,
     /// Graph: Azure AD tenant id.
@@ -441,11 +475,33 @@ pub struct RawServer {
     /// fixed sender unless `sender` is set.
     pub mailbox: Option<EmailAddress>,
     /// Graph: token authority. Default `"https://login.microsoftonline.com"`.
-    pub authority: Option<String>,
+    #[serde(default = "authority")]
+    pub authority: String,
     /// Graph: API base URL. Default `"https://graph.microsoft.com"`.
-    pub graph_url: Option<String>,
+    #[serde(default = "graph_url")]
+    pub graph_url: String,
     /// SMTP with `auth = "xoauth2"`: where and how tokens are fetched.
     pub oauth: Option<RawOAuth>,
+}
+
+/// A default of `N` seconds.
+fn secs<const N: u64>() -> Duration {
+    Duration::from_secs(N)
+}
+
+/// Default of `pool_size` (see there).
+fn pool_size() -> usize {
+    100
+}
+
+/// Default of a Graph server's `authority`.
+fn authority() -> String {
+    "https://login.microsoftonline.com".to_owned()
+}
+
+/// Default of a Graph server's `graph_url`.
+fn graph_url() -> String {
+    "https://graph.microsoft.com".to_owned()
 }
 
 /// `oauth = { ... }` of an SMTP server with `auth = "xoauth2"`.
@@ -467,10 +523,11 @@ pub struct RawOAuth {
 }
 
 /// Upstream kind.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ServerKindName {
-    /// An SMTP server.
+    /// An SMTP server (the default).
+    #[default]
     Smtp,
     /// A local capture outbox.
     Capture,
@@ -479,12 +536,13 @@ pub enum ServerKindName {
 }
 
 /// Upstream TLS mode (PRODUCT §3.5).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Security {
     /// Plaintext only.
     None,
-    /// Port 465: implicit; otherwise STARTTLS when offered.
+    /// Port 465: implicit; otherwise STARTTLS when offered (the default).
+    #[default]
     Auto,
     /// TLS from the first byte (SMTPS).
     Implicit,
@@ -509,10 +567,11 @@ pub enum UpstreamAuth {
 }
 
 /// What a send limit counts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LimitCounts {
-    /// One per message.
+    /// One per message (the default).
+    #[default]
     Messages,
     /// One per recipient (as most providers count).
     Recipients,

@@ -638,6 +638,67 @@ fn listener_defaults_and_a_bad_address_alone() {
     );
 }
 
+/// Server keys with a default on their field (raw.rs) are still refused
+/// on a server of another kind, because `load` records the keys the file
+/// set; a key refused for its value is not reported twice.
+#[test]
+fn server_defaults_and_keys_of_another_kind() {
+    let c = load(&base()).unwrap();
+    let ServerKind::Smtp(s) = &c.servers["sys"].kind else {
+        panic!()
+    };
+    assert_eq!(s.connect_timeout, Duration::from_secs(10));
+    assert_eq!(s.command_timeout, Duration::from_secs(60));
+    assert_eq!(s.data_timeout, Duration::from_secs(600));
+    assert_eq!(
+        (s.pool_size, s.pool_idle_timeout),
+        (100, Duration::from_secs(30))
+    );
+    assert!(!s.accept_invalid_certs);
+    assert_eq!(c.servers["sys"].limit_counts, LimitCounts::Messages);
+
+    let e = errors(&format!(
+        "{}\n[server.c]\nkind = \"capture\"\npath = \"o\"\npool_size = 3\nca_file = \"x\"\nconnect_timeout = \"soon\"\n[server.g]\nhost = \"h\"\nauthority = \"https://a.test\"\n",
+        base()
+    ));
+    let got: Vec<_> = e
+        .iter()
+        .map(|e| (e.key.as_str(), e.message.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (
+                "server.c.pool_size",
+                "`pool_size` does not apply to a server of kind capture"
+            ),
+            (
+                "server.c.ca_file",
+                "`ca_file` does not apply to a server of kind capture"
+            ),
+            (
+                "server.c.connect_timeout",
+                "invalid duration \"soon\": expected e.g. \"30s\", \"5m\", \"1h30m\""
+            ),
+            (
+                "server.g.authority",
+                "`authority` does not apply to a server of kind smtp"
+            ),
+        ]
+    );
+
+    let c = load(&format!(
+        "{}\n[server.x]\nhost = \"h\"\nlimit_counts = \"messages\"\n",
+        base()
+    ))
+    .unwrap();
+    assert!(
+        c.warnings.iter().any(|w| w.key == "server.x.limit_counts"),
+        "{:?}",
+        c.warnings
+    );
+}
+
 /// Sections declared with `section!` (raw.rs): a key left out takes the
 /// default written beside it, whether the table is absent or present with
 /// other keys; a key that is set wins; an unknown key is still refused.

@@ -6,20 +6,12 @@
 
 use super::Ctx;
 use crate::config::load::{KeyPath, Located};
-use crate::config::raw::{LimitCounts, RawServer, Security, ServerKindName, UpstreamAuth};
+use crate::config::raw::{RawServer, Security, ServerKindName, UpstreamAuth};
 use crate::config::{
     CaptureServer, Config, GraphServer, OAuth, OAuthGrant, Server, ServerKind, SmtpServer,
 };
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::Duration;
-
-/// Idle connections kept per SMTP server by default. With fewer than the
-/// concurrent deliveries, connections are opened and closed per message:
-/// at 100 concurrent senders a pool of 32 cost 40% of the throughput
-/// (bench/README.md). Idle ones close after `pool_idle_timeout`, so the
-/// pool shrinks when the load drops.
-const DEFAULT_POOL_SIZE: usize = 100;
 
 /// Every server that could be built (the others reported their errors).
 pub(super) fn servers(
@@ -35,10 +27,6 @@ pub(super) fn servers(
         }
     }
     servers
-}
-
-fn kind_of(s: &RawServer) -> ServerKindName {
-    s.kind.unwrap_or(ServerKindName::Smtp)
 }
 
 /// A `https://` URL without a trailing slash, or an error at `key`.
@@ -164,24 +152,8 @@ fn graph_server(
         .client_secret
         .as_ref()
         .and_then(|p| cx.secret(file, &path.clone().key("client_secret"), p));
-    let authority = https_url(
-        cx,
-        file,
-        path,
-        "authority",
-        s.authority
-            .as_deref()
-            .unwrap_or("https://login.microsoftonline.com"),
-    );
-    let graph_url = https_url(
-        cx,
-        file,
-        path,
-        "graph_url",
-        s.graph_url
-            .as_deref()
-            .unwrap_or("https://graph.microsoft.com"),
-    );
+    let authority = https_url(cx, file, path, "authority", &s.authority);
+    let graph_url = https_url(cx, file, path, "graph_url", &s.graph_url);
     let ca_file = ca_file(cx, file, path, s);
     let (tenant_id, client_id) = (s.tenant_id.clone()?, s.client_id.clone()?);
     if !(tenant_ok && client_ok) {
@@ -204,43 +176,34 @@ fn graph_server(
     })
 }
 
-/// Keys that only one server kind understands, for "does not apply" errors.
-fn kind_specific_keys(s: &RawServer) -> Vec<(&'static str, bool, ServerKindName)> {
+/// The kinds a kind-specific key applies to, for "does not apply" errors
+/// (`None`: every kind).
+fn kinds_of(key: &str) -> Option<&'static [ServerKindName]> {
     use ServerKindName::{Capture, Graph, Smtp};
-    vec![
-        ("host", s.host.is_some(), Smtp),
-        ("port", s.port.is_some(), Smtp),
-        ("security", s.security.is_some(), Smtp),
-        ("username", s.username.is_some(), Smtp),
-        ("password", s.password.is_some(), Smtp),
-        ("auth", s.auth.is_some(), Smtp),
-        ("connect_timeout", s.connect_timeout.is_some(), Smtp),
-        ("command_timeout", s.command_timeout.is_some(), Smtp),
-        ("data_timeout", s.data_timeout.is_some(), Smtp),
-        (
-            "accept_invalid_certs",
-            s.accept_invalid_certs.is_some(),
-            Smtp,
-        ),
-        ("tls_name", s.tls_name.is_some(), Smtp),
-        ("helo_name", s.helo_name.is_some(), Smtp),
-        ("pool_size", s.pool_size.is_some(), Smtp),
-        ("pool_idle_timeout", s.pool_idle_timeout.is_some(), Smtp),
-        ("oauth", s.oauth.is_some(), Smtp),
-        ("max_connections", s.max_connections.is_some(), Smtp),
-        ("path", s.path.is_some(), Capture),
-        ("tenant_id", s.tenant_id.is_some(), Graph),
-        ("mailbox", s.mailbox.is_some(), Graph),
-        ("client_id", s.client_id.is_some(), Graph),
-        ("client_secret", s.client_secret.is_some(), Graph),
-        ("authority", s.authority.is_some(), Graph),
-        ("graph_url", s.graph_url.is_some(), Graph),
-        (
-            "ca_file",
-            s.ca_file.is_some() && kind_of(s) == Capture,
-            Smtp,
-        ),
-    ]
+    Some(match key {
+        "host"
+        | "port"
+        | "security"
+        | "username"
+        | "password"
+        | "auth"
+        | "connect_timeout"
+        | "command_timeout"
+        | "data_timeout"
+        | "accept_invalid_certs"
+        | "tls_name"
+        | "helo_name"
+        | "pool_size"
+        | "pool_idle_timeout"
+        | "oauth"
+        | "max_connections" => &[Smtp],
+        "path" => &[Capture],
+        "tenant_id" | "mailbox" | "client_id" | "client_secret" | "authority" | "graph_url" => {
+            &[Graph]
+        }
+        "ca_file" => &[Smtp, Graph],
+        _ => return None,
+    })
 }
 
 fn server(
@@ -251,9 +214,9 @@ fn server(
 ) -> Option<Server> {
     let s = &l.value;
     let (file, path) = (l.file, &l.path);
-    let kind_name = s.kind.unwrap_or(ServerKindName::Smtp);
-    for (key, set, only) in kind_specific_keys(s) {
-        if set && only != kind_name {
+    let kind_name = s.kind;
+    for key in &s.written {
+        if kinds_of(key).is_some_and(|kinds| !kinds.contains(&kind_name)) {
             cx.err(
                 file,
                 &path.clone().key(key),
@@ -284,7 +247,7 @@ fn server(
             if host.is_empty() || host.chars().any(|c| c.is_control() || c.is_whitespace()) {
                 cx.err(file, &path.clone().key("host"), "invalid host name");
             }
-            let security = s.security.unwrap_or(Security::Auto);
+            let security = s.security;
             let port = s.port.unwrap_or(match security {
                 Security::Implicit => 465,
                 Security::None => 25,
@@ -375,7 +338,7 @@ fn server(
                 .as_ref()
                 .and_then(|p| cx.secret(file, &path.clone().key("password"), p));
             let ca_file = ca_file(cx, file, path, s);
-            if s.accept_invalid_certs == Some(true) {
+            if s.accept_invalid_certs {
                 cx.warn(
                     file,
                     &path.clone().key("accept_invalid_certs"),
@@ -395,11 +358,11 @@ fn server(
                 ("command_timeout", s.command_timeout),
                 ("data_timeout", s.data_timeout),
             ] {
-                if d.is_some_and(|d| d.get().is_zero()) {
+                if d.is_zero() {
                     cx.err(file, &path.clone().key(key), "must be greater than zero");
                 }
             }
-            if s.pool_size == Some(0) {
+            if s.pool_size == 0 {
                 cx.err(
                     file,
                     &path.clone().key("pool_size"),
@@ -414,20 +377,14 @@ fn server(
                 username: s.username.clone(),
                 password,
                 auth: s.auth,
-                connect_timeout: s
-                    .connect_timeout
-                    .map_or(Duration::from_secs(10), |d| d.get()),
-                command_timeout: s
-                    .command_timeout
-                    .map_or(Duration::from_secs(60), |d| d.get()),
-                data_timeout: s.data_timeout.map_or(Duration::from_secs(600), |d| d.get()),
-                accept_invalid_certs: s.accept_invalid_certs.unwrap_or(false),
+                connect_timeout: s.connect_timeout,
+                command_timeout: s.command_timeout,
+                data_timeout: s.data_timeout,
+                accept_invalid_certs: s.accept_invalid_certs,
                 ca_file,
                 helo_name,
-                pool_size: s.pool_size.unwrap_or(DEFAULT_POOL_SIZE),
-                pool_idle_timeout: s
-                    .pool_idle_timeout
-                    .map_or(Duration::from_secs(30), |d| d.get()),
+                pool_size: s.pool_size,
+                pool_idle_timeout: s.pool_idle_timeout,
                 oauth,
             })
         }
@@ -439,7 +396,7 @@ fn server(
             "max_connections must be at least 1",
         );
     }
-    if s.limit_counts.is_some() && s.limit.is_none() {
+    if s.written.iter().any(|k| k == "limit_counts") && s.limit.is_none() {
         cx.warn(
             file,
             &path.clone().key("limit_counts"),
@@ -459,7 +416,7 @@ fn server(
         display_name: s.display_name.clone(),
         reply_to: s.reply_to.clone(),
         limit: s.limit,
-        limit_counts: s.limit_counts.unwrap_or(LimitCounts::Messages),
+        limit_counts: s.limit_counts,
         max_connections: s.max_connections,
         kind,
     })
