@@ -12,7 +12,7 @@
 
 use super::raw::{
     HealthSettings, Limits, Listener, Log, QueueSettings, RawAdmin, RawApplication, RawDkim,
-    RawRoute, RawServer, RawTenant, RawTls, ReloadSettings, System,
+    RawRoute, RawServer, RawTls, ReloadSettings, System, Tenant,
 };
 use super::{Config, ConfigError, ConfigErrors};
 use serde::de::DeserializeOwned;
@@ -174,7 +174,7 @@ pub(super) struct RawDoc {
     pub queue: Option<Located<QueueSettings>>,
     pub cluster: Option<Located<super::raw::RawCluster>>,
     pub servers: Vec<(String, Located<RawServer>)>,
-    pub tenants: Vec<(String, Located<RawTenant>)>,
+    pub tenants: Vec<(String, Located<Tenant>)>,
     pub applications: Vec<(String, Located<RawApplication>)>,
     pub routes: Vec<Located<RawRoute>>,
     pub dkim: Vec<Located<RawDkim>>,

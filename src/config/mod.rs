@@ -25,7 +25,7 @@ pub use load::{
 pub use raw::{
     BlacklistAction, DeliveryMode, HealthSettings, LimitCounts, Limits, Listener, ListenerAuth,
     ListenerTls, Log, LogFormat, OnRedisError, QueueSettings, ReloadSettings, Security, System,
-    UpstreamAuth,
+    Tenant, UpstreamAuth,
 };
 use values::{BlacklistEntry, Cidr, EmailAddress, HeaderText, Limit, Secret};
 
@@ -283,8 +283,11 @@ pub struct CaptureServer {
     pub path: PathBuf,
 }
 
-/// Test mode as resolved for a tenant or application.
-#[derive(Debug, Clone, PartialEq)]
+/// Test mode as resolved for a tenant or application: read from a
+/// `test_mode = { ... }` table through [`raw::RawTestMode`], which refuses
+/// one without `redirect_to` unless it is `enabled = false`.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(try_from = "raw::RawTestMode")]
 pub enum TestModeSetting {
     /// Explicitly off (overrides an inherited test mode).
     Off,
@@ -301,37 +304,6 @@ pub struct TestMode {
     pub subject_prefix: Option<HeaderText>,
     /// Recipients still delivered normally.
     pub allow: Vec<BlacklistEntry>,
-}
-
-/// A tenant as written (inheritance is resolved by `policy`).
-#[derive(Debug, Clone, Default)]
-pub struct Tenant {
-    /// Its name.
-    pub name: String,
-    /// Head office.
-    pub parent: Option<String>,
-    /// Sending switch.
-    pub enabled: Option<bool>,
-    /// May use system servers.
-    pub use_system_server: Option<bool>,
-    /// May own servers.
-    pub own_servers: Option<bool>,
-    /// Default server.
-    pub default_server: Option<String>,
-    /// Sender.
-    pub sender: Option<EmailAddress>,
-    /// Display name.
-    pub display_name: Option<HeaderText>,
-    /// Reply-To.
-    pub reply_to: Option<EmailAddress>,
-    /// DSN address.
-    pub bounce_address: Option<EmailAddress>,
-    /// Suppression list.
-    pub blacklist: Vec<BlacklistEntry>,
-    /// Its action.
-    pub blacklist_action: BlacklistAction,
-    /// Test mode.
-    pub test_mode: Option<TestModeSetting>,
 }
 
 /// An application.

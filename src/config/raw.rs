@@ -17,6 +17,7 @@
 //!   `validate` builds their validated twins in `config/mod.rs`.
 
 use super::values::{BlacklistEntry, Cidr, Dur, EmailAddress, HeaderText, Limit, SecretSource};
+use super::{TestMode, TestModeSetting};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -577,7 +578,8 @@ pub enum LimitCounts {
     Recipients,
 }
 
-/// Test mode of a tenant or application (PRODUCT §3.4).
+/// Test mode of a tenant or application (PRODUCT §3.4) as written; it
+/// becomes a [`TestModeSetting`] as it is read.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawTestMode {
@@ -592,10 +594,37 @@ pub struct RawTestMode {
     pub allow: Vec<BlacklistEntry>,
 }
 
-/// `[tenant.NAME]`: a customer or one of its locations.
+impl TryFrom<RawTestMode> for TestModeSetting {
+    type Error = &'static str;
+    fn try_from(t: RawTestMode) -> Result<Self, Self::Error> {
+        if t.enabled == Some(false) {
+            return Ok(TestModeSetting::Off);
+        }
+        match t.redirect_to {
+            Some(redirect_to) => Ok(TestModeSetting::On(TestMode {
+                redirect_to,
+                subject_prefix: t.subject_prefix,
+                allow: t.allow,
+            })),
+            None => Err(
+                "test mode needs redirect_to (or enabled = false to switch an inherited test mode off)",
+            ),
+        }
+    }
+}
+
+/// `[tenant.NAME]`: a customer or one of its locations. Declared once:
+/// this is also the validated type (`Config::tenants`). Values stay as
+/// written — `None` means "not set here", so it is inherited from the
+/// parent; the defaults at the end of the chain are applied where they are
+/// read (`Config::tenant_uses_system_server` and `policy`).
+/// `validate::tenant` checks parents, cycles and default servers.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawTenant {
+pub struct Tenant {
+    /// Its name: the table's key (set by `validate`, not a key of its own).
+    #[serde(skip)]
+    pub name: String,
     /// Head office this location inherits from.
     pub parent: Option<String>,
     /// `false` refuses this tenant's mail with a 4xx. Inherited. Default `true`.
@@ -621,7 +650,7 @@ pub struct RawTenant {
     #[serde(default)]
     pub blacklist_action: BlacklistAction,
     /// Test mode. Inherited as a whole.
-    pub test_mode: Option<RawTestMode>,
+    pub test_mode: Option<TestModeSetting>,
 }
 
 /// `[application.NAME]`: a sending program of a tenant.
@@ -648,7 +677,7 @@ pub struct RawApplication {
     /// Reply-To address.
     pub reply_to: Option<EmailAddress>,
     /// Test mode; overrides the tenant's as a whole.
-    pub test_mode: Option<RawTestMode>,
+    pub test_mode: Option<TestModeSetting>,
     /// Accept bare LF line endings from this application. Default: the listener's setting.
     pub allow_bare_lf: Option<bool>,
 }

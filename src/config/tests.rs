@@ -699,6 +699,43 @@ fn server_defaults_and_keys_of_another_kind() {
     );
 }
 
+/// A test mode is checked as it is read (`TestModeSetting`): the error
+/// names the `test_mode` table (its header line when written as one), and
+/// the tenant stays defined, so its application adds no error.
+#[test]
+fn test_mode_without_redirect_is_one_error_at_its_table() {
+    let text = format!(
+        "{}\n[tenant.t.test_mode]\n\nsubject_prefix = \"[T] \"\n",
+        base()
+    );
+    let header = text
+        .lines()
+        .position(|l| l == "[tenant.t.test_mode]")
+        .unwrap()
+        + 1;
+    let e = errors(&text);
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert_eq!(
+        (e[0].key.as_str(), e[0].line),
+        ("tenant.t.test_mode", header)
+    );
+    assert!(
+        e[0].message.starts_with("test mode needs redirect_to"),
+        "{e:?}"
+    );
+
+    let c = load(&format!(
+        "{}\n[tenant.u]\ntest_mode = {{ enabled = false }}\n[tenant.v]\ntest_mode = {{ redirect_to = \"qa@t.test\" }}\n",
+        base()
+    ))
+    .unwrap();
+    assert_eq!(c.tenants["u"].test_mode, Some(TestModeSetting::Off));
+    assert_eq!(c.tenants["u"].name, "u");
+    assert!(
+        matches!(&c.tenants["v"].test_mode, Some(TestModeSetting::On(t)) if t.redirect_to.as_str() == "qa@t.test")
+    );
+}
+
 /// Sections declared with `section!` (raw.rs): a key left out takes the
 /// default written beside it, whether the table is absent or present with
 /// other keys; a key that is set wins; an unknown key is still refused.

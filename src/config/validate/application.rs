@@ -4,7 +4,7 @@
 //! open relay nor claimed by an unrelated tenant; and, once everything is
 //! known, that each application has a server.
 
-use super::{Ctx, server, tenant};
+use super::{Ctx, server};
 use crate::config::load::{KeyPath, Located};
 use crate::config::raw::RawApplication;
 use crate::config::values::Cidr;
@@ -160,7 +160,6 @@ pub(super) fn applications(
                 "together with the client_ips of the applications before it, this spans more public addresses than a /8 (IPv6: /16): every client there could send, an open relay",
             );
         }
-        let tm = tenant::test_mode(cx, file, path, &a.test_mode);
         cfg.applications.insert(
             name.clone(),
             Application {
@@ -174,7 +173,7 @@ pub(super) fn applications(
                 display_name: a.display_name.clone(),
                 sender: a.sender.clone(),
                 reply_to: a.reply_to.clone(),
-                test_mode: tm,
+                test_mode: a.test_mode.clone(),
                 allow_bare_lf: a.allow_bare_lf,
             },
         );

@@ -1,11 +1,11 @@
 //! `[tenant.NAME]`: tenants and their locations. Values stay as written
 //! (inheritance is resolved by `policy`); checked here: parents exist and
-//! form no cycle, default servers may be used, test modes are complete.
+//! form no cycle, default servers may be used. (A test mode without
+//! `redirect_to` is refused as it is read: `TestModeSetting`.)
 
 use super::{Ctx, server};
 use crate::config::load::{KeyPath, Located};
-use crate::config::raw::{RawTenant, RawTestMode};
-use crate::config::{Config, Tenant, TestMode, TestModeSetting};
+use crate::config::{Config, Tenant, TestModeSetting};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// Where each tenant is defined (file, key path).
@@ -15,32 +15,15 @@ pub(super) type TenantLocations = HashMap<String, (usize, KeyPath)>;
 /// checks terminate; the config is refused anyway).
 pub(super) fn tenants(
     cx: &mut Ctx<'_, '_>,
-    raw_tenants: &[(String, Located<RawTenant>)],
+    raw_tenants: &[(String, Located<Tenant>)],
 ) -> (BTreeMap<String, Tenant>, TenantLocations) {
     let mut tenants: BTreeMap<String, Tenant> = BTreeMap::new();
     let mut tenant_loc: HashMap<String, (usize, KeyPath)> = HashMap::new();
     for (name, l) in raw_tenants {
-        let t = &l.value;
-        let tm = test_mode(cx, l.file, &l.path, &t.test_mode);
         tenant_loc.insert(name.clone(), (l.file, l.path.clone()));
-        tenants.insert(
-            name.clone(),
-            Tenant {
-                name: name.clone(),
-                parent: t.parent.clone(),
-                enabled: t.enabled,
-                use_system_server: t.use_system_server,
-                own_servers: t.own_servers,
-                default_server: t.default_server.clone(),
-                sender: t.sender.clone(),
-                display_name: t.display_name.clone(),
-                reply_to: t.reply_to.clone(),
-                bounce_address: t.bounce_address.clone(),
-                blacklist: t.blacklist.clone(),
-                blacklist_action: t.blacklist_action,
-                test_mode: tm,
-            },
-        );
+        let mut t = l.value.clone();
+        t.name = name.clone();
+        tenants.insert(name.clone(), t);
     }
     // Parents exist and form no cycle.
     let mut cyclic: BTreeSet<String> = BTreeSet::new();
@@ -92,7 +75,7 @@ pub(super) fn tenants(
 pub(super) fn default_servers(
     cx: &mut Ctx<'_, '_>,
     cfg: &Config,
-    raw_tenants: &[(String, Located<RawTenant>)],
+    raw_tenants: &[(String, Located<Tenant>)],
 ) {
     for (name, l) in raw_tenants {
         if let Some(ds) = &l.value.default_server {
@@ -106,35 +89,6 @@ pub(super) fn default_servers(
                 ds,
                 Some(name),
             );
-        }
-    }
-}
-
-/// Test mode of a tenant or application: on (with `redirect_to`) or
-/// switched off.
-pub(super) fn test_mode(
-    cx: &mut Ctx<'_, '_>,
-    file: usize,
-    path: &KeyPath,
-    t: &Option<RawTestMode>,
-) -> Option<TestModeSetting> {
-    let t = t.as_ref()?;
-    if t.enabled == Some(false) {
-        return Some(TestModeSetting::Off);
-    }
-    match &t.redirect_to {
-        Some(r) => Some(TestModeSetting::On(TestMode {
-            redirect_to: r.clone(),
-            subject_prefix: t.subject_prefix.clone(),
-            allow: t.allow.clone(),
-        })),
-        None => {
-            cx.err(
-                file,
-                &path.clone().key("test_mode"),
-                "test mode needs redirect_to (or enabled = false to switch an inherited test mode off)",
-            );
-            None
         }
     }
 }
