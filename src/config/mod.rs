@@ -5,6 +5,13 @@
 //! its own so that one mistake does not hide the next, and `validate` checks
 //! references, ownership and safety rules, collecting every error with file,
 //! line and key. Nothing outside this module sees unvalidated config.
+//!
+//! Each key is declared once, in `raw`, with its type and default; where no
+//! resolution against the rest of the config is needed (`[system]`,
+//! `[limits]`, `[health]`, `[reload]`, `[log]`, `[queue]`, listeners,
+//! tenants) that declaration is the validated type re-exported here. The
+//! structs defined below are the validated twins of entities that need
+//! resolution (servers, applications, secrets, certificates, routes).
 
 mod load;
 pub mod raw;
