@@ -158,6 +158,9 @@ pub(super) struct Located<T> {
     pub file: usize,
     pub path: KeyPath,
     pub value: T,
+    /// The keys of its table that the file set and that parsed: with
+    /// defaults on the fields, "was it written" is no longer `is_some()`.
+    pub keys: Vec<String>,
 }
 
 /// Everything the files say, before validation.
@@ -233,26 +236,16 @@ fn to_segs(p: &serde_path_to_error::Path) -> Vec<Seg> {
         .collect()
 }
 
-/// Deserialises one entity, collecting every error it has (see module docs).
+/// Deserialises one entity, collecting every error it has (see module
+/// docs), with the keys of its table that the file set and that were kept
+/// (not removed for an error of their own).
 fn entity<T: DeserializeOwned>(
     src: &Sources<'_>,
     file: usize,
     path: &KeyPath,
     value: &Spanned<DeValue<'_>>,
     errors: &mut Vec<ConfigError>,
-) -> Option<T> {
-    entity_keys(src, file, path, value, errors).map(|(t, _)| t)
-}
-
-/// [`entity`], with the keys of the entity's table that the file set and
-/// that were kept (not removed for an error of their own).
-fn entity_keys<T: DeserializeOwned>(
-    src: &Sources<'_>,
-    file: usize,
-    path: &KeyPath,
-    value: &Spanned<DeValue<'_>>,
-    errors: &mut Vec<ConfigError>,
-) -> Option<(T, Vec<String>)> {
+) -> Option<Located<T>> {
     let mut v = value.clone();
     // Keys removed for being bad: a later "missing field" about one of
     // them only repeats that error.
@@ -269,7 +262,12 @@ fn entity_keys<T: DeserializeOwned>(
                     DeValue::Table(t) => t.iter().map(|(k, _)| k.get_ref().to_string()).collect(),
                     _ => Vec::new(),
                 };
-                return Some((t, keys));
+                return Some(Located {
+                    file,
+                    path: path.clone(),
+                    value: t,
+                    keys,
+                });
             }
             Err(e) => {
                 let mut segs = to_segs(e.path());
@@ -329,26 +327,17 @@ fn collect(src: &Sources<'_>, file: usize, doc: &mut RawDoc, errors: &mut Vec<Co
             ));
             continue;
         }
-        macro_rules! located {
-            () => {
-                |value| Located {
-                    file,
-                    path: path.clone(),
-                    value,
-                }
-            };
-        }
         match k {
             "include" => {} // read by `read_all` before collecting
-            "system" => doc.system = entity(src, file, &path, value, errors).map(located!()),
-            "tls" => doc.tls = entity(src, file, &path, value, errors).map(located!()),
-            "limits" => doc.limits = entity(src, file, &path, value, errors).map(located!()),
-            "admin" => doc.admin = entity(src, file, &path, value, errors).map(located!()),
-            "log" => doc.log = entity(src, file, &path, value, errors).map(located!()),
-            "health" => doc.health = entity(src, file, &path, value, errors).map(located!()),
-            "reload" => doc.reload = entity(src, file, &path, value, errors).map(located!()),
-            "queue" => doc.queue = entity(src, file, &path, value, errors).map(located!()),
-            "cluster" => doc.cluster = entity(src, file, &path, value, errors).map(located!()),
+            "system" => doc.system = entity(src, file, &path, value, errors),
+            "tls" => doc.tls = entity(src, file, &path, value, errors),
+            "limits" => doc.limits = entity(src, file, &path, value, errors),
+            "admin" => doc.admin = entity(src, file, &path, value, errors),
+            "log" => doc.log = entity(src, file, &path, value, errors),
+            "health" => doc.health = entity(src, file, &path, value, errors),
+            "reload" => doc.reload = entity(src, file, &path, value, errors),
+            "queue" => doc.queue = entity(src, file, &path, value, errors),
+            "cluster" => doc.cluster = entity(src, file, &path, value, errors),
             "listener" | "route" | "dkim" => {
                 let DeValue::Array(items) = value.get_ref() else {
                     errors.push(src.error(file, &path, format!("expected an array of tables: write [[{k}]]")));
@@ -358,15 +347,15 @@ fn collect(src: &Sources<'_>, file: usize, doc: &mut RawDoc, errors: &mut Vec<Co
                     let p = path.clone().index(i);
                     if k == "listener" {
                         match entity(src, file, &p, item, errors) {
-                            Some(l) => doc.listeners.push(Located { file, path: p, value: l }),
+                            Some(l) => doc.listeners.push(l),
                             None => doc.broken.push(("listener", i.to_string())),
                         }
                     } else if k == "dkim" {
                         if let Some(d) = entity(src, file, &p, item, errors) {
-                            doc.dkim.push(Located { file, path: p, value: d });
+                            doc.dkim.push(d);
                         }
                     } else if let Some(r) = entity(src, file, &p, item, errors) {
-                        doc.routes.push(Located { file, path: p, value: r });
+                        doc.routes.push(r);
                     }
                 }
             }
@@ -390,19 +379,16 @@ fn collect(src: &Sources<'_>, file: usize, doc: &mut RawDoc, errors: &mut Vec<Co
                         continue;
                     }
                     match k {
-                        "server" => match entity_keys::<RawServer>(src, file, &p, item, errors) {
-                            Some((mut v, keys)) => {
-                                v.written = keys;
-                                doc.servers.push((name, Located { file, path: p, value: v }))
-                            }
+                        "server" => match entity(src, file, &p, item, errors) {
+                            Some(v) => doc.servers.push((name, v)),
                             None => doc.broken.push(("server", name)),
                         },
                         "tenant" => match entity(src, file, &p, item, errors) {
-                            Some(v) => doc.tenants.push((name, Located { file, path: p, value: v })),
+                            Some(v) => doc.tenants.push((name, v)),
                             None => doc.broken.push(("tenant", name)),
                         },
                         _ => match entity(src, file, &p, item, errors) {
-                            Some(v) => doc.applications.push((name, Located { file, path: p, value: v })),
+                            Some(v) => doc.applications.push((name, v)),
                             None => doc.broken.push(("application", name)),
                         },
                     }

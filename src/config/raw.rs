@@ -379,14 +379,12 @@ pub enum LogFormat {
 /// kind's settings from it. Defaults are written on the fields
 /// (`#[serde(default)]`: the type's default or the named function beside
 /// it); keys whose default depends on other keys (`port`, `tls_name`,
-/// `helo_name`) stay optional and are resolved in `validate::server`.
+/// `helo_name`) stay optional and are resolved in `validate::server`. A
+/// key of another kind is found by the keys the file set (`Located::keys`),
+/// so it is refused even when it has a default.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawServer {
-    /// The keys the file set (and that parsed): filled in by `load`, so a
-    /// key of another kind is refused even when it has a default.
-    #[serde(skip)]
-    pub written: Vec<String>,
     /// `smtp` (default), `capture` or `graph`.
     #[serde(default)]
     pub kind: ServerKindName,

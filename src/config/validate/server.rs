@@ -215,7 +215,7 @@ fn server(
     let s = &l.value;
     let (file, path) = (l.file, &l.path);
     let kind_name = s.kind;
-    for key in &s.written {
+    for key in &l.keys {
         if kinds_of(key).is_some_and(|kinds| !kinds.contains(&kind_name)) {
             cx.err(
                 file,
@@ -396,7 +396,7 @@ fn server(
             "max_connections must be at least 1",
         );
     }
-    if s.written.iter().any(|k| k == "limit_counts") && s.limit.is_none() {
+    if l.keys.iter().any(|k| k == "limit_counts") && s.limit.is_none() {
         cx.warn(
             file,
             &path.clone().key("limit_counts"),
