@@ -11,8 +11,8 @@
 //! up by key path; `validate` sorts the errors into file order.
 
 use super::raw::{
-    HealthSettings, Limits, Listener, Log, QueueSettings, RawAdmin, RawApplication, RawDkim,
-    RawRoute, RawServer, RawTls, ReloadSettings, System, Tenant,
+    Application, HealthSettings, Limits, Listener, Log, QueueSettings, RawAdmin, RawDkim, RawRoute,
+    RawServer, RawTls, ReloadSettings, System, Tenant,
 };
 use super::{Config, ConfigError, ConfigErrors};
 use serde::de::DeserializeOwned;
@@ -178,7 +178,7 @@ pub(super) struct RawDoc {
     pub cluster: Option<Located<super::raw::RawCluster>>,
     pub servers: Vec<(String, Located<RawServer>)>,
     pub tenants: Vec<(String, Located<Tenant>)>,
-    pub applications: Vec<(String, Located<RawApplication>)>,
+    pub applications: Vec<(String, Located<Application>)>,
     pub routes: Vec<Located<RawRoute>>,
     pub dkim: Vec<Located<RawDkim>>,
     /// Entities whose errors left nothing to build (`listener`, or

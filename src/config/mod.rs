@@ -9,9 +9,9 @@
 //! Each key is declared once, in `raw`, with its type and default; where no
 //! resolution against the rest of the config is needed (`[system]`,
 //! `[limits]`, `[health]`, `[reload]`, `[log]`, `[queue]`, listeners,
-//! tenants) that declaration is the validated type re-exported here. The
-//! structs defined below are the validated twins of entities that need
-//! resolution (servers, applications, secrets, certificates, routes).
+//! tenants, applications) that declaration is the validated type
+//! re-exported here. The structs defined below are the validated twins of
+//! entities that need resolution (servers, secrets, certificates, routes).
 
 mod load;
 pub mod raw;
@@ -30,9 +30,9 @@ pub use load::{
     DEFAULT_CONFIG, files_hash, load_default, load_file, load_str, source_hash, watch_hash,
 };
 pub use raw::{
-    BlacklistAction, DeliveryMode, HealthSettings, LimitCounts, Limits, Listener, ListenerAuth,
-    ListenerTls, Log, LogFormat, OnRedisError, QueueSettings, ReloadSettings, Security, System,
-    Tenant, UpstreamAuth,
+    Application, BlacklistAction, DeliveryMode, HealthSettings, LimitCounts, Limits, Listener,
+    ListenerAuth, ListenerTls, Log, LogFormat, OnRedisError, QueueSettings, ReloadSettings,
+    Security, System, Tenant, UpstreamAuth,
 };
 use values::{BlacklistEntry, Cidr, EmailAddress, HeaderText, Limit, Secret};
 
@@ -311,35 +311,6 @@ pub struct TestMode {
     pub subject_prefix: Option<HeaderText>,
     /// Recipients still delivered normally.
     pub allow: Vec<BlacklistEntry>,
-}
-
-/// An application.
-#[derive(Debug, Clone, Default)]
-pub struct Application {
-    /// Its name.
-    pub name: String,
-    /// Its tenant.
-    pub tenant: String,
-    /// AUTH user.
-    pub auth_user: Option<String>,
-    /// argon2id PHC string.
-    pub password_hash: Option<String>,
-    /// Identifying networks.
-    pub client_ips: Vec<Cidr>,
-    /// Primary server.
-    pub primary: Option<String>,
-    /// Fallback server.
-    pub fallback: Option<String>,
-    /// Display name.
-    pub display_name: Option<HeaderText>,
-    /// Sender.
-    pub sender: Option<EmailAddress>,
-    /// Reply-To.
-    pub reply_to: Option<EmailAddress>,
-    /// Test mode.
-    pub test_mode: Option<TestModeSetting>,
-    /// Bare LF tolerance.
-    pub allow_bare_lf: Option<bool>,
 }
 
 /// A route.

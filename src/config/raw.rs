@@ -651,12 +651,20 @@ pub struct Tenant {
     pub test_mode: Option<TestModeSetting>,
 }
 
-/// `[application.NAME]`: a sending program of a tenant.
+/// `[application.NAME]`: a sending program of a tenant. Declared once:
+/// this is also the validated type (`Config::applications`);
+/// `validate::application` checks it and builds the AUTH-user and
+/// client-network indexes.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawApplication {
-    /// The tenant it belongs to.
-    pub tenant: Option<String>,
+pub struct Application {
+    /// Its name: the table's key (set by `validate`, not a key of its own).
+    #[serde(skip)]
+    pub name: String,
+    /// The tenant it belongs to. Required (`validate` says so when the key
+    /// is missing).
+    #[serde(default)]
+    pub tenant: String,
     /// SMTP AUTH user that identifies it.
     pub auth_user: Option<String>,
     /// argon2id hash of its password (`smarthost hash-password`).

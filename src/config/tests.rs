@@ -736,6 +736,34 @@ fn test_mode_without_redirect_is_one_error_at_its_table() {
     );
 }
 
+/// `[application.NAME]` is declared once: its name comes from the table
+/// key; a missing `tenant` is "needs `tenant`", a bad one only its own
+/// error, an empty one "not defined" (as before the merge of the twins).
+#[test]
+fn application_tenant_missing_bad_or_empty() {
+    let c = load(&base()).unwrap();
+    assert_eq!(c.applications["a"].name, "a");
+    assert_eq!(c.applications["a"].tenant, "t");
+    for (tenant, want) in [
+        ("", "application \"b\" needs `tenant`"),
+        (
+            "tenant = 5\n",
+            "invalid type: integer `5`, expected a string",
+        ),
+        (
+            "tenant = \"\"\n",
+            "application \"b\" names tenant \"\", which is not defined",
+        ),
+    ] {
+        let e = errors(&format!(
+            "{}\n[application.b]\n{tenant}primary = \"sys\"\n",
+            base()
+        ));
+        let got: Vec<_> = e.iter().map(|e| e.message.as_str()).collect();
+        assert_eq!(got, [want], "{tenant:?}");
+    }
+}
+
 /// Sections declared with `section!` (raw.rs): a key left out takes the
 /// default written beside it, whether the table is absent or present with
 /// other keys; a key that is set wins; an unknown key is still refused.

@@ -6,7 +6,6 @@
 
 use super::{Ctx, server};
 use crate::config::load::{KeyPath, Located};
-use crate::config::raw::RawApplication;
 use crate::config::values::Cidr;
 use crate::config::{Application, Config};
 use std::collections::HashMap;
@@ -17,7 +16,7 @@ use std::net::IpAddr;
 pub(super) fn applications(
     cx: &mut Ctx<'_, '_>,
     cfg: &mut Config,
-    raw_apps: &[(String, Located<RawApplication>)],
+    raw_apps: &[(String, Located<Application>)],
 ) {
     for (n, l) in raw_apps {
         if let Some(p) = cx.src.files.get(l.file).and_then(|f| f.path.clone()) {
@@ -32,10 +31,11 @@ pub(super) fn applications(
         let a = &l.value;
         let (file, path) = (l.file, &l.path);
         let who = format!("application {name:?}");
-        let Some(tenant) = a.tenant.clone() else {
+        if !l.keys.iter().any(|k| k == "tenant") {
             cx.err(file, path, format!("{who} needs `tenant`"));
             continue;
-        };
+        }
+        let tenant = a.tenant.clone();
         if !cfg.tenants.contains_key(&tenant) {
             cx.err_ref(
                 "tenant",
@@ -160,23 +160,9 @@ pub(super) fn applications(
                 "together with the client_ips of the applications before it, this spans more public addresses than a /8 (IPv6: /16): every client there could send, an open relay",
             );
         }
-        cfg.applications.insert(
-            name.clone(),
-            Application {
-                name: name.clone(),
-                tenant,
-                auth_user: a.auth_user.clone(),
-                password_hash: a.password_hash.clone(),
-                client_ips: a.client_ips.clone(),
-                primary: a.primary.clone(),
-                fallback: a.fallback.clone(),
-                display_name: a.display_name.clone(),
-                sender: a.sender.clone(),
-                reply_to: a.reply_to.clone(),
-                test_mode: a.test_mode.clone(),
-                allow_bare_lf: a.allow_bare_lf,
-            },
-        );
+        let mut app = a.clone();
+        app.name = name.clone();
+        cfg.applications.insert(name.clone(), app);
     }
     // Nested networks are how one tenant tells its applications apart
     // (the longest prefix wins); across unrelated tenants they would let
@@ -217,7 +203,7 @@ pub(super) fn applications(
 pub(super) fn each_has_a_server(
     cx: &mut Ctx<'_, '_>,
     cfg: &Config,
-    raw_apps: &[(String, Located<RawApplication>)],
+    raw_apps: &[(String, Located<Application>)],
 ) {
     let app_names: Vec<String> = cfg.applications.keys().cloned().collect();
     for name in app_names {

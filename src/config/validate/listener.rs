@@ -6,7 +6,7 @@
 
 use super::Ctx;
 use crate::config::load::{KeyPath, Located};
-use crate::config::raw::{ListenerAuth, ListenerTls, RawApplication};
+use crate::config::raw::{Application, ListenerAuth, ListenerTls};
 use crate::config::values::Cidr;
 use crate::config::{Config, Listener};
 use std::collections::HashMap;
@@ -19,7 +19,7 @@ pub(super) fn listeners(
     cfg: &mut Config,
     listeners: &[Located<Listener>],
     has_tls: bool,
-    raw_apps: &[(String, Located<RawApplication>)],
+    raw_apps: &[(String, Located<Application>)],
 ) {
     // By path, not position: a listener left out for its own errors
     // (a bad address) keeps the others' numbers.
