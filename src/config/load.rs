@@ -11,8 +11,8 @@
 //! up by key path; `validate` sorts the errors into file order.
 
 use super::raw::{
-    Application, HealthSettings, Limits, Listener, Log, QueueSettings, RawAdmin, RawDkim, RawRoute,
-    RawServer, RawTls, ReloadSettings, System, Tenant,
+    Application, HealthSettings, Limits, Listener, Log, QueueSettings, RawAdmin, RawDkim,
+    RawServer, RawTls, ReloadSettings, Route, System, Tenant,
 };
 use super::{Config, ConfigError, ConfigErrors};
 use serde::de::DeserializeOwned;
@@ -179,7 +179,7 @@ pub(super) struct RawDoc {
     pub servers: Vec<(String, Located<RawServer>)>,
     pub tenants: Vec<(String, Located<Tenant>)>,
     pub applications: Vec<(String, Located<Application>)>,
-    pub routes: Vec<Located<RawRoute>>,
+    pub routes: Vec<Located<Route>>,
     pub dkim: Vec<Located<RawDkim>>,
     /// Entities whose errors left nothing to build (`listener`, or
     /// `server`/`tenant`/`application` with a name): they still count as

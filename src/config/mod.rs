@@ -9,9 +9,9 @@
 //! Each key is declared once, in `raw`, with its type and default; where no
 //! resolution against the rest of the config is needed (`[system]`,
 //! `[limits]`, `[health]`, `[reload]`, `[log]`, `[queue]`, listeners,
-//! tenants, applications) that declaration is the validated type
+//! tenants, applications, routes) that declaration is the validated type
 //! re-exported here. The structs defined below are the validated twins of
-//! entities that need resolution (servers, secrets, certificates, routes).
+//! entities that need resolution (servers, secrets, certificates, keys).
 
 mod load;
 pub mod raw;
@@ -31,7 +31,7 @@ pub use load::{
 };
 pub use raw::{
     Application, BlacklistAction, DeliveryMode, HealthSettings, LimitCounts, Limits, Listener,
-    ListenerAuth, ListenerTls, Log, LogFormat, OnRedisError, QueueSettings, ReloadSettings,
+    ListenerAuth, ListenerTls, Log, LogFormat, OnRedisError, QueueSettings, ReloadSettings, Route,
     Security, System, Tenant, UpstreamAuth,
 };
 use values::{BlacklistEntry, Cidr, EmailAddress, HeaderText, Limit, Secret};
@@ -311,17 +311,6 @@ pub struct TestMode {
     pub subject_prefix: Option<HeaderText>,
     /// Recipients still delivered normally.
     pub allow: Vec<BlacklistEntry>,
-}
-
-/// A route.
-#[derive(Debug, Clone)]
-pub struct Route {
-    /// Sender filter.
-    pub sender: BlacklistEntry,
-    /// Selected server.
-    pub server: String,
-    /// Tenant scope (the tenant and its locations); `None` = every tenant.
-    pub tenant: Option<String>,
 }
 
 impl Config {

@@ -705,15 +705,18 @@ pub struct RawDkim {
     pub tenant: Option<String>,
 }
 
-/// `[[route]]`: a sender filter that selects a server.
+/// `[[route]]`: a sender filter that selects a server. Declared once: this
+/// is also the validated type (`Config::routes`), where `tenant` holds the
+/// resolved scope.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawRoute {
+pub struct Route {
     /// Full address or `@domain`.
     pub sender: BlacklistEntry,
     /// The server it selects.
     pub server: String,
     /// Restrict the route to one tenant and its locations. Default: the
-    /// server's owner, or every tenant for a system server.
+    /// server's owner (filled in by `validate`), or every tenant (`None`)
+    /// for a system server.
     pub tenant: Option<String>,
 }

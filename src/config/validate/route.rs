@@ -4,11 +4,10 @@
 
 use super::{Ctx, server};
 use crate::config::load::Located;
-use crate::config::raw::RawRoute;
 use crate::config::{Config, Route};
 
 /// Every route into `cfg.routes`, in file order.
-pub(super) fn routes(cx: &mut Ctx<'_, '_>, cfg: &mut Config, routes: &[Located<RawRoute>]) {
+pub(super) fn routes(cx: &mut Ctx<'_, '_>, cfg: &mut Config, routes: &[Located<Route>]) {
     for l in routes {
         let r = &l.value;
         let who = format!("route {}", r.sender);
@@ -45,10 +44,8 @@ pub(super) fn routes(cx: &mut Ctx<'_, '_>, cfg: &mut Config, routes: &[Located<R
                 ),
             }
         }
-        cfg.routes.push(Route {
-            sender: r.sender.clone(),
-            server: r.server.clone(),
-            tenant: scope,
-        });
+        let mut route = r.clone();
+        route.tenant = scope;
+        cfg.routes.push(route);
     }
 }
