@@ -72,18 +72,14 @@ pub(super) fn tls(cx: &mut Ctx<'_, '_>, l: &Option<Located<RawTls>>) -> Option<T
 
 /// `[admin]`: the address, and the token resolved.
 pub(super) fn admin(cx: &mut Ctx<'_, '_>, l: &Option<Located<RawAdmin>>) -> Option<Admin> {
-    l.as_ref().and_then(|l| {
-        let address = l.value.address;
-        let token = l
+    l.as_ref().map(|l| Admin {
+        address: l.value.address,
+        token: l
             .value
             .token
             .as_ref()
-            .and_then(|t| cx.secret(l.file, &l.path.clone().key("token"), t));
-        Some(Admin {
-            address,
-            token,
-            status_public: l.value.status_public,
-        })
+            .and_then(|t| cx.secret(l.file, &l.path.clone().key("token"), t)),
+        status_public: l.value.status_public,
     })
 }
 
