@@ -1,20 +1,27 @@
 //! The config file's shape as serde sees it (PRODUCT §4): one struct per
 //! table, `deny_unknown_fields` everywhere, value types parsed on the way in.
 //!
-//! Two kinds of struct live here:
+//! Every key is declared here once: its doc comment, its type (a value
+//! type from `values` that parses itself) and its default, beside it.
+//! Three kinds of struct:
 //!
-//! - **Sections declared once** with [`section!`]: every key is one line —
-//!   its doc comment, its type (a value type from `values` that parses
-//!   itself) and its default. Missing keys take the default, unknown keys
+//! - **Sections declared with `section!`** (`[system]`, `[limits]`,
+//!   `[health]`, `[reload]`, `[log]`, `[queue]`): one line per key,
+//!   `name: Type = default`. Missing keys take the default, unknown keys
 //!   are refused, and the struct *is* the validated type the rest of the
 //!   code reads (`Config::limits` is a [`Limits`]); `validate` only adds
-//!   range checks that need a file position. Adding a key with a default to
-//!   `[limits]`, `[health]`, `[reload]`, `[log]` or `[queue]` touches this
-//!   file only.
-//! - **`Raw*` structs** for entities that need resolution against the rest
-//!   of the config or the file system (servers, tenants, applications,
-//!   listeners, secrets, paths): optional fields are left unset and
-//!   `validate` builds their validated twins in `config/mod.rs`.
+//!   range checks that need a file position. Adding a key with a default
+//!   touches this file only.
+//! - **Entities that are their own validated type** ([`Listener`],
+//!   [`Tenant`], [`Application`], [`Route`]): defaults on the fields with
+//!   `#[serde(default)]`; `validate` fills in what comes from elsewhere
+//!   (the name from the table key, a listener's name from its address, a
+//!   route's scope from its server) and checks references.
+//! - **`Raw*` structs** for entities whose validated form needs the file
+//!   system or a different shape ([`RawServer`]: per-kind settings,
+//!   secrets, CA files; [`RawAdmin`], [`RawCluster`]: secrets; [`RawTls`],
+//!   [`RawDkim`]: keys loaded): defaults are still on the raw fields, and
+//!   `validate` builds their twins in `config/mod.rs`.
 
 use super::values::{BlacklistEntry, Cidr, Dur, EmailAddress, HeaderText, Limit, SecretSource};
 use super::{TestMode, TestModeSetting};
