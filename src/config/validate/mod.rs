@@ -1,7 +1,7 @@
 //! Validation: the entities `load` read → the immutable [`Config`] snapshot.
 //!
-//! Keys that need nothing but a default are declared once in `raw.rs`
-//! (`section!`) and arrive here already typed and defaulted; what is left
+//! Keys are declared once in `raw.rs`, with their types and defaults, and
+//! arrive here already typed and defaulted; what is left
 //! here is what needs a position in the files or the rest of the config:
 //! range checks, paths and secrets, certificates, references between
 //! entities and the safety rules of PRODUCT §3.9. One file per entity, in
@@ -9,9 +9,9 @@
 //!
 //! | file | entity |
 //! | --- | --- |
-//! | `system.rs` | `[system]`: defaults, host name; later its default and fallback servers |
+//! | `system.rs` | `[system]`: `spool` resolved, host name; later its default and fallback servers |
 //! | `sections.rs` | `[limits]`, `[tls]`, `[admin]`, `[log]`, `[health]`, `[cluster]`, `[queue]`, `[reload]` |
-//! | `tenant.rs` | `[tenant.NAME]`: parents and cycles, default servers, test mode |
+//! | `tenant.rs` | `[tenant.NAME]`: parents and cycles, default servers, test-mode warnings |
 //! | `server.rs` | `[server.NAME]`: keys per kind (SMTP, OAuth, capture, Graph), ownership, who may use it |
 //! | `application.rs` | `[application.NAME]`: tenant, servers, AUTH user, client networks, a server for each |
 //! | `route.rs` | `[[route]]` |

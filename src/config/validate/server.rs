@@ -1,6 +1,8 @@
-//! `[server.NAME]`: upstreams. Keys per kind (`smtp`, with `oauth` for
-//! XOAUTH2; `capture`; `graph`), with their defaults; a key of another kind
-//! is an error. Then, once tenants are known: ownership (included files,
+//! `[server.NAME]`: upstreams. The flat table becomes the settings of its
+//! kind (`smtp`, with `oauth` for XOAUTH2; `capture`; `graph`): secrets
+//! read, `ca_file` resolved, and the defaults that depend on other keys
+//! (`port`, `tls_name`, `helo_name`; the others are on the fields in
+//! `raw.rs`); a key the file set for another kind is an error. Then, once tenants are known: ownership (included files,
 //! `own_servers`) and [`check_use`], the one rule for who may refer to a
 //! server.
 
