@@ -11,8 +11,8 @@
 //! up by key path; `validate` sorts the errors into file order.
 
 use super::raw::{
-    QueueSettings, RawAdmin, RawApplication, RawDkim, RawHealth, RawLimits, RawListener, RawLog,
-    RawReload, RawRoute, RawServer, RawSystem, RawTenant, RawTls,
+    Application, HealthSettings, Limits, Listener, Log, QueueSettings, RawAdmin, RawDkim,
+    RawServer, RawTls, ReloadSettings, Route, System, Tenant,
 };
 use super::{Config, ConfigError, ConfigErrors};
 use serde::de::DeserializeOwned;
@@ -158,25 +158,28 @@ pub(super) struct Located<T> {
     pub file: usize,
     pub path: KeyPath,
     pub value: T,
+    /// The keys of its table that the file set and that parsed: with
+    /// defaults on the fields, "was it written" is no longer `is_some()`.
+    pub keys: Vec<String>,
 }
 
 /// Everything the files say, before validation.
 #[derive(Default)]
 pub(super) struct RawDoc {
-    pub system: Option<Located<RawSystem>>,
-    pub listeners: Vec<Located<RawListener>>,
+    pub system: Option<Located<System>>,
+    pub listeners: Vec<Located<Listener>>,
     pub tls: Option<Located<RawTls>>,
-    pub limits: Option<Located<RawLimits>>,
+    pub limits: Option<Located<Limits>>,
     pub admin: Option<Located<RawAdmin>>,
-    pub log: Option<Located<RawLog>>,
-    pub health: Option<Located<RawHealth>>,
-    pub reload: Option<Located<RawReload>>,
+    pub log: Option<Located<Log>>,
+    pub health: Option<Located<HealthSettings>>,
+    pub reload: Option<Located<ReloadSettings>>,
     pub queue: Option<Located<QueueSettings>>,
     pub cluster: Option<Located<super::raw::RawCluster>>,
     pub servers: Vec<(String, Located<RawServer>)>,
-    pub tenants: Vec<(String, Located<RawTenant>)>,
-    pub applications: Vec<(String, Located<RawApplication>)>,
-    pub routes: Vec<Located<RawRoute>>,
+    pub tenants: Vec<(String, Located<Tenant>)>,
+    pub applications: Vec<(String, Located<Application>)>,
+    pub routes: Vec<Located<Route>>,
     pub dkim: Vec<Located<RawDkim>>,
     /// Entities whose errors left nothing to build (`listener`, or
     /// `server`/`tenant`/`application` with a name): they still count as
@@ -233,14 +236,16 @@ fn to_segs(p: &serde_path_to_error::Path) -> Vec<Seg> {
         .collect()
 }
 
-/// Deserialises one entity, collecting every error it has (see module docs).
+/// Deserialises one entity, collecting every error it has (see module
+/// docs), with the keys of its table that the file set and that were kept
+/// (not removed for an error of their own).
 fn entity<T: DeserializeOwned>(
     src: &Sources<'_>,
     file: usize,
     path: &KeyPath,
     value: &Spanned<DeValue<'_>>,
     errors: &mut Vec<ConfigError>,
-) -> Option<T> {
+) -> Option<Located<T>> {
     let mut v = value.clone();
     // Keys removed for being bad: a later "missing field" about one of
     // them only repeats that error.
@@ -252,7 +257,18 @@ fn entity<T: DeserializeOwned>(
             // counts as defined: references to it and its other checks
             // go on, so one bad value does not cascade (the config is
             // refused anyway, since an error was recorded).
-            Ok(t) => return Some(t),
+            Ok(t) => {
+                let keys = match v.get_ref() {
+                    DeValue::Table(t) => t.iter().map(|(k, _)| k.get_ref().to_string()).collect(),
+                    _ => Vec::new(),
+                };
+                return Some(Located {
+                    file,
+                    path: path.clone(),
+                    value: t,
+                    keys,
+                });
+            }
             Err(e) => {
                 let mut segs = to_segs(e.path());
                 let inner = e.into_inner();
@@ -311,26 +327,17 @@ fn collect(src: &Sources<'_>, file: usize, doc: &mut RawDoc, errors: &mut Vec<Co
             ));
             continue;
         }
-        macro_rules! located {
-            () => {
-                |value| Located {
-                    file,
-                    path: path.clone(),
-                    value,
-                }
-            };
-        }
         match k {
             "include" => {} // read by `read_all` before collecting
-            "system" => doc.system = entity(src, file, &path, value, errors).map(located!()),
-            "tls" => doc.tls = entity(src, file, &path, value, errors).map(located!()),
-            "limits" => doc.limits = entity(src, file, &path, value, errors).map(located!()),
-            "admin" => doc.admin = entity(src, file, &path, value, errors).map(located!()),
-            "log" => doc.log = entity(src, file, &path, value, errors).map(located!()),
-            "health" => doc.health = entity(src, file, &path, value, errors).map(located!()),
-            "reload" => doc.reload = entity(src, file, &path, value, errors).map(located!()),
-            "queue" => doc.queue = entity(src, file, &path, value, errors).map(located!()),
-            "cluster" => doc.cluster = entity(src, file, &path, value, errors).map(located!()),
+            "system" => doc.system = entity(src, file, &path, value, errors),
+            "tls" => doc.tls = entity(src, file, &path, value, errors),
+            "limits" => doc.limits = entity(src, file, &path, value, errors),
+            "admin" => doc.admin = entity(src, file, &path, value, errors),
+            "log" => doc.log = entity(src, file, &path, value, errors),
+            "health" => doc.health = entity(src, file, &path, value, errors),
+            "reload" => doc.reload = entity(src, file, &path, value, errors),
+            "queue" => doc.queue = entity(src, file, &path, value, errors),
+            "cluster" => doc.cluster = entity(src, file, &path, value, errors),
             "listener" | "route" | "dkim" => {
                 let DeValue::Array(items) = value.get_ref() else {
                     errors.push(src.error(file, &path, format!("expected an array of tables: write [[{k}]]")));
@@ -340,15 +347,15 @@ fn collect(src: &Sources<'_>, file: usize, doc: &mut RawDoc, errors: &mut Vec<Co
                     let p = path.clone().index(i);
                     if k == "listener" {
                         match entity(src, file, &p, item, errors) {
-                            Some(l) => doc.listeners.push(Located { file, path: p, value: l }),
+                            Some(l) => doc.listeners.push(l),
                             None => doc.broken.push(("listener", i.to_string())),
                         }
                     } else if k == "dkim" {
                         if let Some(d) = entity(src, file, &p, item, errors) {
-                            doc.dkim.push(Located { file, path: p, value: d });
+                            doc.dkim.push(d);
                         }
                     } else if let Some(r) = entity(src, file, &p, item, errors) {
-                        doc.routes.push(Located { file, path: p, value: r });
+                        doc.routes.push(r);
                     }
                 }
             }
@@ -373,15 +380,15 @@ fn collect(src: &Sources<'_>, file: usize, doc: &mut RawDoc, errors: &mut Vec<Co
                     }
                     match k {
                         "server" => match entity(src, file, &p, item, errors) {
-                            Some(v) => doc.servers.push((name, Located { file, path: p, value: v })),
+                            Some(v) => doc.servers.push((name, v)),
                             None => doc.broken.push(("server", name)),
                         },
                         "tenant" => match entity(src, file, &p, item, errors) {
-                            Some(v) => doc.tenants.push((name, Located { file, path: p, value: v })),
+                            Some(v) => doc.tenants.push((name, v)),
                             None => doc.broken.push(("tenant", name)),
                         },
                         _ => match entity(src, file, &p, item, errors) {
-                            Some(v) => doc.applications.push((name, Located { file, path: p, value: v })),
+                            Some(v) => doc.applications.push((name, v)),
                             None => doc.broken.push(("application", name)),
                         },
                     }

@@ -5,6 +5,13 @@
 //! its own so that one mistake does not hide the next, and `validate` checks
 //! references, ownership and safety rules, collecting every error with file,
 //! line and key. Nothing outside this module sees unvalidated config.
+//!
+//! Each key is declared once, in `raw`, with its type and default; where no
+//! resolution against the rest of the config is needed (`[system]`,
+//! `[limits]`, `[health]`, `[reload]`, `[log]`, `[queue]`, listeners,
+//! tenants, applications, routes) that declaration is the validated type
+//! re-exported here. The structs defined below are the validated twins of
+//! entities that need resolution (servers, secrets, certificates, keys).
 
 mod load;
 pub mod raw;
@@ -23,8 +30,9 @@ pub use load::{
     DEFAULT_CONFIG, files_hash, load_default, load_file, load_str, source_hash, watch_hash,
 };
 pub use raw::{
-    BlacklistAction, DeliveryMode, LimitCounts, ListenerAuth, ListenerTls, LogFormat, OnRedisError,
-    QueueSettings, Security, UpstreamAuth,
+    Application, BlacklistAction, DeliveryMode, HealthSettings, LimitCounts, Limits, Listener,
+    ListenerAuth, ListenerTls, Log, LogFormat, OnRedisError, QueueSettings, ReloadSettings, Route,
+    Security, System, Tenant, UpstreamAuth,
 };
 use values::{BlacklistEntry, Cidr, EmailAddress, HeaderText, Limit, Secret};
 
@@ -117,60 +125,6 @@ pub struct Config {
     ip_index: Vec<(Cidr, String)>,
 }
 
-/// `[system]` with defaults applied.
-#[derive(Debug, Clone)]
-pub struct System {
-    /// Greeting / EHLO / Received name.
-    pub hostname: String,
-    /// Global sending switch.
-    pub enabled: bool,
-    /// Delivery mode as configured.
-    pub delivery: DeliveryMode,
-    /// Spool directory (absolute or relative to the working directory).
-    pub spool: PathBuf,
-    /// The system default server.
-    pub default_server: Option<String>,
-    /// The system fallback server, after the default.
-    pub fallback_server: Option<String>,
-    /// Last-resort sender.
-    pub default_sender: Option<EmailAddress>,
-    /// Last-resort display name.
-    pub display_name: Option<HeaderText>,
-    /// Last-resort Reply-To.
-    pub reply_to: Option<EmailAddress>,
-    /// Where DSNs go when nothing more specific is set.
-    pub bounce_address: Option<EmailAddress>,
-    /// Runtime threads (`None`: one per CPU).
-    pub worker_threads: Option<usize>,
-    /// System suppression list.
-    pub blacklist: Vec<BlacklistEntry>,
-    /// Its action.
-    pub blacklist_action: BlacklistAction,
-}
-
-/// A listener.
-#[derive(Debug, Clone)]
-pub struct Listener {
-    /// Name for logs and metrics.
-    pub name: String,
-    /// Address to bind.
-    pub address: SocketAddr,
-    /// TLS mode.
-    pub tls: ListenerTls,
-    /// AUTH requirement.
-    pub auth: ListenerAuth,
-    /// Offer AUTH without TLS.
-    pub allow_plaintext_auth: bool,
-    /// Bound application.
-    pub application: Option<String>,
-    /// Accept bare LF in DATA.
-    pub allow_bare_lf: bool,
-    /// Require a PROXY protocol header.
-    pub proxy_protocol: bool,
-    /// Peers that may send it.
-    pub proxy_trusted: Vec<Cidr>,
-}
-
 /// The listener certificate, loaded.
 #[derive(Clone)]
 pub struct TlsSettings {
@@ -191,37 +145,6 @@ impl fmt::Debug for TlsSettings {
     }
 }
 
-/// Inbound limits with defaults applied.
-#[derive(Debug, Clone)]
-pub struct Limits {
-    /// Largest message in bytes.
-    pub max_message_size: u64,
-    /// Most recipients per message.
-    pub max_recipients: usize,
-    /// Most concurrent sessions.
-    pub max_connections: usize,
-    /// Idle time between commands.
-    pub command_timeout: Duration,
-    /// Whole DATA phase.
-    pub data_timeout: Duration,
-    /// Longest line.
-    pub max_line_length: usize,
-    /// Memory threshold before spooling to disk.
-    pub memory_threshold: u64,
-    /// Failed AUTH attempts before lockout.
-    pub auth_failures: u32,
-    /// Lockout duration.
-    pub auth_lockout: Duration,
-    /// Shutdown grace period.
-    pub shutdown_grace: Duration,
-    /// Most sessions per client address that no application owns.
-    pub max_connections_per_client: usize,
-    /// Longest session.
-    pub max_session_time: Duration,
-    /// Idle time between commands before AUTH or identification.
-    pub unidentified_timeout: Duration,
-}
-
 /// `[admin]`.
 #[derive(Debug, Clone)]
 pub struct Admin {
@@ -240,35 +163,6 @@ pub struct Cluster {
     pub redis: Secret,
     /// What limits do while Redis cannot be reached.
     pub on_redis_error: OnRedisError,
-}
-
-/// `[log]`.
-#[derive(Debug, Clone)]
-pub struct Log {
-    /// Line format.
-    pub format: LogFormat,
-    /// Filter directive.
-    pub level: String,
-}
-
-/// `[health]` with defaults applied.
-#[derive(Debug, Clone)]
-pub struct HealthSettings {
-    /// Consecutive server-level failures before a server is skipped.
-    pub failures: u32,
-    /// How long it is skipped.
-    pub cooldown: Duration,
-}
-
-/// `[reload]` with defaults applied.
-#[derive(Debug, Clone)]
-pub struct ReloadSettings {
-    /// Watch the files for changes.
-    pub watch: bool,
-    /// How often.
-    pub interval: Duration,
-    /// Probe new or changed servers first.
-    pub probe: bool,
 }
 
 /// An upstream.
@@ -396,8 +290,11 @@ pub struct CaptureServer {
     pub path: PathBuf,
 }
 
-/// Test mode as resolved for a tenant or application.
-#[derive(Debug, Clone, PartialEq)]
+/// Test mode as resolved for a tenant or application: read from a
+/// `test_mode = { ... }` table through [`raw::RawTestMode`], which refuses
+/// one without `redirect_to` unless it is `enabled = false`.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(try_from = "raw::RawTestMode")]
 pub enum TestModeSetting {
     /// Explicitly off (overrides an inherited test mode).
     Off,
@@ -414,77 +311,6 @@ pub struct TestMode {
     pub subject_prefix: Option<HeaderText>,
     /// Recipients still delivered normally.
     pub allow: Vec<BlacklistEntry>,
-}
-
-/// A tenant as written (inheritance is resolved by `policy`).
-#[derive(Debug, Clone, Default)]
-pub struct Tenant {
-    /// Its name.
-    pub name: String,
-    /// Head office.
-    pub parent: Option<String>,
-    /// Sending switch.
-    pub enabled: Option<bool>,
-    /// May use system servers.
-    pub use_system_server: Option<bool>,
-    /// May own servers.
-    pub own_servers: Option<bool>,
-    /// Default server.
-    pub default_server: Option<String>,
-    /// Sender.
-    pub sender: Option<EmailAddress>,
-    /// Display name.
-    pub display_name: Option<HeaderText>,
-    /// Reply-To.
-    pub reply_to: Option<EmailAddress>,
-    /// DSN address.
-    pub bounce_address: Option<EmailAddress>,
-    /// Suppression list.
-    pub blacklist: Vec<BlacklistEntry>,
-    /// Its action.
-    pub blacklist_action: BlacklistAction,
-    /// Test mode.
-    pub test_mode: Option<TestModeSetting>,
-}
-
-/// An application.
-#[derive(Debug, Clone, Default)]
-pub struct Application {
-    /// Its name.
-    pub name: String,
-    /// Its tenant.
-    pub tenant: String,
-    /// AUTH user.
-    pub auth_user: Option<String>,
-    /// argon2id PHC string.
-    pub password_hash: Option<String>,
-    /// Identifying networks.
-    pub client_ips: Vec<Cidr>,
-    /// Primary server.
-    pub primary: Option<String>,
-    /// Fallback server.
-    pub fallback: Option<String>,
-    /// Display name.
-    pub display_name: Option<HeaderText>,
-    /// Sender.
-    pub sender: Option<EmailAddress>,
-    /// Reply-To.
-    pub reply_to: Option<EmailAddress>,
-    /// Test mode.
-    pub test_mode: Option<TestModeSetting>,
-    /// Bare LF tolerance.
-    pub allow_bare_lf: Option<bool>,
-}
-
-/// A route.
-#[derive(Debug, Clone)]
-pub struct Route {
-    /// Sender filter.
-    pub sender: BlacklistEntry,
-    /// Selected server.
-    pub server: String,
-    /// Tenant scope (the tenant and its locations); `None` = every tenant.
-    pub tenant: Option<String>,
 }
 
 impl Config {

@@ -1,53 +1,129 @@
 //! The config file's shape as serde sees it (PRODUCT §4): one struct per
 //! table, `deny_unknown_fields` everywhere, value types parsed on the way in.
 //!
-//! These structs hold what the file says, with optional fields left unset;
-//! inheritance, defaults, references and cross-checks are applied by
-//! `validate`, which turns them into the snapshot the rest of the code sees.
+//! Every key is declared here once: its doc comment, its type (a value
+//! type from `values` that parses itself) and its default, beside it.
+//! Three kinds of struct:
+//!
+//! - **Sections declared with `section!`** (`[system]`, `[limits]`,
+//!   `[health]`, `[reload]`, `[log]`, `[queue]`): one line per key,
+//!   `name: Type = default`. Missing keys take the default, unknown keys
+//!   are refused, and the struct *is* the validated type the rest of the
+//!   code reads (`Config::limits` is a [`Limits`]); `validate` only adds
+//!   range checks that need a file position. Adding a key with a default
+//!   touches this file only.
+//! - **Entities that are their own validated type** ([`Listener`],
+//!   [`Tenant`], [`Application`], [`Route`]): defaults on the fields with
+//!   `#[serde(default)]`; `validate` fills in what comes from elsewhere
+//!   (the name from the table key, a listener's name from its address, a
+//!   route's scope from its server) and checks references.
+//! - **`Raw*` structs** for entities whose validated form needs the file
+//!   system or a different shape ([`RawServer`]: per-kind settings,
+//!   secrets, CA files; [`RawAdmin`], [`RawCluster`]: secrets; [`RawTls`],
+//!   [`RawDkim`]: keys loaded): defaults are still on the raw fields, and
+//!   `validate` builds their twins in `config/mod.rs`.
 
-use super::values::{
-    BlacklistEntry, Cidr, Dur, EmailAddress, HeaderText, Limit, SecretSource, Size,
-};
+use super::values::{BlacklistEntry, Cidr, Dur, EmailAddress, HeaderText, Limit, SecretSource};
+use super::{TestMode, TestModeSetting};
 use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
 
-/// `[system]`: global switches and the system side of every inherited setting.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawSystem {
-    /// Name used in the greeting, in EHLO upstream and in `Received:`.
-    /// Default: the machine's host name.
-    pub hostname: Option<HeaderText>,
-    /// `false` refuses all sending with a 4xx, whatever tenants configure.
-    pub enabled: Option<bool>,
-    /// `"queue"` (default: the message is fsynced to the spool before the
-    /// client's 250 and delivered in the background with retries) or
-    /// `"direct"` (the client's reply waits for the upstream's answer).
-    pub delivery: Option<DeliveryMode>,
-    /// Directory for the queue and persistent state (relative to the config).
-    pub spool: Option<String>,
-    /// The system default server, last in every chain that may use it.
-    pub default_server: Option<String>,
-    /// The system's own fallback, tried after `default_server`. This is the
-    /// fallback PRODUCT §3.6 calls implied: an application whose primary is
-    /// the system default server may not set its own.
-    pub fallback_server: Option<String>,
-    /// Sender used when neither server, application nor tenant sets one.
-    pub default_sender: Option<EmailAddress>,
-    /// Display name used when neither application nor tenant sets one.
-    pub display_name: Option<HeaderText>,
-    /// Reply-To used when neither application nor tenant sets one.
-    pub reply_to: Option<EmailAddress>,
-    /// Where delivery status notifications go when the envelope sender is
-    /// empty or when a tenant routes bounces centrally.
-    pub bounce_address: Option<EmailAddress>,
-    /// System-wide suppression list: addresses or `@domain`.
-    #[serde(default)]
-    pub blacklist: Vec<BlacklistEntry>,
-    /// What happens to a recipient on the system list: `drop` or `reject`.
-    pub blacklist_action: Option<BlacklistAction>,
-    /// Threads of the async runtime. Default: one per CPU. Read at start
-    /// only (a reload does not change it).
-    pub worker_threads: Option<usize>,
+/// Declares a config table whose keys all have defaults, one line per key:
+///
+/// ```text
+/// section! {
+///     /// `[health]`: ...
+///     pub struct HealthSettings {
+///         /// Consecutive failures before a server is skipped. Default 3.
+///         pub failures: u32 = 3,
+///     }
+/// }
+/// ```
+///
+/// It expands to the struct (`Debug`, `Clone`, `Deserialize` with
+/// `deny_unknown_fields` and `default`) and its `Default` impl built from
+/// the `= default` of each key. Field attributes (e.g.
+/// `#[serde(deserialize_with = "...")]`) pass through.
+macro_rules! section {
+    (
+        $(#[$meta:meta])*
+        pub struct $name:ident {
+            $(
+                $(#[$fmeta:meta])*
+                pub $field:ident : $ty:ty = $default:expr
+            ),* $(,)?
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Deserialize)]
+        #[serde(deny_unknown_fields, default)]
+        pub struct $name {
+            $( $(#[$fmeta])* pub $field: $ty, )*
+        }
+        impl Default for $name {
+            fn default() -> Self {
+                $name { $( $field: $default, )* }
+            }
+        }
+    };
+}
+
+section! {
+    /// `[system]`: global switches and the system side of every inherited
+    /// setting. Declared once; `validate::system` resolves `spool` against
+    /// the config's directory and checks the rest.
+    pub struct System {
+        /// Name used in the greeting, in EHLO upstream and in `Received:`.
+        /// Default: the machine's host name.
+        #[serde(deserialize_with = "super::values::plain::header_text")]
+        pub hostname: String = machine_hostname(),
+        /// `false` refuses all sending with a 4xx, whatever tenants configure.
+        /// Default `true`.
+        pub enabled: bool = true,
+        /// `"queue"` (default: the message is fsynced to the spool before the
+        /// client's 250 and delivered in the background with retries) or
+        /// `"direct"` (the client's reply waits for the upstream's answer).
+        pub delivery: DeliveryMode = DeliveryMode::Queue,
+        /// Directory for the queue and persistent state (relative to the
+        /// config). Default `"spool"`.
+        pub spool: PathBuf = PathBuf::from("spool"),
+        /// The system default server, last in every chain that may use it.
+        pub default_server: Option<String> = None,
+        /// The system's own fallback, tried after `default_server`. This is the
+        /// fallback PRODUCT §3.6 calls implied: an application whose primary is
+        /// the system default server may not set its own.
+        pub fallback_server: Option<String> = None,
+        /// Sender used when neither server, application nor tenant sets one.
+        pub default_sender: Option<EmailAddress> = None,
+        /// Display name used when neither application nor tenant sets one.
+        pub display_name: Option<HeaderText> = None,
+        /// Reply-To used when neither application nor tenant sets one.
+        pub reply_to: Option<EmailAddress> = None,
+        /// Where delivery status notifications go when the envelope sender is
+        /// empty or when a tenant routes bounces centrally.
+        pub bounce_address: Option<EmailAddress> = None,
+        /// System-wide suppression list: addresses or `@domain`.
+        pub blacklist: Vec<BlacklistEntry> = Vec::new(),
+        /// What happens to a recipient on the system list: `drop` (default)
+        /// or `reject`.
+        pub blacklist_action: BlacklistAction = BlacklistAction::Drop,
+        /// Threads of the async runtime. Default: one per CPU. Read at start
+        /// only (a reload does not change it).
+        pub worker_threads: Option<usize> = None,
+    }
+}
+
+/// The default of `system.hostname`: the machine's host name, or
+/// `localhost` when it is empty or not usable in SMTP.
+fn machine_hostname() -> String {
+    let h = gethostname::gethostname().to_string_lossy().into_owned();
+    if h.is_empty() || h.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        "localhost".to_owned()
+    } else {
+        h
+    }
 }
 
 /// Delivery mode (PRODUCT §3.8).
@@ -71,29 +147,41 @@ pub enum BlacklistAction {
     Reject,
 }
 
-/// `[[listener]]`: one inbound address.
+/// `[[listener]]`: one inbound address. Declared once: this is also the
+/// validated type (`Config::listeners`); each key's default is written on
+/// it (`#[serde(default)]`: `false`, empty, or the enum's `#[default]`
+/// variant). `validate::listener` checks it against the rest of the config
+/// and fills in `name`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawListener {
-    /// Optional name, used in logs and metric labels (default: the address).
-    pub name: Option<String>,
+pub struct Listener {
+    /// Name used in logs and metric labels. Default (also when empty): the
+    /// address, e.g. `127.0.0.1:2525`.
+    #[serde(default)]
+    pub name: String,
     /// `host:port` to bind, e.g. `"127.0.0.1:2525"` or `"[::]:587"`.
-    pub address: String,
-    /// `none`, `starttls` (offered) or `implicit` (TLS from the first byte).
-    pub tls: Option<ListenerTls>,
-    /// `none` (no AUTH offered), `optional` or `required`.
-    pub auth: Option<ListenerAuth>,
+    #[serde(deserialize_with = "super::values::plain::socket_addr")]
+    pub address: SocketAddr,
+    /// `none` (default), `starttls` (offered) or `implicit` (TLS from the first byte).
+    #[serde(default)]
+    pub tls: ListenerTls,
+    /// `none` (no AUTH offered), `optional` (default) or `required`.
+    #[serde(default)]
+    pub auth: ListenerAuth,
     /// Offer AUTH without TLS (legacy LAN clients). Default `false`.
-    pub allow_plaintext_auth: Option<bool>,
+    #[serde(default)]
+    pub allow_plaintext_auth: bool,
     /// Every client on this listener is this application (unless it
     /// authenticates as another one).
     pub application: Option<String>,
     /// Accept bare LF line endings in DATA and normalise them to CRLF.
     /// Default `false` (refused with 500 5.6.0 unless the application allows it).
-    pub allow_bare_lf: Option<bool>,
+    #[serde(default)]
+    pub allow_bare_lf: bool,
     /// Require a PROXY protocol v1 or v2 header (from a TCP load balancer)
     /// before SMTP; its client address then stands for the client. Default `false`.
-    pub proxy_protocol: Option<bool>,
+    #[serde(default)]
+    pub proxy_protocol: bool,
     /// Peers (addresses or networks) allowed to send the PROXY header; any
     /// other peer is refused. Required with `proxy_protocol = true`.
     #[serde(default)]
@@ -101,10 +189,11 @@ pub struct RawListener {
 }
 
 /// TLS mode of a listener.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ListenerTls {
-    /// Plaintext only.
+    /// Plaintext only (the default).
+    #[default]
     None,
     /// Plaintext with STARTTLS offered.
     Starttls,
@@ -113,12 +202,14 @@ pub enum ListenerTls {
 }
 
 /// AUTH requirement of a listener.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ListenerAuth {
     /// AUTH is not offered; clients are identified by listener or address.
     None,
-    /// AUTH offered; unauthenticated clients are identified by listener or address.
+    /// AUTH offered; unauthenticated clients are identified by listener or
+    /// address (the default).
+    #[default]
     Optional,
     /// AUTH required before MAIL.
     Required,
@@ -134,57 +225,53 @@ pub struct RawTls {
     pub private_key: String,
 }
 
-/// `[limits]`: inbound limits.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawLimits {
-    /// Largest message accepted (SIZE and DATA). Default `"25MB"`.
-    pub max_message_size: Option<Size>,
-    /// Most recipients per message. Default 100.
-    pub max_recipients: Option<usize>,
-    /// Most concurrent sessions over all listeners. Default 1000.
-    pub max_connections: Option<usize>,
-    /// Time allowed for each whole command line, counted from the previous
-    /// reply (not reset by each byte that arrives). Default `"5m"`.
-    pub command_timeout: Option<Dur>,
-    /// Time allowed for the whole DATA/BDAT phase. Default `"10m"`.
-    pub data_timeout: Option<Dur>,
-    /// Longest command line in bytes (RFC 5321 asks for at least 512).
-    /// Default 4096. Message lines are not limited: the body is relayed as
-    /// it is, and an upstream's refusal is passed back.
-    pub max_line_length: Option<usize>,
-    /// Messages larger than this are spooled to a temporary file instead of
-    /// memory. Default `"1MB"`.
-    pub memory_threshold: Option<Size>,
-    /// Failed AUTH attempts per client address before a lockout. Default 5.
-    pub auth_failures: Option<u32>,
-    /// How long an address stays locked out after too many failures. Default `"15m"`.
-    pub auth_lockout: Option<Dur>,
-    /// At shutdown, how long transactions in progress may take to finish. Default `"30s"`.
-    pub shutdown_grace: Option<Dur>,
-    /// Most concurrent sessions from one client address that no application
-    /// owns (IPv6: per /64), like Postfix's
-    /// `smtpd_client_connection_count_limit`. Default
-    /// [`RawLimits::DEFAULT_MAX_CONNECTIONS_PER_CLIENT`].
-    pub max_connections_per_client: Option<usize>,
-    /// Longest a session may last; at the next command after it, the client
-    /// gets `421 4.4.2` (a message in transfer may finish). Default
-    /// [`RawLimits::DEFAULT_MAX_SESSION_TIME`].
-    pub max_session_time: Option<Dur>,
-    /// Idle time allowed between commands while a session is neither
-    /// authenticated nor identified by its address or listener. Default
-    /// [`RawLimits::DEFAULT_UNIDENTIFIED_TIMEOUT`].
-    pub unidentified_timeout: Option<Dur>,
-}
-
-impl RawLimits {
-    /// Default of `max_connections_per_client` (Postfix's default too).
-    pub const DEFAULT_MAX_CONNECTIONS_PER_CLIENT: usize = 50;
-    /// Default of `max_session_time`: one hour.
-    pub const DEFAULT_MAX_SESSION_TIME: std::time::Duration = std::time::Duration::from_secs(3600);
-    /// Default of `unidentified_timeout`: twenty seconds.
-    pub const DEFAULT_UNIDENTIFIED_TIMEOUT: std::time::Duration =
-        std::time::Duration::from_secs(20);
+section! {
+    /// `[limits]`: inbound limits. Declared once, here, with the defaults;
+    /// `validate::sections` checks the ranges.
+    pub struct Limits {
+        /// Largest message accepted (SIZE and DATA). Default `"25MB"`.
+        #[serde(deserialize_with = "super::values::plain::bytes")]
+        pub max_message_size: u64 = 25 << 20,
+        /// Most recipients per message. Default 100.
+        pub max_recipients: usize = 100,
+        /// Most concurrent sessions over all listeners. Default 1000.
+        pub max_connections: usize = 1000,
+        /// Time allowed for each whole command line, counted from the previous
+        /// reply (not reset by each byte that arrives). Default `"5m"`.
+        #[serde(deserialize_with = "super::values::plain::duration")]
+        pub command_timeout: Duration = Duration::from_secs(300),
+        /// Time allowed for the whole DATA/BDAT phase. Default `"10m"`.
+        #[serde(deserialize_with = "super::values::plain::duration")]
+        pub data_timeout: Duration = Duration::from_secs(600),
+        /// Longest command line in bytes (RFC 5321 asks for at least 512).
+        /// Default 4096. Message lines are not limited: the body is relayed as
+        /// it is, and an upstream's refusal is passed back.
+        pub max_line_length: usize = 4096,
+        /// Messages larger than this are spooled to a temporary file instead of
+        /// memory. Default `"1MB"`.
+        #[serde(deserialize_with = "super::values::plain::bytes")]
+        pub memory_threshold: u64 = 1 << 20,
+        /// Failed AUTH attempts per client address before a lockout. Default 5.
+        pub auth_failures: u32 = 5,
+        /// How long an address stays locked out after too many failures. Default `"15m"`.
+        #[serde(deserialize_with = "super::values::plain::duration")]
+        pub auth_lockout: Duration = Duration::from_secs(900),
+        /// At shutdown, how long transactions in progress may take to finish. Default `"30s"`.
+        #[serde(deserialize_with = "super::values::plain::duration")]
+        pub shutdown_grace: Duration = Duration::from_secs(30),
+        /// Most concurrent sessions from one client address that no application
+        /// owns (IPv6: per /64), like Postfix's
+        /// `smtpd_client_connection_count_limit`. Default 50 (Postfix's too).
+        pub max_connections_per_client: usize = 50,
+        /// Longest a session may last; at the next command after it, the client
+        /// gets `421 4.4.2` (a message in transfer may finish). Default `"1h"`.
+        #[serde(deserialize_with = "super::values::plain::duration")]
+        pub max_session_time: Duration = Duration::from_secs(3600),
+        /// Idle time allowed between commands while a session is neither
+        /// authenticated nor identified by its address or listener. Default `"20s"`.
+        #[serde(deserialize_with = "super::values::plain::duration")]
+        pub unidentified_timeout: Duration = Duration::from_secs(20),
+    }
 }
 
 /// `[admin]`: the admin and metrics port.
@@ -192,14 +279,16 @@ impl RawLimits {
 #[serde(deny_unknown_fields)]
 pub struct RawAdmin {
     /// `host:port` for `/metrics`, `/healthz`, `/readyz` and the admin API.
-    pub address: String,
+    #[serde(deserialize_with = "super::values::plain::socket_addr")]
+    pub address: SocketAddr,
     /// Bearer token for the admin API (`/api/v1/…`); without one the API
     /// is off.
     pub token: Option<SecretSource>,
     /// Serve the status page (`GET /`) without the token even when the
     /// admin address is not loopback. Default `false`: open on a loopback
     /// address, behind the token otherwise.
-    pub status_public: Option<bool>,
+    #[serde(default)]
+    pub status_public: bool,
 }
 
 /// `[cluster]`: several instances sharing state (PRODUCT §3.10).
@@ -212,7 +301,8 @@ pub struct RawCluster {
     /// When Redis cannot be reached: `local` (default; count in this
     /// instance alone, with a warning and a metric) or `closed` (treat
     /// every limited server as over its limit).
-    pub on_redis_error: Option<OnRedisError>,
+    #[serde(default)]
+    pub on_redis_error: OnRedisError,
 }
 
 /// What send limits do while Redis cannot be reached.
@@ -226,70 +316,59 @@ pub enum OnRedisError {
     Closed,
 }
 
-/// `[health]`: when an upstream is considered down (PRODUCT §3.6).
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawHealth {
-    /// Consecutive connection, TLS or AUTH failures before a server is
-    /// skipped. Default 3.
-    pub failures: Option<u32>,
-    /// How long a server that is down is skipped before it is tried again.
-    /// Default `"30s"`.
-    pub cooldown: Option<Dur>,
-}
-
-/// `[queue]`: retries of queued messages (PRODUCT §3.8). Each key is
-/// declared once, here, with its default; the validated config uses this
-/// type as it is.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct QueueSettings {
-    /// First retry after about this long (jittered by ±20%). Default `"1m"`.
-    pub min_backoff: Dur,
-    /// Retries back off exponentially (doubling) up to this. Default `"1h"`.
-    pub max_backoff: Dur,
-    /// A message still not delivered after this long gets a DSN and leaves
-    /// the queue. Default `"5d"`.
-    pub max_age: Dur,
-    /// Deliveries from the queue that may run at once. Default 100.
-    pub concurrency: u32,
-}
-
-impl Default for QueueSettings {
-    fn default() -> Self {
-        QueueSettings {
-            min_backoff: Dur(std::time::Duration::from_secs(60)),
-            max_backoff: Dur(std::time::Duration::from_secs(3600)),
-            max_age: Dur(std::time::Duration::from_secs(5 * 86400)),
-            concurrency: 100,
-        }
+section! {
+    /// `[health]`: when an upstream is considered down (PRODUCT §3.6).
+    pub struct HealthSettings {
+        /// Consecutive connection, TLS or AUTH failures before a server is
+        /// skipped. Default 3.
+        pub failures: u32 = 3,
+        /// How long a server that is down is skipped before it is tried again.
+        /// Default `"30s"`.
+        #[serde(deserialize_with = "super::values::plain::duration")]
+        pub cooldown: Duration = Duration::from_secs(30),
     }
 }
 
-/// `[reload]`: hot reload (PRODUCT §3.9).
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawReload {
-    /// Reload when the content of the config file, an included file, or a
-    /// certificate, key, CA or secret file they name changes (checked every
-    /// `interval`). Default `true`. SIGHUP always reloads.
-    pub watch: Option<bool>,
-    /// How often the files are checked. Default `"2s"`.
-    pub interval: Option<Dur>,
-    /// Probe new or changed SMTP servers (connect, TLS, AUTH) before a new
-    /// config goes live; a server that fails keeps the old config in place.
-    /// Default `true`.
-    pub probe: Option<bool>,
+section! {
+    /// `[queue]`: retries of queued messages (PRODUCT §3.8).
+    pub struct QueueSettings {
+        /// First retry after about this long (jittered by ±20%). Default `"1m"`.
+        pub min_backoff: Dur = Dur(Duration::from_secs(60)),
+        /// Retries back off exponentially (doubling) up to this. Default `"1h"`.
+        pub max_backoff: Dur = Dur(Duration::from_secs(3600)),
+        /// A message still not delivered after this long gets a DSN and leaves
+        /// the queue. Default `"5d"`.
+        pub max_age: Dur = Dur(Duration::from_secs(5 * 86400)),
+        /// Deliveries from the queue that may run at once. Default 100.
+        pub concurrency: u32 = 100,
+    }
 }
 
-/// `[log]`: log output.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawLog {
-    /// `text` (default) or `json`.
-    pub format: Option<LogFormat>,
-    /// A tracing filter such as `"info"` or `"smarthost=debug"`. Default `"info"`.
-    pub level: Option<String>,
+section! {
+    /// `[reload]`: hot reload (PRODUCT §3.9).
+    pub struct ReloadSettings {
+        /// Reload when the content of the config file, an included file, or a
+        /// certificate, key, CA or secret file they name changes (checked every
+        /// `interval`). Default `true`. SIGHUP always reloads.
+        pub watch: bool = true,
+        /// How often the files are checked. Default `"2s"`.
+        #[serde(deserialize_with = "super::values::plain::duration")]
+        pub interval: Duration = Duration::from_secs(2),
+        /// Probe new or changed SMTP servers (connect, TLS, AUTH) before a new
+        /// config goes live; a server that fails keeps the old config in place.
+        /// Default `true`.
+        pub probe: bool = true,
+    }
+}
+
+section! {
+    /// `[log]`: log output.
+    pub struct Log {
+        /// `text` (default) or `json`.
+        pub format: LogFormat = LogFormat::Text,
+        /// A tracing filter such as `"info"` or `"smarthost=debug"`. Default `"info"`.
+        pub level: String = "info".to_owned(),
+    }
 }
 
 /// Log line format.
@@ -302,12 +381,20 @@ pub enum LogFormat {
     Json,
 }
 
-/// `[server.NAME]`: an upstream.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// `[server.NAME]`: an upstream. One flat table for every kind, so keys
+/// of another kind can be refused by name; `validate::server` builds the
+/// kind's settings from it. Defaults are written on the fields
+/// (`#[serde(default)]`: the type's default or the named function beside
+/// it); keys whose default depends on other keys (`port`, `tls_name`,
+/// `helo_name`) stay optional and are resolved in `validate::server`. A
+/// key of another kind is found by the keys the file set (`Located::keys`),
+/// so it is refused even when it has a default.
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawServer {
     /// `smtp` (default), `capture` or `graph`.
-    pub kind: Option<ServerKindName>,
+    #[serde(default)]
+    pub kind: ServerKindName,
     /// Owning tenant; system servers name none.
     pub tenant: Option<String>,
     /// SMTP: host name or IP address.
@@ -315,7 +402,8 @@ pub struct RawServer {
     /// SMTP: port. Default 465 for `implicit`, else 587 (25 for `none`).
     pub port: Option<u16>,
     /// SMTP: `none`, `auto`, `implicit`, `starttls`, `starttls-when-available`. Default `auto`.
-    pub security: Option<Security>,
+    #[serde(default)]
+    pub security: Security,
     /// SMTP: AUTH user name; AUTH is used when set.
     pub username: Option<String>,
     /// SMTP: AUTH password (string, `{ env }` or `{ file }`).
@@ -334,30 +422,53 @@ pub struct RawServer {
     /// Send limit such as `"10000/day"`.
     pub limit: Option<Limit>,
     /// What the limit counts: `messages` (default) or `recipients`.
-    pub limit_counts: Option<LimitCounts>,
+    #[serde(default)]
+    pub limit_counts: LimitCounts,
     /// SMTP: TCP connect timeout. Default `"10s"`.
-    pub connect_timeout: Option<Dur>,
+    #[serde(
+        default = "secs::<10>",
+        deserialize_with = "super::values::plain::duration"
+    )]
+    pub connect_timeout: Duration,
     /// SMTP: timeout for the greeting and each command. Default `"60s"`.
-    pub command_timeout: Option<Dur>,
+    #[serde(
+        default = "secs::<60>",
+        deserialize_with = "super::values::plain::duration"
+    )]
+    pub command_timeout: Duration,
     /// SMTP: timeout for the data phase. Default `"10m"`.
-    pub data_timeout: Option<Dur>,
+    #[serde(
+        default = "secs::<600>",
+        deserialize_with = "super::values::plain::duration"
+    )]
+    pub data_timeout: Duration,
     /// SMTP: skip certificate verification (lab servers only). Default `false`.
-    pub accept_invalid_certs: Option<bool>,
+    #[serde(default)]
+    pub accept_invalid_certs: bool,
     /// SMTP: extra PEM CA certificates to trust for this server.
     pub ca_file: Option<String>,
     /// SMTP: TLS server name to verify, when `host` is an IP address.
     pub tls_name: Option<String>,
     /// SMTP: name sent in EHLO. Default: `system.hostname`.
     pub helo_name: Option<String>,
-    /// SMTP: most idle connections kept open to this server for reuse. Default 100.
-    pub pool_size: Option<usize>,
+    /// SMTP: most idle connections kept open to this server for reuse.
+    /// Default 100: with fewer than the concurrent deliveries, connections
+    /// are opened and closed per message (at 100 concurrent senders a pool
+    /// of 32 cost 40% of the throughput, bench/README.md); idle ones close
+    /// after `pool_idle_timeout`, so the pool shrinks when the load drops.
+    #[serde(default = "pool_size")]
+    pub pool_size: usize,
     /// SMTP: most concurrent connections (transactions) to this server
     /// across every session and the queue; a delivery waits for a slot up
     /// to `connect_timeout`, then fails over (direct) or defers (queue).
     /// Default: no cap.
     pub max_connections: Option<usize>,
     /// SMTP: how long an idle pooled connection is kept. Default `"30s"`.
-    pub pool_idle_timeout: Option<Dur>,
+    #[serde(
+        default = "secs::<30>",
+        deserialize_with = "super::values::plain::duration"
+    )]
+    pub pool_idle_timeout: Duration,
     /// Capture: the directory messages are written to (relative to the config).
     pub path: Option<String>,
     /// Graph: Azure AD tenant id.
@@ -370,11 +481,33 @@ pub struct RawServer {
     /// fixed sender unless `sender` is set.
     pub mailbox: Option<EmailAddress>,
     /// Graph: token authority. Default `"https://login.microsoftonline.com"`.
-    pub authority: Option<String>,
+    #[serde(default = "authority")]
+    pub authority: String,
     /// Graph: API base URL. Default `"https://graph.microsoft.com"`.
-    pub graph_url: Option<String>,
+    #[serde(default = "graph_url")]
+    pub graph_url: String,
     /// SMTP with `auth = "xoauth2"`: where and how tokens are fetched.
     pub oauth: Option<RawOAuth>,
+}
+
+/// A default of `N` seconds.
+fn secs<const N: u64>() -> Duration {
+    Duration::from_secs(N)
+}
+
+/// Default of `pool_size` (see there).
+fn pool_size() -> usize {
+    100
+}
+
+/// Default of a Graph server's `authority`.
+fn authority() -> String {
+    "https://login.microsoftonline.com".to_owned()
+}
+
+/// Default of a Graph server's `graph_url`.
+fn graph_url() -> String {
+    "https://graph.microsoft.com".to_owned()
 }
 
 /// `oauth = { ... }` of an SMTP server with `auth = "xoauth2"`.
@@ -396,10 +529,11 @@ pub struct RawOAuth {
 }
 
 /// Upstream kind.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ServerKindName {
-    /// An SMTP server.
+    /// An SMTP server (the default).
+    #[default]
     Smtp,
     /// A local capture outbox.
     Capture,
@@ -408,12 +542,13 @@ pub enum ServerKindName {
 }
 
 /// Upstream TLS mode (PRODUCT §3.5).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Security {
     /// Plaintext only.
     None,
-    /// Port 465: implicit; otherwise STARTTLS when offered.
+    /// Port 465: implicit; otherwise STARTTLS when offered (the default).
+    #[default]
     Auto,
     /// TLS from the first byte (SMTPS).
     Implicit,
@@ -438,16 +573,18 @@ pub enum UpstreamAuth {
 }
 
 /// What a send limit counts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LimitCounts {
-    /// One per message.
+    /// One per message (the default).
+    #[default]
     Messages,
     /// One per recipient (as most providers count).
     Recipients,
 }
 
-/// Test mode of a tenant or application (PRODUCT §3.4).
+/// Test mode of a tenant or application (PRODUCT §3.4) as written; it
+/// becomes a [`TestModeSetting`] as it is read.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawTestMode {
@@ -462,10 +599,37 @@ pub struct RawTestMode {
     pub allow: Vec<BlacklistEntry>,
 }
 
-/// `[tenant.NAME]`: a customer or one of its locations.
+impl TryFrom<RawTestMode> for TestModeSetting {
+    type Error = &'static str;
+    fn try_from(t: RawTestMode) -> Result<Self, Self::Error> {
+        if t.enabled == Some(false) {
+            return Ok(TestModeSetting::Off);
+        }
+        match t.redirect_to {
+            Some(redirect_to) => Ok(TestModeSetting::On(TestMode {
+                redirect_to,
+                subject_prefix: t.subject_prefix,
+                allow: t.allow,
+            })),
+            None => Err(
+                "test mode needs redirect_to (or enabled = false to switch an inherited test mode off)",
+            ),
+        }
+    }
+}
+
+/// `[tenant.NAME]`: a customer or one of its locations. Declared once:
+/// this is also the validated type (`Config::tenants`). Values stay as
+/// written — `None` means "not set here", so it is inherited from the
+/// parent; the defaults at the end of the chain are applied where they are
+/// read (`Config::tenant_uses_system_server` and `policy`).
+/// `validate::tenant` checks parents, cycles and default servers.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawTenant {
+pub struct Tenant {
+    /// Its name: the table's key (set by `validate`, not a key of its own).
+    #[serde(skip)]
+    pub name: String,
     /// Head office this location inherits from.
     pub parent: Option<String>,
     /// `false` refuses this tenant's mail with a 4xx. Inherited. Default `true`.
@@ -488,17 +652,26 @@ pub struct RawTenant {
     #[serde(default)]
     pub blacklist: Vec<BlacklistEntry>,
     /// Action for this tenant's list: `drop` (default) or `reject`.
-    pub blacklist_action: Option<BlacklistAction>,
+    #[serde(default)]
+    pub blacklist_action: BlacklistAction,
     /// Test mode. Inherited as a whole.
-    pub test_mode: Option<RawTestMode>,
+    pub test_mode: Option<TestModeSetting>,
 }
 
-/// `[application.NAME]`: a sending program of a tenant.
+/// `[application.NAME]`: a sending program of a tenant. Declared once:
+/// this is also the validated type (`Config::applications`);
+/// `validate::application` checks it and builds the AUTH-user and
+/// client-network indexes.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawApplication {
-    /// The tenant it belongs to.
-    pub tenant: Option<String>,
+pub struct Application {
+    /// Its name: the table's key (set by `validate`, not a key of its own).
+    #[serde(skip)]
+    pub name: String,
+    /// The tenant it belongs to. Required (`validate` says so when the key
+    /// is missing).
+    #[serde(default)]
+    pub tenant: String,
     /// SMTP AUTH user that identifies it.
     pub auth_user: Option<String>,
     /// argon2id hash of its password (`smarthost hash-password`).
@@ -517,7 +690,7 @@ pub struct RawApplication {
     /// Reply-To address.
     pub reply_to: Option<EmailAddress>,
     /// Test mode; overrides the tenant's as a whole.
-    pub test_mode: Option<RawTestMode>,
+    pub test_mode: Option<TestModeSetting>,
     /// Accept bare LF line endings from this application. Default: the listener's setting.
     pub allow_bare_lf: Option<bool>,
 }
@@ -539,15 +712,18 @@ pub struct RawDkim {
     pub tenant: Option<String>,
 }
 
-/// `[[route]]`: a sender filter that selects a server.
+/// `[[route]]`: a sender filter that selects a server. Declared once: this
+/// is also the validated type (`Config::routes`), where `tenant` holds the
+/// resolved scope.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawRoute {
+pub struct Route {
     /// Full address or `@domain`.
     pub sender: BlacklistEntry,
     /// The server it selects.
     pub server: String,
     /// Restrict the route to one tenant and its locations. Default: the
-    /// server's owner, or every tenant for a system server.
+    /// server's owner (filled in by `validate`), or every tenant (`None`)
+    /// for a system server.
     pub tenant: Option<String>,
 }

@@ -374,6 +374,12 @@ fn validation_rules() {
             "already used",
         ),
         (
+            "bad admin address",
+            "[admin]\naddress = \"nowhere\"\n",
+            "admin.address",
+            "invalid address \"nowhere\": expected IP:port",
+        ),
+        (
             "bad listener address",
             "[[listener]]\naddress = \"somewhere\"\n",
             "listener[1].address",
@@ -581,6 +587,224 @@ fn defaults_apply() {
     assert_eq!(s.helo_name, "relay.test");
     assert_eq!(c.system.delivery, DeliveryMode::Queue);
     assert_eq!(c.listeners[0].name, "127.0.0.1:2525");
+}
+
+/// `[[listener]]` is declared once (raw.rs): defaults on the fields, the
+/// name filled in from the address; a bad address is its only error (the
+/// listener counts as defined, so no "no [[listener]]"), and a duplicate
+/// address after it still names the right listener.
+#[test]
+fn listener_defaults_and_a_bad_address_alone() {
+    let c = load(&format!(
+        "{}\n[[listener]]\nname = \"\"\naddress = \"localhost:2526\"\n",
+        base()
+    ))
+    .unwrap();
+    let l = &c.listeners[1];
+    assert_eq!(l.name, "127.0.0.1:2526");
+    assert_eq!((l.tls, l.auth), (ListenerTls::None, ListenerAuth::Optional));
+    assert!(!l.allow_plaintext_auth && !l.allow_bare_lf && !l.proxy_protocol);
+
+    let only = base().replace("127.0.0.1:2525", "somewhere");
+    let e = errors(&only);
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert_eq!(e[0].key, "listener[0].address");
+    assert_eq!(e[0].line, 6);
+    assert!(
+        e[0].message.starts_with("invalid address \"somewhere\""),
+        "{e:?}"
+    );
+
+    let e = errors(&format!(
+        "{}\n[[listener]]\naddress = \"x\"\n[[listener]]\naddress = \"127.0.0.1:2525\"\n",
+        base()
+    ));
+    let keys: Vec<_> = e
+        .iter()
+        .map(|e| (e.key.as_str(), e.message.as_str()))
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            (
+                "listener[1].address",
+                "invalid address \"x\": expected IP:port such as \"127.0.0.1:2525\" or \"[::]:587\""
+            ),
+            (
+                "listener[2].address",
+                "address 127.0.0.1:2525 is already used by listener[0]"
+            ),
+        ]
+    );
+}
+
+/// Server keys with a default on their field (raw.rs) are still refused
+/// on a server of another kind, because `load` records the keys the file
+/// set; a key refused for its value is not reported twice.
+#[test]
+fn server_defaults_and_keys_of_another_kind() {
+    let c = load(&base()).unwrap();
+    let ServerKind::Smtp(s) = &c.servers["sys"].kind else {
+        panic!()
+    };
+    assert_eq!(s.connect_timeout, Duration::from_secs(10));
+    assert_eq!(s.command_timeout, Duration::from_secs(60));
+    assert_eq!(s.data_timeout, Duration::from_secs(600));
+    assert_eq!(
+        (s.pool_size, s.pool_idle_timeout),
+        (100, Duration::from_secs(30))
+    );
+    assert!(!s.accept_invalid_certs);
+    assert_eq!(c.servers["sys"].limit_counts, LimitCounts::Messages);
+
+    let e = errors(&format!(
+        "{}\n[server.c]\nkind = \"capture\"\npath = \"o\"\npool_size = 3\nca_file = \"x\"\nconnect_timeout = \"soon\"\n[server.g]\nhost = \"h\"\nauthority = \"https://a.test\"\n",
+        base()
+    ));
+    let got: Vec<_> = e
+        .iter()
+        .map(|e| (e.key.as_str(), e.message.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (
+                "server.c.pool_size",
+                "`pool_size` does not apply to a server of kind capture"
+            ),
+            (
+                "server.c.ca_file",
+                "`ca_file` does not apply to a server of kind capture"
+            ),
+            (
+                "server.c.connect_timeout",
+                "invalid duration \"soon\": expected e.g. \"30s\", \"5m\", \"1h30m\""
+            ),
+            (
+                "server.g.authority",
+                "`authority` does not apply to a server of kind smtp"
+            ),
+        ]
+    );
+
+    let c = load(&format!(
+        "{}\n[server.x]\nhost = \"h\"\nlimit_counts = \"messages\"\n",
+        base()
+    ))
+    .unwrap();
+    assert!(
+        c.warnings.iter().any(|w| w.key == "server.x.limit_counts"),
+        "{:?}",
+        c.warnings
+    );
+}
+
+/// A test mode is checked as it is read (`TestModeSetting`): the error
+/// names the `test_mode` table (its header line when written as one), and
+/// the tenant stays defined, so its application adds no error.
+#[test]
+fn test_mode_without_redirect_is_one_error_at_its_table() {
+    let text = format!(
+        "{}\n[tenant.t.test_mode]\n\nsubject_prefix = \"[T] \"\n",
+        base()
+    );
+    let header = text
+        .lines()
+        .position(|l| l == "[tenant.t.test_mode]")
+        .unwrap()
+        + 1;
+    let e = errors(&text);
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert_eq!(
+        (e[0].key.as_str(), e[0].line),
+        ("tenant.t.test_mode", header)
+    );
+    assert!(
+        e[0].message.starts_with("test mode needs redirect_to"),
+        "{e:?}"
+    );
+
+    let c = load(&format!(
+        "{}\n[tenant.u]\ntest_mode = {{ enabled = false }}\n[tenant.v]\ntest_mode = {{ redirect_to = \"qa@t.test\" }}\n",
+        base()
+    ))
+    .unwrap();
+    assert_eq!(c.tenants["u"].test_mode, Some(TestModeSetting::Off));
+    assert_eq!(c.tenants["u"].name, "u");
+    assert!(
+        matches!(&c.tenants["v"].test_mode, Some(TestModeSetting::On(t)) if t.redirect_to.as_str() == "qa@t.test")
+    );
+}
+
+/// `[application.NAME]` is declared once: its name comes from the table
+/// key; a missing `tenant` is "needs `tenant`", a bad one only its own
+/// error, an empty one "not defined" (as before the merge of the twins).
+#[test]
+fn application_tenant_missing_bad_or_empty() {
+    let c = load(&base()).unwrap();
+    assert_eq!(c.applications["a"].name, "a");
+    assert_eq!(c.applications["a"].tenant, "t");
+    for (tenant, want) in [
+        ("", "application \"b\" needs `tenant`"),
+        (
+            "tenant = 5\n",
+            "invalid type: integer `5`, expected a string",
+        ),
+        (
+            "tenant = \"\"\n",
+            "application \"b\" names tenant \"\", which is not defined",
+        ),
+    ] {
+        let e = errors(&format!(
+            "{}\n[application.b]\n{tenant}primary = \"sys\"\n",
+            base()
+        ));
+        let got: Vec<_> = e.iter().map(|e| e.message.as_str()).collect();
+        assert_eq!(got, [want], "{tenant:?}");
+    }
+}
+
+/// Sections declared with `section!` (raw.rs): a key left out takes the
+/// default written beside it, whether the table is absent or present with
+/// other keys; a key that is set wins; an unknown key is still refused.
+#[test]
+fn declared_sections_default_each_missing_key() {
+    let absent = load(&base()).unwrap();
+    assert_eq!(absent.health.failures, 3);
+    assert_eq!(absent.health.cooldown, Duration::from_secs(30));
+    assert_eq!(absent.reload.interval, Duration::from_secs(2));
+    assert!(absent.reload.watch && absent.reload.probe);
+    assert_eq!(absent.log.level, "info");
+    assert_eq!(absent.log.format, LogFormat::Text);
+    assert_eq!(absent.queue.concurrency, 100);
+    assert_eq!(absent.limits.max_session_time, Duration::from_secs(3600));
+    // [system] is present in base() with other keys.
+    assert!(absent.system.enabled);
+    assert_eq!(absent.system.blacklist_action, BlacklistAction::Drop);
+    assert_eq!(absent.system.spool, Path::new("/nonexistent-base/spool"));
+    assert_eq!(absent.system.worker_threads, None);
+    assert!(absent.admin.is_none());
+    let admin = load(&format!("{}\n[admin]\naddress = \"localhost:0\"\n", base())).unwrap();
+    let admin = admin.admin.unwrap();
+    assert!(!admin.status_public && admin.token.is_none());
+
+    let partial = load(&format!(
+        "{}\n[health]\nfailures = 7\n[limits]\nmax_recipients = 5\n[log]\nformat = \"json\"\n",
+        base()
+    ))
+    .unwrap();
+    assert_eq!(partial.health.failures, 7);
+    assert_eq!(partial.health.cooldown, Duration::from_secs(30));
+    assert_eq!(partial.limits.max_recipients, 5);
+    assert_eq!(partial.limits.max_message_size, 25 << 20);
+    assert_eq!(partial.limits.unidentified_timeout, Duration::from_secs(20));
+    assert_eq!(partial.log.format, LogFormat::Json);
+    assert_eq!(partial.log.level, "info");
+
+    let e = errors(&format!("{}\n[health]\nfailure = 7\n", base()));
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert_eq!(e[0].key, "health.failure");
+    assert!(e[0].message.starts_with("unknown field `failure`"), "{e:?}");
 }
 
 #[test]

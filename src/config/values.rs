@@ -9,7 +9,7 @@
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize};
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
@@ -98,6 +98,52 @@ impl<'de> Deserialize<'de> for Size {
         }
         d.deserialize_any(V)
     }
+}
+
+/// `#[serde(deserialize_with = ...)]` helpers for keys written as a
+/// [`Dur`] or a [`Size`] whose value the rest of the code reads as a plain
+/// [`Duration`] or byte count: the parse (and its error text) stays the
+/// newtype's.
+pub mod plain {
+    use super::{Dur, Size};
+    use serde::{Deserialize, Deserializer};
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    /// A duration such as `"30s"`, held as a [`Duration`].
+    pub fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        Dur::deserialize(d).map(Dur::get)
+    }
+
+    /// A size such as `"25MB"` or a number of bytes, held as bytes.
+    pub fn bytes<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        Size::deserialize(d).map(Size::bytes)
+    }
+
+    /// Header text (no CR, LF or other control characters), held as a `String`.
+    pub fn header_text<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+        super::HeaderText::deserialize(d).map(|h| h.as_str().to_owned())
+    }
+
+    /// An address to bind, `IP:port` or `localhost:port`.
+    pub fn socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+        let s = String::deserialize(d)?;
+        super::parse_socket_addr(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// An address to bind: `IP:port` (`"127.0.0.1:2525"`, `"[::]:587"`) or
+/// `localhost:port` (IPv4 loopback).
+pub fn parse_socket_addr(s: &str) -> Result<SocketAddr, String> {
+    if let Some(port) = s.strip_prefix("localhost:") {
+        let port: u16 = port.parse().map_err(|_| format!("invalid port in {s:?}"))?;
+        return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
+    }
+    s.parse().map_err(|_| {
+        format!(
+            "invalid address {s:?}: expected IP:port such as \"127.0.0.1:2525\" or \"[::]:587\""
+        )
+    })
 }
 
 impl fmt::Display for Size {
