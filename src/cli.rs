@@ -617,8 +617,9 @@ fn spelling<T: serde::Serialize>(v: &T) -> String {
 }
 
 fn explain_cmd(cli: &Cli, args: &ExplainArgs) -> ExitCode {
+    // A plan holds the snapshot it was computed against.
     let cfg = match load_config(cli.config.as_deref()) {
-        Ok(c) => c,
+        Ok(c) => std::sync::Arc::new(c),
         Err(e) => {
             print_errors(&e);
             return ExitCode::from(EXIT_CONFIG);

@@ -13,7 +13,6 @@
 //! This module reads no files itself: key material comes in as PEM text
 //! (a secret) from config validation.
 
-use crate::config::Tenant;
 use crate::message::Message;
 use crate::policy::Plan;
 use base64::Engine;
@@ -208,9 +207,9 @@ impl DkimKey {
     /// Whether this key may sign mail of the tenant whose chain (the
     /// tenant and its parents) is `tenants`, with From domain `domain`;
     /// `Some(labels)` with the number of labels matched (more is nearer).
-    fn fits(&self, tenants: &[&Tenant], domain: &str) -> Option<usize> {
+    fn fits(&self, tenants: &[String], domain: &str) -> Option<usize> {
         if let Some(owner) = &self.tenant
-            && !tenants.iter().any(|t| &t.name == owner)
+            && !tenants.iter().any(|t| t == owner)
         {
             return None;
         }
@@ -254,7 +253,7 @@ pub fn from_domain(header: &[u8]) -> Option<String> {
 /// The key that signs a message of the tenant chain `tenants` with this
 /// From domain: exact domain first, else the nearest parent domain; for
 /// the same domain a tenant's own key before a system key.
-pub fn choose<'k>(keys: &'k [DkimKey], tenants: &[&Tenant], domain: &str) -> Option<&'k DkimKey> {
+pub fn choose<'k>(keys: &'k [DkimKey], tenants: &[String], domain: &str) -> Option<&'k DkimKey> {
     keys.iter()
         .filter_map(|k| {
             k.fits(tenants, domain)
@@ -271,7 +270,7 @@ pub fn choose<'k>(keys: &'k [DkimKey], tenants: &[&Tenant], domain: &str) -> Opt
 /// or `None` when no key fits the tenant chain and From domain.
 pub async fn sign(
     keys: &[DkimKey],
-    tenants: &[&Tenant],
+    tenants: &[String],
     header: &[u8],
     msg: &Message,
     body_offset: usize,
@@ -291,13 +290,16 @@ pub async fn sign(
 /// Delivery's one call per hop: `header` with a `DKIM-Signature:` put
 /// on top when a key of `plan` fits (see [`sign`]). A signing failure is
 /// logged and the message goes out unsigned.
-pub async fn sign_hop(
-    plan: &Plan<'_>,
-    header: Vec<u8>,
-    msg: &Message,
-    body_offset: usize,
-) -> Vec<u8> {
-    match sign(plan.dkim, &plan.eff.tenant_chain, &header, msg, body_offset).await {
+pub async fn sign_hop(plan: &Plan, header: Vec<u8>, msg: &Message, body_offset: usize) -> Vec<u8> {
+    match sign(
+        &plan.config().dkim,
+        &plan.tenant_chain,
+        &header,
+        msg,
+        body_offset,
+    )
+    .await
+    {
         Ok(Some(mut sig)) => {
             sig.extend_from_slice(&header);
             sig
@@ -392,28 +394,20 @@ mod tests {
             key("mail.acme.example", "mail", None),
             key("other.example", "other", Some("other")),
         ];
-        let acme = Tenant {
-            name: "acme".into(),
-            ..Tenant::default()
+        // Tenant chains by name, nearest first ("store" is a location of
+        // "acme").
+        let (acme, store, stranger) = ("acme", "store", "stranger");
+        let pick = |chain: &[&str], d: &str| {
+            let chain: Vec<String> = chain.iter().map(|t| t.to_string()).collect();
+            choose(&keys, &chain, d).map(|k| k.selector.as_str())
         };
-        let store = Tenant {
-            name: "store".into(),
-            parent: Some("acme".into()),
-            ..Tenant::default()
-        };
-        let stranger = Tenant {
-            name: "stranger".into(),
-            ..Tenant::default()
-        };
-        let pick =
-            |chain: &[&Tenant], d: &str| choose(&keys, chain, d).map(|k| k.selector.as_str());
-        assert_eq!(pick(&[&acme], "acme.example"), Some("own"));
-        assert_eq!(pick(&[&store, &acme], "shop.acme.example"), Some("own"));
-        assert_eq!(pick(&[&acme], "x.mail.acme.example"), Some("mail"));
-        assert_eq!(pick(&[&stranger], "acme.example"), Some("sys"));
-        assert_eq!(pick(&[&stranger], "other.example"), None);
-        assert_eq!(pick(&[&acme], "notacme.example"), None);
-        assert_eq!(pick(&[&acme], "example"), None);
+        assert_eq!(pick(&[acme], "acme.example"), Some("own"));
+        assert_eq!(pick(&[store, acme], "shop.acme.example"), Some("own"));
+        assert_eq!(pick(&[acme], "x.mail.acme.example"), Some("mail"));
+        assert_eq!(pick(&[stranger], "acme.example"), Some("sys"));
+        assert_eq!(pick(&[stranger], "other.example"), None);
+        assert_eq!(pick(&[acme], "notacme.example"), None);
+        assert_eq!(pick(&[acme], "example"), None);
         let (name, value) = keys[0].dns_record();
         assert_eq!(name, "sys._domainkey.acme.example");
         assert!(value.starts_with("v=DKIM1; k=ed25519; p="));

@@ -9,6 +9,7 @@ use crate::rewrite;
 use serde::Serialize;
 use std::fmt::Write as _;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 /// Who sends.
 #[derive(Debug, Clone)]
@@ -152,7 +153,7 @@ fn find_listener<'c>(cfg: &'c Config, name: &str) -> Option<&'c crate::config::L
 }
 
 /// Runs policy and rewrite for `req` against `cfg`.
-pub fn explain(cfg: &Config, req: &Request) -> Result<Report, ExplainError> {
+pub fn explain(cfg: &Arc<Config>, req: &Request) -> Result<Report, ExplainError> {
     if !req.from.is_empty() {
         req.from
             .parse::<EmailAddress>()
@@ -231,7 +232,7 @@ pub fn explain(cfg: &Config, req: &Request) -> Result<Report, ExplainError> {
         subject_prefix: t.subject_prefix.as_ref().map(|p| p.to_string()),
         allow: t.allow.iter().map(ToString::to_string).collect(),
     });
-    let plan = policy::plan(cfg, eff, &req.from, accepted);
+    let plan = policy::plan(cfg, &eff, &req.from, accepted);
     let sample = format!(
         "From: {}\r\nTo: {}\r\nSubject: {}\r\n\r\n",
         if req.from.is_empty() {
@@ -244,7 +245,7 @@ pub fn explain(cfg: &Config, req: &Request) -> Result<Report, ExplainError> {
     );
     let mut server_chain = Vec::new();
     let mut first: Option<(Option<String>, Option<String>, policy::Identity)> = None;
-    for s in &plan.chain {
+    for s in plan.chain() {
         let spec = plan.rewrite_spec(s);
         let identity = plan.identity(s);
         let out = rewrite::rewrite(sample.as_bytes(), &spec);
@@ -277,7 +278,7 @@ pub fn explain(cfg: &Config, req: &Request) -> Result<Report, ExplainError> {
             envelope_from: rewrite::envelope_sender(&req.from, &spec),
             identity,
             dkim: crate::dkim::from_domain(&out.header)
-                .and_then(|d| crate::dkim::choose(&cfg.dkim, &plan.eff.tenant_chain, &d))
+                .and_then(|d| crate::dkim::choose(&cfg.dkim, &plan.tenant_chain, &d))
                 .map(|k| format!("d={} s={}", k.domain, k.selector)),
             headers,
         });
@@ -291,23 +292,18 @@ pub fn explain(cfg: &Config, req: &Request) -> Result<Report, ExplainError> {
     Ok(Report {
         application: Some(app.name.clone()),
         identified_by: by,
-        tenant: Some(plan.eff.tenant.name.clone()),
-        tenant_chain: plan
-            .eff
-            .tenant_chain
-            .iter()
-            .map(|t| t.name.clone())
-            .collect(),
+        tenant: Some(eff.tenant.name.clone()),
+        tenant_chain: plan.tenant_chain.clone(),
         refused,
         refused_reply,
         listener,
         refused_reply_without_tls: None,
         effective_sender,
-        policy_sender: plan.eff.sender.map(ToString::to_string),
+        policy_sender: eff.sender.map(ToString::to_string),
         display_name: identity
             .display_name
             .map(|d| d.value)
-            .or_else(|| plan.eff.display_name.map(str::to_owned)),
+            .or_else(|| eff.display_name.map(str::to_owned)),
         reply_to,
         sources,
         test_mode,

@@ -1,6 +1,7 @@
 //! The running relay: bound listeners and their accept loops with the
-//! connection limit, the state sessions share (config snapshot, throttle,
-//! pools, health, metrics), hot reload, and shutdown.
+//! connection limit, the relay's shared state (config snapshot, pools,
+//! health, metrics; sessions get the narrow `session::services::Services`
+//! handle only), hot reload, and shutdown.
 //!
 //! `serve` takes listeners that are already bound, so tests bind port 0
 //! and read the real port before the relay starts. Accept loops are keyed
@@ -13,7 +14,6 @@ use crate::session::admission::{Admission, stranger_share};
 use crate::session::driver::{self, Conn};
 use crate::session::reply;
 use crate::session::state::Session;
-use crate::session::throttle::AuthThrottle;
 use arc_swap::ArcSwap;
 use std::collections::HashMap;
 use std::io;
@@ -131,8 +131,6 @@ struct AcceptLoop {
 /// State shared by every session of a running relay.
 pub struct Relay {
     config: Arc<ArcSwap<Config>>,
-    /// AUTH failure throttle per client address.
-    pub throttle: AuthThrottle,
     conns: Arc<Semaphore>,
     /// Permits in the semaphore, in use or not.
     max_conns: AtomicU32,
@@ -149,8 +147,10 @@ pub struct Relay {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Upstream server health (survives reloads).
     pub health: Arc<crate::health::Health>,
-    /// Password checks, on a few threads with reused argon2 memory.
-    pub verifier: crate::auth::Verifier,
+    /// What every session may use (engine, metrics, AUTH throttle and
+    /// verifier, shutdown signal, traffic record): the narrow handle
+    /// `session::driver` gets instead of the whole relay.
+    pub services: crate::session::services::Services,
     loops: Mutex<HashMap<LoopKey, AcceptLoop>>,
     reloading: tokio::sync::Mutex<()>,
     listening: AtomicBool,
@@ -164,9 +164,6 @@ pub struct Relay {
     limits_control: std::sync::OnceLock<Arc<dyn crate::admin::types::LimitsControl>>,
     /// `run --no-probe-on-reload` not given (reloads from the admin API too).
     pub probe_on_reload: AtomicBool,
-    /// Applications that had traffic since start (a reload may not drop
-    /// them by accident, see `config::removal`).
-    active_apps: Mutex<std::collections::BTreeSet<String>>,
     /// Sessions of clients no application owns, per address.
     admission: Arc<Admission>,
     /// Rate limits for warnings that floods would repeat endlessly.
@@ -264,21 +261,25 @@ impl Relay {
             deliveries.clone(),
             limiter.clone(),
         ));
+        let (shutdown, shutdown_signal) = watch::channel(false);
+        let services = crate::session::services::Services::new(
+            engine.clone(),
+            metrics.clone(),
+            crate::auth::Verifier::new(std::thread::available_parallelism().map_or(2, |n| n.get())),
+            shutdown_signal,
+        );
         Ok(Arc::new(Relay {
             config,
-            throttle: AuthThrottle::default(),
             conns: Arc::new(Semaphore::new(max as usize)),
             max_conns: AtomicU32::new(max),
             conn_debt: AtomicU32::new(0),
-            shutdown: watch::channel(false).0,
+            shutdown,
             engine,
             queue: std::sync::OnceLock::new(),
             upstreams,
             metrics,
             health,
-            verifier: crate::auth::Verifier::new(
-                std::thread::available_parallelism().map_or(2, |n| n.get()),
-            ),
+            services,
             loops: Mutex::new(HashMap::new()),
             reloading: tokio::sync::Mutex::new(()),
             listening: AtomicBool::new(false),
@@ -292,7 +293,6 @@ impl Relay {
                 l
             },
             probe_on_reload: AtomicBool::new(true),
-            active_apps: Mutex::default(),
             admission: Arc::default(),
             quiet_accept: Quiet::default(),
             quiet_refused: Quiet::default(),
@@ -654,7 +654,14 @@ impl Relay {
                             .inc();
                         let session = Session::new(cfg.clone(), l.clone(), peer, Some(info))
                             .with_runtime_blacklist(self.blacklist.handle());
-                        driver::run(&self, &id, &l.name, Conn::Tls(Box::new(stream)), session).await
+                        driver::run(
+                            &self.services,
+                            &id,
+                            &l.name,
+                            Conn::Tls(Box::new(stream)),
+                            session,
+                        )
+                        .await
                     }
                     Err(e) => Err(e),
                 },
@@ -662,7 +669,7 @@ impl Relay {
         } else {
             let session = Session::new(cfg.clone(), l.clone(), peer, None)
                 .with_runtime_blacklist(self.blacklist.handle());
-            driver::run(&self, &id, &l.name, Conn::Plain(tcp), session).await
+            driver::run(&self.services, &id, &l.name, Conn::Plain(tcp), session).await
         };
         active.dec();
         let outcome = match &result {
@@ -693,10 +700,10 @@ impl Relay {
             .await
             .map_err(|e| ReloadError::Bind(io::Error::other(e)))?
             .map_err(ReloadError::Config)?;
-        let bad = {
-            let active = self.active_apps.lock().unwrap_or_else(|p| p.into_inner());
-            crate::config::removal::unsafe_removals(&old, &new, &active)
-        };
+        let bad = self
+            .services
+            .traffic
+            .with(|active| crate::config::removal::unsafe_removals(&old, &new, active));
         if !bad.is_empty() {
             return Err(ReloadError::Removes(bad));
         }
@@ -802,14 +809,6 @@ impl Relay {
             let gone = self.conns.forget_permits(fewer as usize) as u32;
             self.max_conns.fetch_sub(gone, Ordering::SeqCst);
             self.conn_debt.fetch_add(fewer - gone, Ordering::SeqCst);
-        }
-    }
-
-    /// Records that application `app` sent a message.
-    pub fn note_traffic(&self, app: &str) {
-        let mut active = self.active_apps.lock().unwrap_or_else(|p| p.into_inner());
-        if !active.contains(app) {
-            active.insert(app.to_owned());
         }
     }
 

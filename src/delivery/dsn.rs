@@ -9,27 +9,31 @@
 //! envelope sender.
 
 use super::RefusedRecipient;
-use crate::config::Config;
 use crate::policy::Plan;
 use crate::util::rfc5322_date;
 use std::fmt::Write as _;
 
-/// Where the DSN for `plan` goes, or `None` when none may be sent.
-pub fn recipient(cfg: &Config, plan: &Plan<'_>) -> Option<String> {
+/// Where the DSN for `plan` goes, or `None` when none may be sent (the
+/// settings are read from the snapshot the plan was computed against).
+pub fn recipient(plan: &Plan) -> Option<String> {
     if plan.envelope_from.is_empty() {
         return None;
     }
+    let cfg = plan.config();
+    let tenants: Vec<&crate::config::Tenant> = plan
+        .tenant_chain
+        .iter()
+        .filter_map(|t| cfg.tenants.get(t))
+        .collect();
     // The application's or tenant's own sender is a mailbox of theirs; the
     // system default sender is usually a no-reply address, so the system
     // bounce address comes before it.
-    let own_sender = plan
-        .eff
-        .app
-        .sender
-        .as_ref()
-        .or_else(|| plan.eff.tenant_chain.iter().find_map(|t| t.sender.as_ref()));
-    plan.eff
-        .tenant_chain
+    let own_sender = cfg
+        .applications
+        .get(&plan.application)
+        .and_then(|a| a.sender.as_ref())
+        .or_else(|| tenants.iter().find_map(|t| t.sender.as_ref()));
+    tenants
         .iter()
         .find_map(|t| t.bounce_address.as_ref())
         .or(own_sender)

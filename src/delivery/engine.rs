@@ -336,7 +336,7 @@ impl Engine {
     /// server's 4xx for some recipients defers only those.
     pub async fn attempt(
         &self,
-        cfg: &Config,
+        cfg: &Arc<Config>,
         job: &Job,
         msg: &Message,
         rcpts: &[String],
@@ -361,16 +361,16 @@ impl Engine {
         let plan = match &job.dsn {
             None => policy::plan(
                 cfg,
-                eff,
+                &eff,
                 &job.envelope.mail_from,
                 job.envelope.recipients.clone(),
             ),
-            Some(d) => policy::plan(cfg, eff, &d.original_mail_from, Vec::new()).dsn_plan(
+            Some(d) => policy::plan(cfg, &eff, &d.original_mail_from, Vec::new()).dsn_plan(
                 rcpts.first().cloned().unwrap_or_default(),
                 d.first_server.as_deref().unwrap_or(""),
             ),
         };
-        if plan.chain.is_empty() {
+        if plan.server_names().is_empty() {
             return Attempted {
                 outcome: Outcome::NoServer {
                     skipped: Vec::new(),
@@ -461,7 +461,7 @@ impl Engine {
     /// `bounce_address` (or nowhere when none is set).
     pub async fn send_dsn(
         &self,
-        cfg: &Config,
+        cfg: &Arc<Config>,
         job: &Job,
         first_server: Option<&str>,
         refused: &[RefusedRecipient],
@@ -475,8 +475,8 @@ impl Engine {
         let to = match cfg.applications.get(&job.envelope.application) {
             Some(app) => {
                 let eff = policy::resolve(cfg, app);
-                let plan = policy::plan(cfg, eff, &job.envelope.mail_from, Vec::new());
-                dsn::recipient(cfg, &plan)
+                let plan = policy::plan(cfg, &eff, &job.envelope.mail_from, Vec::new());
+                dsn::recipient(&plan)
                     .or_else(|| cfg.system.bounce_address.as_ref().map(ToString::to_string))
             }
             None => cfg.system.bounce_address.as_ref().map(ToString::to_string),

@@ -194,7 +194,7 @@ fn capability_refusal(failovers: &[Failover]) -> Option<Outcome> {
 }
 
 /// Delivers `msg` along `plan.chain` to `cx.rcpts`.
-pub async fn deliver(plan: &Plan<'_>, msg: &Message, cx: &Context<'_>) -> Outcome {
+pub async fn deliver(plan: &Plan, msg: &Message, cx: &Context<'_>) -> Outcome {
     if cx.rcpts.is_empty() {
         return Outcome::NothingToDeliver;
     }
@@ -202,7 +202,8 @@ pub async fn deliver(plan: &Plan<'_>, msg: &Message, cx: &Context<'_>) -> Outcom
     // Recipients still to deliver, and those refused on a hop that failed.
     let mut rcpts = cx.rcpts.to_vec();
     let mut refused_before: Vec<RefusedRecipient> = Vec::new();
-    for (i, server) in plan.chain.iter().enumerate() {
+    let chain = plan.chain();
+    for (i, server) in chain.iter().enumerate() {
         if cx.health.is_down(&server.name, Instant::now()) {
             tracing::debug!(id = cx.id, server = %server.name, "skipping a server marked down");
             failovers.push(Failover::new(
@@ -329,8 +330,7 @@ pub async fn deliver(plan: &Plan<'_>, msg: &Message, cx: &Context<'_>) -> Outcom
                     // message: that says nothing about the server's health.
                     f.message_caused |= !f.refused.is_empty();
                     tracing::warn!(id = cx.id, server = %f.server, class = %f.class, reason = %f.reason, "hop failed, trying the next server");
-                    let to_server = plan
-                        .chain
+                    let to_server = chain
                         .get(i + 1)
                         .map_or_else(|| "none".to_owned(), |s| s.name.clone());
                     cx.metrics
@@ -352,7 +352,7 @@ pub async fn deliver(plan: &Plan<'_>, msg: &Message, cx: &Context<'_>) -> Outcom
                     let again = f.message_caused
                         && !f.refused.is_empty()
                         && rounds < 3
-                        && i + 1 == plan.chain.len();
+                        && i + 1 == chain.len();
                     failovers.push(f);
                     if let (true, Some(first)) = (rcpts.is_empty(), refused_before.first()) {
                         return Outcome::Refused {
@@ -372,7 +372,7 @@ pub async fn deliver(plan: &Plan<'_>, msg: &Message, cx: &Context<'_>) -> Outcom
             }
         }
     }
-    if let Some(never) = crate::limits::beyond_every_limit(&plan.chain, &failovers, rcpts.len()) {
+    if let Some(never) = crate::limits::beyond_every_limit(&chain, &failovers, rcpts.len()) {
         return never;
     }
     if failovers
@@ -390,7 +390,7 @@ pub async fn deliver(plan: &Plan<'_>, msg: &Message, cx: &Context<'_>) -> Outcom
 /// One hop to `rcpts`: the rewrite for this server, then the one dispatch
 /// over the upstream kinds.
 async fn hop(
-    plan: &Plan<'_>,
+    plan: &Plan,
     rcpts: &[String],
     server: &Server,
     msg: &Message,
@@ -417,8 +417,8 @@ async fn hop(
                 rcpt_to: rcpts,
                 original_mail_from: &plan.envelope_from,
                 recipients: &plan.recipients,
-                application: &plan.eff.app.name,
-                tenant: &plan.eff.tenant.name,
+                application: &plan.application,
+                tenant: plan.tenant(),
                 server: &server.name,
                 client_ip: cx.envelope.peer.ip(),
                 helo: &cx.envelope.helo,

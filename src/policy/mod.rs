@@ -20,6 +20,7 @@ use crate::config::{
 use crate::rewrite::RewriteSpec;
 use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 /// How an application was recognised.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -456,11 +457,30 @@ pub struct RecipientPlan {
     pub verdict: RcptVerdict,
 }
 
-/// Everything decided for one message before delivery.
-#[derive(Debug, Clone)]
-pub struct Plan<'c> {
-    /// Effective settings.
-    pub eff: Effective<'c>,
+/// Everything decided for one message before delivery. Owned data (no
+/// borrow of the config), so it can be stored and moved between tasks: it
+/// holds the config snapshot it was computed against (an `Arc`, not a
+/// copy) and names into it, and values copied out of it (a few short
+/// strings). Delivery computes it again on every attempt against the
+/// current snapshot, so a server a reload removed is not in the chain.
+#[derive(Clone)]
+pub struct Plan {
+    /// The snapshot this plan was computed against: the chain's servers
+    /// and the DKIM keys are looked up in it.
+    config: Arc<Config>,
+    /// The application.
+    pub application: String,
+    /// The application's tenant and its parents, nearest first.
+    pub tenant_chain: Vec<String>,
+    /// Sender before any server's fixed sender (application → tenant
+    /// chain → system), with its source.
+    pub sender: Option<Sourced>,
+    /// From display name, with its source.
+    pub display_name: Option<Sourced>,
+    /// Reply-To, with its source.
+    pub reply_to: Option<Sourced>,
+    /// The Subject prefix of an active test mode.
+    pub subject_prefix: Option<String>,
     /// MAIL FROM as the client sent it (empty = null sender).
     pub envelope_from: String,
     /// Every accepted recipient with its verdict.
@@ -470,25 +490,24 @@ pub struct Plan<'c> {
     pub deliver_to: Vec<String>,
     /// Original recipients replaced by the test address (for X-Original-To).
     pub redirected: Vec<String>,
-    /// Servers to try, in order.
-    pub chain: Vec<&'c Server>,
+    /// Names of the servers to try, in order; each is in `config`.
+    chain: Vec<String>,
     /// This plan carries a delivery status notification we generated.
     pub dsn: bool,
     /// A route matched the client's envelope sender: that sender is kept
     /// (the route's filter is named), unless a hop's server has a fixed one.
     pub kept_sender: Option<String>,
-    /// The DKIM keys each hop may sign with (`dkim::sign_hop` picks one).
-    pub dkim: &'c [crate::dkim::DkimKey],
 }
 
 /// Builds the plan for a message whose recipients have each been through
-/// [`check_rcpt`] (rejected ones are not passed in).
-pub fn plan<'c>(
-    cfg: &'c Config,
-    eff: Effective<'c>,
+/// [`check_rcpt`] (rejected ones are not passed in). `eff` is the
+/// application's [`resolve`]d settings in `cfg`.
+pub fn plan(
+    cfg: &Arc<Config>,
+    eff: &Effective<'_>,
     envelope_from: &str,
     recipients: Vec<RecipientPlan>,
-) -> Plan<'c> {
+) -> Plan {
     let mut deliver_to: Vec<String> = Vec::new();
     let mut seen = std::collections::HashSet::new();
     let mut redirected = Vec::new();
@@ -505,10 +524,29 @@ pub fn plan<'c>(
             deliver_to.push(target.clone());
         }
     }
-    let chain = server_chain(cfg, &eff, envelope_from);
-    let kept_sender = route_kept_sender(cfg, &eff, envelope_from).map(|r| r.sender.to_string());
+    let chain = server_chain(cfg, eff, envelope_from)
+        .into_iter()
+        .map(|s| s.name.clone())
+        .collect();
+    let kept_sender = route_kept_sender(cfg, eff, envelope_from).map(|r| r.sender.to_string());
+    let sourced = |v: Option<String>, src: &Option<Source>| {
+        v.zip(src.clone())
+            .map(|(value, source)| Sourced { value, source })
+    };
     Plan {
-        eff,
+        config: cfg.clone(),
+        application: eff.app.name.clone(),
+        tenant_chain: eff.tenant_chain.iter().map(|t| t.name.clone()).collect(),
+        sender: sourced(eff.sender.map(ToString::to_string), &eff.sources.sender),
+        display_name: sourced(
+            eff.display_name.map(str::to_owned),
+            &eff.sources.display_name,
+        ),
+        reply_to: sourced(eff.reply_to.map(ToString::to_string), &eff.sources.reply_to),
+        subject_prefix: eff
+            .test_mode
+            .and_then(|t| t.subject_prefix.as_ref())
+            .map(|p| p.as_str().to_owned()),
         envelope_from: envelope_from.to_owned(),
         recipients,
         deliver_to,
@@ -516,21 +554,64 @@ pub fn plan<'c>(
         chain,
         dsn: false,
         kept_sender,
-        dkim: &cfg.dkim,
     }
 }
 
-impl<'c> Plan<'c> {
+/// Shows the snapshot by its hash, not the whole config.
+impl std::fmt::Debug for Plan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plan")
+            .field("config", &self.config.hash)
+            .field("application", &self.application)
+            .field("tenant_chain", &self.tenant_chain)
+            .field("sender", &self.sender)
+            .field("display_name", &self.display_name)
+            .field("reply_to", &self.reply_to)
+            .field("subject_prefix", &self.subject_prefix)
+            .field("envelope_from", &self.envelope_from)
+            .field("recipients", &self.recipients)
+            .field("deliver_to", &self.deliver_to)
+            .field("redirected", &self.redirected)
+            .field("chain", &self.chain)
+            .field("dsn", &self.dsn)
+            .field("kept_sender", &self.kept_sender)
+            .finish()
+    }
+}
+
+impl Plan {
+    /// The config snapshot the plan was computed against.
+    pub fn config(&self) -> &Arc<Config> {
+        &self.config
+    }
+
+    /// The application's tenant.
+    pub fn tenant(&self) -> &str {
+        self.tenant_chain.first().map_or("", String::as_str)
+    }
+
+    /// The servers to try, in order.
+    pub fn chain(&self) -> Vec<&Server> {
+        self.chain
+            .iter()
+            .filter_map(|n| self.config.servers.get(n))
+            .collect()
+    }
+
+    /// The names of the servers to try, in order.
+    pub fn server_names(&self) -> &[String] {
+        &self.chain
+    }
+
     /// The plan for a DSN to `to` about this message: null sender, the
     /// same servers starting with `first` (the one that accepted the
     /// message), no test mode.
-    pub fn dsn_plan(&self, to: String, first: &str) -> Plan<'c> {
-        let mut chain = self.chain.clone();
-        if let Some(i) = chain.iter().position(|s| s.name == first) {
+    pub fn dsn_plan(self, to: String, first: &str) -> Plan {
+        let mut chain = self.chain;
+        if let Some(i) = chain.iter().position(|s| s == first) {
             chain.rotate_left(i);
         }
         Plan {
-            eff: self.eff.clone(),
             envelope_from: String::new(),
             recipients: vec![RecipientPlan {
                 original: to.clone(),
@@ -541,7 +622,8 @@ impl<'c> Plan<'c> {
             chain,
             dsn: true,
             kept_sender: None,
-            dkim: self.dkim,
+            subject_prefix: None,
+            ..self
         }
     }
 
@@ -552,30 +634,17 @@ impl<'c> Plan<'c> {
         let sourced = |v: String, source: Source| Sourced { value: v, source };
         let from_server =
             |v: Option<String>| v.map(|v| sourced(v, Source::Server(server.name.clone())));
-        let eff = &self.eff;
         let sender = from_server(server.sender.as_ref().map(ToString::to_string))
             .or_else(|| {
                 self.kept_sender
                     .as_ref()
                     .map(|r| sourced(self.envelope_from.clone(), Source::Route(r.clone())))
             })
-            .or_else(|| {
-                eff.sender
-                    .zip(eff.sources.sender.clone())
-                    .map(|(s, src)| sourced(s.to_string(), src))
-            });
+            .or_else(|| self.sender.clone());
         let display_name = from_server(server.display_name.as_ref().map(|d| d.as_str().to_owned()))
-            .or_else(|| {
-                eff.display_name
-                    .zip(eff.sources.display_name.clone())
-                    .map(|(d, src)| sourced(d.to_owned(), src))
-            });
-        let reply_to =
-            from_server(server.reply_to.as_ref().map(ToString::to_string)).or_else(|| {
-                eff.reply_to
-                    .zip(eff.sources.reply_to.clone())
-                    .map(|(r, src)| sourced(r.to_string(), src))
-            });
+            .or_else(|| self.display_name.clone());
+        let reply_to = from_server(server.reply_to.as_ref().map(ToString::to_string))
+            .or_else(|| self.reply_to.clone());
         Identity {
             sender,
             display_name,
@@ -600,9 +669,6 @@ impl<'c> Plan<'c> {
                 ..RewriteSpec::default()
             };
         }
-        // The prefix marks every message of a tenant in test mode, also the
-        // copies that reach allow-listed recipients.
-        let tm = self.eff.test_mode;
         let id = self.identity(server);
         RewriteSpec {
             sender: id
@@ -611,9 +677,9 @@ impl<'c> Plan<'c> {
                 .map(|s| s.value),
             display_name: id.display_name.map(|d| d.value),
             reply_to: id.reply_to.map(|r| r.value),
-            subject_prefix: tm
-                .and_then(|t| t.subject_prefix.as_ref())
-                .map(|p| p.as_str().to_owned()),
+            // The prefix marks every message of a tenant in test mode,
+            // also the copies that reach allow-listed recipients.
+            subject_prefix: self.subject_prefix.clone(),
             original_recipients: self.redirected.clone(),
             ..RewriteSpec::default()
         }

@@ -398,7 +398,7 @@ fn chains() {
 
 #[test]
 fn plan_and_rewrite_spec_per_hop() {
-    let c = cfg();
+    let c = Arc::new(cfg());
     let eff = resolve(&c, &c.applications["pos"]);
     let rcpts = [
         "customer@example.com",
@@ -412,27 +412,27 @@ fn plan_and_rewrite_spec_per_hop() {
         verdict: check_rcpt(&c, &eff, r),
     })
     .collect();
-    let p = plan(&c, eff, "pos@legacy.test", rcpts);
+    let p = plan(&c, &eff, "pos@legacy.test", rcpts);
     // Two redirects collapse into one test address; the drop is left out.
     assert_eq!(p.deliver_to, ["qa@hq.test", "boss@hq.test"]);
     assert_eq!(p.redirected, ["customer@example.com", "second@example.com"]);
-    assert_eq!(names(&p.chain), ["hq", "sys", "sys2"]);
-    let on_hq = p.rewrite_spec(p.chain[0]);
+    assert_eq!(names(&p.chain()), ["hq", "sys", "sys2"]);
+    let on_hq = p.rewrite_spec(p.chain()[0]);
     assert_eq!(on_hq.sender.as_deref(), Some("info@hq.test"));
     assert_eq!(on_hq.subject_prefix.as_deref(), Some("[TEST] "));
     assert_eq!(on_hq.original_recipients, p.redirected);
     // The system server has a fixed sender: failing over changes the rewrite.
-    let on_sys = p.rewrite_spec(p.chain[1]);
+    let on_sys = p.rewrite_spec(p.chain()[1]);
     assert_eq!(on_sys.sender.as_deref(), Some("fixed@provider.test"));
     assert_eq!(on_sys.display_name.as_deref(), Some("HQ Store"));
 }
 
 #[test]
 fn identity_sources_and_route_kept_sender() {
-    let c = cfg();
+    let c = Arc::new(cfg());
     let shop = || resolve(&c, &c.applications["shop"]);
     // The shop's own values, then the tenant's Reply-To.
-    let p = plan(&c, shop(), "orders@legacy.test", Vec::new());
+    let p = plan(&c, &shop(), "orders@legacy.test", Vec::new());
     assert_eq!(p.kept_sender, None);
     let id = p.identity(&c.servers["hq"]);
     let src = |s: &Option<Sourced>| s.as_ref().map(|s| (s.value.clone(), s.source.clone()));
@@ -452,8 +452,8 @@ fn identity_sources_and_route_kept_sender() {
     );
     // A route that matched the client's own sender keeps it: the rewrite
     // leaves it alone; the display name still applies.
-    let p = plan(&c, shop(), "Invoices@Billing.hq.test", Vec::new());
-    assert_eq!(names(&p.chain)[0], "hq-billing");
+    let p = plan(&c, &shop(), "Invoices@Billing.hq.test", Vec::new());
+    assert_eq!(names(&p.chain())[0], "hq-billing");
     assert_eq!(p.kept_sender.as_deref(), Some("@billing.hq.test"));
     let spec = p.rewrite_spec(&c.servers["hq-billing"]);
     assert_eq!(spec.sender, None);
@@ -473,12 +473,33 @@ fn identity_sources_and_route_kept_sender() {
     // Each tenant's own route keeps it; a tenant no route is scoped to
     // keeps nothing.
     let other = resolve(&c, &c.applications["other-app"]);
-    let p = plan(&c, other, "x@billing.hq.test", Vec::new());
+    let p = plan(&c, &other, "x@billing.hq.test", Vec::new());
     assert_eq!(
-        (names(&p.chain)[0].as_str(), p.kept_sender.is_some()),
+        (names(&p.chain())[0].as_str(), p.kept_sender.is_some()),
         ("other", true)
     );
     let closed = resolve(&c, &c.applications["closed-app"]);
-    let p = plan(&c, closed, "x@billing.hq.test", Vec::new());
+    let p = plan(&c, &closed, "x@billing.hq.test", Vec::new());
     assert_eq!(p.kept_sender, None);
+}
+
+#[test]
+fn a_plan_is_owned_and_outlives_the_callers_snapshot() {
+    fn storable<T: Send + Sync + 'static>(_: &T) {}
+    let c = Arc::new(cfg());
+    let p = {
+        let eff = resolve(&c, &c.applications["pos"]);
+        plan(&c, &eff, "pos@legacy.test", Vec::new())
+    };
+    drop(c);
+    storable(&p);
+    // The chain is looked up in the snapshot the plan holds.
+    assert_eq!(names(&p.chain()), ["hq", "sys", "sys2"]);
+    assert_eq!((p.application.as_str(), p.tenant()), ("pos", "store"));
+    assert_eq!(p.tenant_chain.last().map(String::as_str), Some("hq"));
+    // A DSN plan starts with the server that had the message.
+    let d = p.dsn_plan("postmaster@hq.test".into(), "sys");
+    assert_eq!(d.server_names(), ["sys", "sys2", "hq"]);
+    assert_eq!((d.dsn, d.envelope_from.as_str()), (true, ""));
+    assert_eq!(d.subject_prefix, None);
 }

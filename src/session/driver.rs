@@ -4,12 +4,12 @@
 //! the events the state machine asks for, and honours shutdown.
 
 use super::reply;
+use super::services::Services;
 use super::state::{AuthResult, Envelope, Event, Session, TlsInfo};
 use super::throttle::{Attempt, FailureVerdict};
 use crate::config::Config;
 use crate::message::{Message, Spooler};
 use crate::metrics::{ListLabels, ListenerLabel, TlsLabels};
-use crate::server::Relay;
 use crate::util;
 use std::io;
 use std::sync::Arc;
@@ -154,7 +154,7 @@ async fn write_out<S: AsyncRead + AsyncWrite + Unpin>(
 /// Serves one client until it quits, times out, or the relay shuts down,
 /// and logs one line about the session.
 pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(
-    relay: &Relay,
+    services: &Services,
     session_id: &str,
     listener: &str,
     conn: Conn<S>,
@@ -163,7 +163,7 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(
     let started = Instant::now();
     let mut messages = 0u32;
     let result = serve(
-        relay,
+        services,
         session_id,
         listener,
         conn,
@@ -191,7 +191,7 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(
 }
 
 async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
-    relay: &Relay,
+    services: &Services,
     session_id: &str,
     listener: &str,
     mut conn: Conn<S>,
@@ -200,7 +200,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
 ) -> io::Result<End> {
     let cfg = session.config().clone();
     let limits = cfg.limits.clone();
-    let mut shutdown = relay.shutdown_signal();
+    let mut shutdown = services.shutdown_signal();
     // One input buffer, filled in place (no zeroing, no second copy):
     // small while commands arrive, grown while message data streams in.
     let mut buf: Vec<u8> = Vec::with_capacity(4 << 10);
@@ -268,7 +268,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
                     let stream =
                         handshake(tls.server_config.clone(), plain, limits.command_timeout).await?;
                     let info = tls_info(&stream);
-                    relay
+                    services
                         .metrics
                         .tls
                         .get_or_create(&TlsLabels {
@@ -280,12 +280,12 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
                     session.tls_started(info);
                 }
                 Some(Event::Authenticate { user, password }) => {
-                    let r = authenticate(relay, listener, &cfg, session, &user, password).await;
+                    let r = authenticate(services, listener, &cfg, session, &user, password).await;
                     session.auth_result(&user, r);
                 }
                 Some(Event::Message(env)) => {
                     data_deadline = None;
-                    relay.note_traffic(&env.application);
+                    services.traffic.note(&env.application);
                     *messages += 1;
                     let rest = session.take_body();
                     let msg = match spooler.take() {
@@ -293,7 +293,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
                         None => Ok(Message::in_memory(rest)),
                     };
                     let r = match msg {
-                        Ok(msg) => deliver(relay, session_id, &cfg, env, msg).await,
+                        Ok(msg) => deliver(services, session_id, &cfg, env, msg).await,
                         Err(e) => {
                             tracing::error!(error = %e, "cannot spool a message to disk");
                             reply::local_error()
@@ -310,7 +310,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
                     application: app,
                     list: list.label(),
                 };
-                relay.metrics.recipients_rejected.get_or_create(&l).inc();
+                services.metrics.recipients_rejected.get_or_create(&l).inc();
             }
         }
         buf.drain(..pos.min(buf.len()));
@@ -381,7 +381,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
 /// `throttle`), and checks run on the relay's verifier threads (at most
 /// one per CPU, four at most, each reusing its ~19 MiB argon2 buffer).
 async fn authenticate(
-    relay: &Relay,
+    services: &Services,
     listener: &str,
     cfg: &Config,
     session: &Session,
@@ -393,12 +393,12 @@ async fn authenticate(
     };
     let ip = session.peer().ip();
     let (max, lockout) = (cfg.limits.auth_failures, cfg.limits.auth_lockout);
-    let was_locked = relay.throttle.is_locked(ip, Instant::now());
-    if relay.throttle.begin(ip, Instant::now(), max, lockout) == Attempt::LockedOut {
+    let was_locked = services.throttle.is_locked(ip, Instant::now());
+    if services.throttle.begin(ip, Instant::now(), max, lockout) == Attempt::LockedOut {
         tracing::warn!(%ip, "AUTH refused: address locked out");
         if !was_locked {
             // Too many attempts at once locked it just now.
-            relay.metrics.auth_lockouts.get_or_create(&ll).inc();
+            services.metrics.auth_lockouts.get_or_create(&ll).inc();
         }
         return AuthResult::LockedOut;
     }
@@ -408,24 +408,24 @@ async fn authenticate(
     let hash = app
         .and_then(|a| a.password_hash.clone())
         .unwrap_or_else(|| DUMMY_HASH.to_owned());
-    let ok = relay.verifier.verify(hash, password).await;
+    let ok = services.verifier.verify(hash, password).await;
     // A user name that is not an account may be a password typed into the
     // wrong field: only known names are logged.
     let shown = if app.is_some() { user } else { "<unknown>" };
     if ok && app.is_some() {
-        relay.throttle.succeeded(ip);
+        services.throttle.succeeded(ip);
         tracing::info!(%ip, user, "AUTH succeeded");
         return AuthResult::Ok;
     }
-    relay.metrics.auth_failures.get_or_create(&ll).inc();
-    match relay.throttle.failed(ip, Instant::now(), max, lockout) {
+    services.metrics.auth_failures.get_or_create(&ll).inc();
+    match services.throttle.failed(ip, Instant::now(), max, lockout) {
         FailureVerdict::Delay(d) => {
             tracing::warn!(%ip, user = shown, delay_ms = d.as_millis() as u64, "AUTH failed");
             tokio::time::sleep(d).await;
             AuthResult::Failed
         }
         FailureVerdict::LockedOut => {
-            relay.metrics.auth_lockouts.get_or_create(&ll).inc();
+            services.metrics.auth_lockouts.get_or_create(&ll).inc();
             tracing::warn!(%ip, user = shown, lockout_s = lockout.as_secs(), "AUTH failed; address locked out");
             AuthResult::LockedOut
         }
@@ -437,13 +437,13 @@ const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$lNk2UO7CQcwBk9zQ8hlNXA$
 
 /// Hands a complete message to the delivery engine and returns its verdict.
 async fn deliver(
-    relay: &Relay,
+    services: &Services,
     session_id: &str,
     cfg: &Arc<Config>,
     env: Box<Envelope>,
     msg: Message,
 ) -> reply::Reply {
-    let id = relay.next_id();
+    let id = services.engine.next_id();
     let now = util::unix_now();
     let mut job = crate::delivery::engine::Job {
         id,
@@ -456,7 +456,7 @@ async fn deliver(
     // `Received: ... for <rcpt>` names the recipient actually delivered to.
     let header = received_header(cfg, &job.envelope, &job.id, &job.deliver_to(), now);
     job.received = String::from_utf8_lossy(&header).into_owned();
-    relay
+    services
         .engine
         .submit(
             cfg,
