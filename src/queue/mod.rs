@@ -299,6 +299,11 @@ impl Queue {
                 "grace period over; deliveries in flight stay in the spool and are retried at the next start"
             ),
         }
+        // Removals still waiting for the committer are done before the
+        // process ends (else their messages would be delivered again).
+        if let Err(e) = self.spool.sync().await {
+            tracing::error!(target: "smarthost::queue", error = %e, "cannot sync the queue at shutdown");
+        }
         tracing::info!(target: "smarthost::queue", queued = self.depth(), "queue stopped");
     }
 

@@ -135,9 +135,16 @@ enum Op {
     Write(Box<(Job, Message)>, WriteReply),
     /// Answer once everything written so far is synced.
     Sync(SyncReply),
-    /// Remove a message's files (no answer, no sync).
-    Remove(String),
+    /// Removals are waiting (sent only when the list was empty): handle
+    /// them within [`REMOVE_DELAY`] unless other work wakes the committer
+    /// first.
+    Wake,
 }
+
+/// How long a removal may wait for the committer when nothing else wakes
+/// it. Under load removals ride along with the next batch of writes, so
+/// a delivered message costs no wake-up of its own.
+const REMOVE_DELAY: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// Messages up to this size are written by the committer itself (one
 /// thread hop per message); larger ones on a blocking thread of their own,
@@ -152,6 +159,9 @@ pub struct Spool {
     /// are only in the commit log. Most messages are delivered and done
     /// before they ever get one.
     resident: Arc<Mutex<HashMap<String, Location>>>,
+    /// Messages done, waiting for the committer to mark them in the log
+    /// and remove their files.
+    removals: Arc<Mutex<Vec<String>>>,
 }
 
 impl Spool {
@@ -165,10 +175,12 @@ impl Spool {
         // The committer's own handle: only its file methods are used (its
         // sender is never used, so the thread ends when `Spool` is dropped).
         let resident = Arc::new(Mutex::new(HashMap::new()));
+        let removals = Arc::new(Mutex::new(Vec::new()));
         let owner = Spool {
             dir: dir.to_path_buf(),
             tx: Mutex::new(mpsc::channel().0),
             resident: resident.clone(),
+            removals: removals.clone(),
         };
         let (mut wal, replayed) = Wal::open(&dir.join("wal"), dir)?;
         let mut restored = 0;
@@ -192,6 +204,7 @@ impl Spool {
             dir: dir.to_path_buf(),
             tx: Mutex::new(tx),
             resident,
+            removals,
         })
     }
 
@@ -252,11 +265,22 @@ impl Spool {
         rx.await.map_err(|_| stopped())?
     }
 
-    /// Removes a message's files in the background (it is done).
+    /// Removes a message's files in the background (it is done): the
+    /// committer marks it done in the log and unlinks its files with its
+    /// next batch, or within [`REMOVE_DELAY`]. [`Spool::sync`] handles
+    /// every removal asked for before it.
     pub fn remove_later(&self, id: &str) {
-        if self.send(Op::Remove(id.to_owned())).is_err() {
-            self.residents().remove(id);
-            self.remove(id);
+        let first = {
+            let mut g = self.removals.lock().unwrap_or_else(|p| p.into_inner());
+            g.push(id.to_owned());
+            g.len() == 1
+        };
+        if first && self.send(Op::Wake).is_err() {
+            let ids = std::mem::take(&mut *self.removals.lock().unwrap_or_else(|p| p.into_inner()));
+            for id in ids {
+                self.residents().remove(&id);
+                self.remove(&id);
+            }
         }
     }
 
@@ -510,30 +534,74 @@ impl<W: Write> Write for HashingWriter<W> {
     }
 }
 
+/// Marks every message waiting for removal done in the log and removes
+/// its files.
+fn remove_done(spool: &Spool, wal: &mut Wal) {
+    let ids = std::mem::take(&mut *spool.removals.lock().unwrap_or_else(|p| p.into_inner()));
+    if ids.is_empty() {
+        return;
+    }
+    let mut residents = spool.residents();
+    for id in &ids {
+        wal.done(id);
+        residents.remove(id);
+    }
+    drop(residents);
+    for id in &ids {
+        spool.remove(id);
+    }
+}
+
 /// The committer: takes every request waiting when it wakes, writes the
 /// small messages among them to their files and to the commit log (one
 /// `fdatasync` of the log's segment answers them all), removes what is
 /// done, and answers sync requests (and, when the log cannot take a
 /// batch, the writes too) after one `syncfs` of the spool's file system.
 fn committer(spool: &Spool, dir: File, mut wal: Wal, rx: mpsc::Receiver<Op>) {
-    while let Ok(first) = rx.recv() {
+    let mut removals_due: Option<std::time::Instant> = None;
+    loop {
+        let first = match removals_due {
+            None => rx.recv().map_err(|_| ()),
+            Some(due) => {
+                match rx.recv_timeout(due.saturating_duration_since(std::time::Instant::now())) {
+                    Ok(op) => Ok(op),
+                    Err(mpsc::RecvTimeoutError::Timeout) => Ok(Op::Wake),
+                    Err(mpsc::RecvTimeoutError::Disconnected) => Err(()),
+                }
+            }
+        };
+        let Ok(first) = first else {
+            // Stopping: what is done is marked done before the end.
+            remove_done(spool, &mut wal);
+            wal.flush_done();
+            break;
+        };
         let mut writes = Vec::new();
         let mut syncs = Vec::new();
+        let mut only_wakes = true;
         for op in std::iter::once(first).chain(rx.try_iter().take(1023)) {
             match op {
                 Op::Write(b, tx) => {
                     let (job, msg) = *b;
                     let r = encode_into(&job, &msg, Vec::with_capacity(msg.len() as usize + 1024));
                     writes.push((r, job, msg, tx));
+                    only_wakes = false;
                 }
-                Op::Sync(tx) => syncs.push(tx),
-                Op::Remove(id) => {
-                    wal.done(&id);
-                    spool.residents().remove(&id);
-                    spool.remove(&id);
+                Op::Sync(tx) => {
+                    syncs.push(tx);
+                    only_wakes = false;
                 }
+                Op::Wake => {}
             }
         }
+        let now = std::time::Instant::now();
+        if only_wakes && removals_due.is_none_or(|d| d > now) {
+            // Removals alone wait a little for company.
+            removals_due.get_or_insert(now + REMOVE_DELAY);
+            continue;
+        }
+        removals_due = None;
+        remove_done(spool, &mut wal);
         let bodies: Vec<&[u8]> = writes
             .iter()
             .filter_map(|w| w.0.as_ref().ok().map(Vec::as_slice))
