@@ -8,7 +8,7 @@
 //! envelope, content, and a trailer holding the SHA-256 of everything
 //! before it) are on stable storage, either as a record of the commit log
 //! whose segment has been `fdatasync`ed (messages up to 256 KiB), or as
-//! its own `ID.msg` file followed by a sync of the file system (larger
+//! its own `ID.msg` file, its data synced and then the directory (larger
 //! messages, and any batch the log cannot take). Only then is the 250
 //! sent. At recovery the log is replayed first (committed messages whose
 //! file is missing are written back), then every `ID.msg` with a valid
@@ -21,9 +21,11 @@
 //! **Group commit.** Writers do not sync anything themselves. They ask
 //! the one committer thread, which takes every request waiting at that
 //! moment and answers them all after a single `fdatasync` of the log
-//! segment (or a single `syncfs` when that is needed): one sync covers
-//! every message committed in the same window, so throughput grows with
-//! concurrency instead of stopping at the disk's sync rate.
+//! segment (plus one `fsync` of the directory when a file was written):
+//! one sync covers every message committed in the same window, so
+//! throughput grows with concurrency instead of stopping at the disk's
+//! sync rate. Nothing on these paths syncs the whole file system
+//! (`syncfs` is used once, at start, after a replay).
 
 use super::wal::{Location, Wal};
 use crate::delivery::engine::Job;
@@ -229,8 +231,11 @@ impl Spool {
             .map_err(|_| io::Error::other("the spool committer stopped"))
     }
 
-    /// Waits until everything written before this call is on stable
-    /// storage (one `syncfs` shared with every concurrent caller).
+    /// Waits until every name written in the spool directory before this
+    /// call (renames of state files, files of large messages, whose data
+    /// their writers synced) is durable: one `fsync` of the directory
+    /// shared with every concurrent caller. Removals asked for before it
+    /// are done first.
     pub async fn sync(&self) -> io::Result<()> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.send(Op::Sync(tx))?;
@@ -249,7 +254,12 @@ impl Spool {
         if msg.len() > COMMITTER_WRITES_UP_TO {
             let me = self.clone();
             let (job, msg) = tokio::task::spawn_blocking(move || {
-                me.write_message(&job, &msg).map(|()| (job, msg))
+                me.write_message(&job, &msg)?;
+                if let Err(e) = File::open(me.msg_path(&job.id)).and_then(|f| f.sync_data()) {
+                    me.remove(&job.id);
+                    return Err(e);
+                }
+                Ok((job, msg))
             })
             .await
             .map_err(io::Error::other)??;
@@ -306,20 +316,15 @@ impl Spool {
 
     /// Gives a message that so far lives only in the commit log its own
     /// file (not synced: the checkpoint that follows syncs it).
-    fn materialize(&self, id: &str, at: &Location) {
-        let res = at
-            .read()
-            .and_then(|bytes| self.write_bytes(id, &bytes, true));
-        if let Err(e) = res {
-            // Its segment stays live (not retired) only as long as it is
-            // not reused; say so loudly.
-            tracing::error!(target: "smarthost::queue", id, error = %e, "cannot write a queued message's file from the commit log");
-        }
+    fn materialize(&self, id: &str, at: &Location) -> io::Result<PathBuf> {
+        at.read()
+            .and_then(|bytes| self.write_bytes(id, &bytes, true))
+            .map(|_| self.msg_path(id))
     }
 
     /// Writes `ID.msg` from its complete bytes (`replace`: over an
     /// existing one). On error nothing is left behind.
-    fn write_bytes(&self, id: &str, bytes: &[u8], replace: bool) -> io::Result<()> {
+    fn write_bytes(&self, id: &str, bytes: &[u8], replace: bool) -> io::Result<File> {
         let path = self.msg_path(id);
         let mut o = OpenOptions::new();
         o.write(true);
@@ -328,19 +333,25 @@ impl Spool {
         } else {
             o.create_new(true);
         }
-        let res = o.open(&path).and_then(|mut f| f.write_all(bytes));
+        let res = o
+            .open(&path)
+            .and_then(|mut f| f.write_all(bytes).map(|()| f));
         if res.is_err() {
             let _ = fs::remove_file(&path);
         }
         res
     }
 
-    /// Writes `ID.st` atomically (temporary file, then rename; not synced).
+    /// Writes `ID.st` atomically: a temporary file, its data synced, then
+    /// renamed over the old one (the rename is durable after the next
+    /// [`Spool::sync`]).
     pub fn write_state(&self, id: &str, state: &State) -> io::Result<()> {
         let tmp = self.dir.join(format!("{id}.st.tmp"));
         let res = (|| {
             let bytes = serde_json::to_vec(state).map_err(io::Error::other)?;
-            fs::write(&tmp, bytes)?;
+            let mut f = File::create(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_data()?;
             fs::rename(&tmp, self.state_path(id))
         })();
         if res.is_err() {
@@ -556,7 +567,8 @@ fn remove_done(spool: &Spool, wal: &mut Wal) {
 /// small messages among them to their files and to the commit log (one
 /// `fdatasync` of the log's segment answers them all), removes what is
 /// done, and answers sync requests (and, when the log cannot take a
-/// batch, the writes too) after one `syncfs` of the spool's file system.
+/// batch, the writes too, each file synced) after one `fsync` of the
+/// directory.
 fn committer(spool: &Spool, dir: File, mut wal: Wal, rx: mpsc::Receiver<Op>) {
     let mut removals_due: Option<std::time::Instant> = None;
     loop {
@@ -623,19 +635,25 @@ fn committer(spool: &Spool, dir: File, mut wal: Wal, rx: mpsc::Receiver<Op>) {
             }
         };
         drop(bodies);
+        let mut fallback_sync: io::Result<()> = Ok(());
         if !logged {
-            // No commit log for these: their own files, and a sync below.
+            // No commit log for these: their own files, each synced, and
+            // the directory below.
             for w in writes.iter_mut() {
-                if let Ok(bytes) = &w.0
-                    && let Err(e) = spool.write_bytes(&w.1.id, bytes, false)
-                {
-                    w.0 = Err(e);
+                if let Ok(bytes) = &w.0 {
+                    match spool.write_bytes(&w.1.id, bytes, false) {
+                        Ok(f) => {
+                            if let Err(e) = f.sync_data() {
+                                fallback_sync = Err(e);
+                            }
+                        }
+                        Err(e) => w.0 = Err(e),
+                    }
                 }
             }
         }
         // Sealed segments: the messages they still hold get their own
-        // files before the checkpoint syncs the file system and lets the
-        // segment go.
+        // files; the checkpoint syncs those and then lets the segment go.
         for seq in wal.take_sealed() {
             let held: Vec<(String, Location)> = spool
                 .residents()
@@ -643,22 +661,34 @@ fn committer(spool: &Spool, dir: File, mut wal: Wal, rx: mpsc::Receiver<Op>) {
                 .filter(|(_, at)| at.seq == seq)
                 .map(|(id, at)| (id.clone(), at.clone()))
                 .collect();
+            let mut files = Vec::with_capacity(held.len());
+            let mut failed = 0;
             for (id, at) in &held {
-                spool.materialize(id, at);
+                match spool.materialize(id, at) {
+                    Ok(path) => {
+                        files.push(path);
+                        spool.residents().remove(id);
+                    }
+                    Err(e) => {
+                        // It stays resident, and the segment live (never
+                        // reused) until the next start replays it.
+                        failed += 1;
+                        tracing::error!(target: "smarthost::queue", id, error = %e, "cannot write a queued message's file from the commit log");
+                    }
+                }
             }
-            let mut g = spool.residents();
-            for (id, _) in &held {
-                g.remove(id);
+            if failed == 0 {
+                wal.checkpoint(seq, files);
             }
-            drop(g);
-            wal.checkpoint(seq);
         }
-        let needs_syncfs = !syncs.is_empty() || (!writes.is_empty() && !logged);
-        let r: SyncResult = if needs_syncfs {
-            rustix::fs::syncfs(&dir).map_err(|e| {
-                let e = io::Error::from(e);
-                (e.kind(), e.to_string())
-            })
+        // Sync requests (state files, large messages: their data is
+        // synced by their writers) and files written without the log
+        // need their names durable: one fsync of the directory.
+        let needs_dir_sync = !syncs.is_empty() || (!writes.is_empty() && !logged);
+        let r: SyncResult = if needs_dir_sync {
+            fallback_sync
+                .and_then(|()| dir.sync_all())
+                .map_err(|e| (e.kind(), e.to_string()))
         } else {
             Ok(())
         };

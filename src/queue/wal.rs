@@ -19,13 +19,13 @@
 //! read back from the log if needed (`Spool::load`).
 //!
 //! **Checkpoint.** When a segment is full it is sealed; the spool gives
-//! each message it still holds its own `ID.msg` (not synced), and a
-//! background thread runs one `syncfs` of the spool's file system: those
-//! files are then durable by themselves, and the segment is retired
-//! (renamed `free-N.wal`) and later reused under a new sequence number.
-//! At most [`MAX_SEGMENTS`] segments exist; when none is free, or one
-//! cannot be made (a full disk), the spool falls back to writing the
-//! files and syncing the file system for that batch.
+//! each message it still holds its own `ID.msg`, and a background thread
+//! syncs those files (usually few: most messages are done by then) and
+//! the directory: they are then durable by themselves, and the segment is
+//! retired (renamed `free-N.wal`) and later reused under a new sequence
+//! number. At most [`MAX_SEGMENTS`] segments exist; when none is free, or
+//! one cannot be made (a full disk), the spool falls back to writing and
+//! syncing each message's file for that batch.
 //!
 //! **Records.** `kind (1) | segment seq (8, LE) | length (4, LE) | body |
 //! first 8 bytes of SHA-256 over everything before`. Kind `M` carries the
@@ -152,7 +152,7 @@ pub struct Wal {
     /// Segments that exist (any state).
     count: usize,
     shared: Arc<Mutex<Shared>>,
-    checkpoint: mpsc::Sender<(u64, PathBuf)>,
+    checkpoint: mpsc::Sender<Sealed>,
     /// Segments sealed since the last [`Wal::take_sealed`]: their
     /// checkpoint waits until the caller has written the files of the
     /// messages they still hold.
@@ -224,7 +224,7 @@ impl Wal {
         let next_seq = live.last().map_or(1, |(s, _)| s + 1);
         let count = live.len() + free.len();
         let shared = Arc::new(Mutex::new(Shared { free }));
-        let (tx, rx) = mpsc::channel::<(u64, PathBuf)>();
+        let (tx, rx) = mpsc::channel::<Sealed>();
         let spool_fd = File::open(spool_dir)?;
         {
             let (shared, dir_fd, dir) = (shared.clone(), dir_fd.try_clone()?, dir.to_path_buf());
@@ -357,11 +357,12 @@ impl Wal {
         std::mem::take(&mut self.sealed)
     }
 
-    /// Retires sealed segment `seq` in the background, after a sync of
-    /// the spool's file system.
-    pub fn checkpoint(&mut self, seq: u64) {
+    /// Retires sealed segment `seq` in the background, once `files` (the
+    /// messages it still held, now written to their own files) are synced
+    /// and so is the spool directory.
+    pub fn checkpoint(&mut self, seq: u64, files: Vec<PathBuf>) {
         let path = self.dir.join(seg_name(seq));
-        if self.checkpoint.send((seq, path)).is_err() {
+        if self.checkpoint.send(Sealed { seq, path, files }).is_err() {
             self.broken = true;
         }
     }
@@ -459,26 +460,45 @@ fn make_segment(tmp: &Path, path: &Path) -> io::Result<File> {
     Ok(f)
 }
 
-/// Retires sealed segments: one `syncfs` of the spool's file system makes
-/// every message file written before the seal durable; then the segment
-/// is renamed free for reuse.
+/// A sealed segment handed to the checkpoint.
+struct Sealed {
+    seq: u64,
+    path: PathBuf,
+    /// Files written for the messages it still held.
+    files: Vec<PathBuf>,
+}
+
+/// Retires sealed segments: the files written for the messages they
+/// still held are synced (each by itself: no `syncfs`, so other writers'
+/// data is not on this path either), then the spool directory, and the
+/// segment is renamed free for reuse.
 fn checkpointer(
     dir: &Path,
     dir_fd: &File,
     spool_fd: &File,
     shared: &Mutex<Shared>,
-    rx: mpsc::Receiver<(u64, PathBuf)>,
+    rx: mpsc::Receiver<Sealed>,
 ) {
     while let Ok(first) = rx.recv() {
-        let sealed: Vec<(u64, PathBuf)> = std::iter::once(first).chain(rx.try_iter()).collect();
-        if let Err(e) = rustix::fs::syncfs(spool_fd) {
+        let sealed: Vec<Sealed> = std::iter::once(first).chain(rx.try_iter()).collect();
+        let synced = sealed
+            .iter()
+            .flat_map(|s| &s.files)
+            .try_for_each(|f| match File::open(f) {
+                Ok(f) => f.sync_data(),
+                // Delivered and removed meanwhile.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(e),
+            })
+            .and_then(|()| spool_fd.sync_all());
+        if let Err(e) = synced {
             tracing::error!(target: "smarthost::queue", error = %e, "queue checkpoint: cannot sync the spool; its commit log segments are kept");
             continue;
         }
         let mut freed = Vec::new();
-        for (seq, path) in sealed {
-            let to = dir.join(format!("free-{seq:016}.wal"));
-            match fs::rename(&path, &to) {
+        for s in sealed {
+            let to = dir.join(format!("free-{:016}.wal", s.seq));
+            match fs::rename(&s.path, &to) {
                 Ok(()) => freed.push(to),
                 Err(e) => {
                     tracing::error!(target: "smarthost::queue", error = %e, "queue checkpoint: cannot retire a commit log segment")
