@@ -24,7 +24,6 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 pub use load::{
     DEFAULT_CONFIG, files_hash, load_default, load_file, load_str, source_hash, watch_hash,
@@ -32,7 +31,7 @@ pub use load::{
 pub use raw::{
     Application, BlacklistAction, DeliveryMode, HealthSettings, LimitCounts, Limits, Listener,
     ListenerAuth, ListenerTls, Log, LogFormat, OnRedisError, QueueSettings, ReloadSettings, Route,
-    Security, System, Tenant, UpstreamAuth,
+    Security, SmtpSettings, System, Tenant, UpstreamAuth,
 };
 use values::{BlacklistEntry, Cidr, EmailAddress, HeaderText, Limit, Secret};
 
@@ -246,41 +245,35 @@ pub struct GraphServer {
     pub ca_file: Option<PathBuf>,
 }
 
-/// SMTP upstream settings, defaults applied.
+/// SMTP upstream settings, defaults applied: the keys used as written are
+/// the embedded [`SmtpSettings`], declared once in `raw.rs` (and read
+/// through `Deref`, e.g. `server.connect_timeout`); the fields here are
+/// the ones `validate::server` resolves from other keys or from files.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SmtpServer {
     /// Host name or IP.
     pub host: String,
-    /// Port.
+    /// Port (default from `security`).
     pub port: u16,
-    /// TLS mode.
-    pub security: Security,
-    /// AUTH user.
-    pub username: Option<String>,
-    /// AUTH password.
+    /// AUTH password, read.
     pub password: Option<Secret>,
-    /// AUTH mechanism; `None` = what the server offers.
-    pub auth: Option<UpstreamAuth>,
-    /// Connect timeout.
-    pub connect_timeout: Duration,
-    /// Greeting and per-command timeout.
-    pub command_timeout: Duration,
-    /// Data phase timeout.
-    pub data_timeout: Duration,
-    /// Skip certificate verification.
-    pub accept_invalid_certs: bool,
-    /// Extra CA file.
+    /// Extra CA file, resolved against the config's directory.
     pub ca_file: Option<PathBuf>,
-    /// TLS name to verify.
+    /// TLS name to verify (default: `host`).
     pub tls_name: String,
-    /// EHLO name.
+    /// EHLO name (default: `system.hostname`).
     pub helo_name: String,
-    /// Pool size.
-    pub pool_size: usize,
-    /// Pool idle timeout.
-    pub pool_idle_timeout: Duration,
     /// Token settings for `auth = "xoauth2"`.
     pub oauth: Option<OAuth>,
+    /// Every other SMTP key, as written or defaulted.
+    pub settings: SmtpSettings,
+}
+
+impl std::ops::Deref for SmtpServer {
+    type Target = SmtpSettings;
+    fn deref(&self) -> &SmtpSettings {
+        &self.settings
+    }
 }
 
 /// Capture outbox settings.

@@ -382,13 +382,14 @@ pub enum LogFormat {
 }
 
 /// `[server.NAME]`: an upstream. One flat table for every kind, so keys
-/// of another kind can be refused by name; `validate::server` builds the
-/// kind's settings from it. Defaults are written on the fields
-/// (`#[serde(default)]`: the type's default or the named function beside
-/// it); keys whose default depends on other keys (`port`, `tls_name`,
-/// `helo_name`) stay optional and are resolved in `validate::server`. A
-/// key of another kind is found by the keys the file set (`Located::keys`),
-/// so it is refused even when it has a default.
+/// of another kind can be refused by name. `load` reads it in two parts:
+/// the keys of [`SmtpSettings`] (found by [`keys_of`]) into `smtp`, the
+/// rest into this struct, each with its own errors at the server's path.
+/// `validate::server` resolves what depends on other keys or on files
+/// (`port`, `tls_name`, `helo_name`, `password`, `ca_file`, `oauth`) and
+/// embeds `smtp` as it is in the validated [`super::SmtpServer`]. A key of
+/// another kind is found by the keys the file set (`Located::keys`), so it
+/// is refused even when it has a default.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawServer {
@@ -401,15 +402,8 @@ pub struct RawServer {
     pub host: Option<String>,
     /// SMTP: port. Default 465 for `implicit`, else 587 (25 for `none`).
     pub port: Option<u16>,
-    /// SMTP: `none`, `auto`, `implicit`, `starttls`, `starttls-when-available`. Default `auto`.
-    #[serde(default)]
-    pub security: Security,
-    /// SMTP: AUTH user name; AUTH is used when set.
-    pub username: Option<String>,
     /// SMTP: AUTH password (string, `{ env }` or `{ file }`).
     pub password: Option<SecretSource>,
-    /// SMTP: `none`, `plain`, `login`, `xoauth2`. Default: what the server offers.
-    pub auth: Option<UpstreamAuth>,
     /// Fixed sender: every message through this server uses it; only the
     /// display name is customised.
     pub sender: Option<EmailAddress>,
@@ -424,51 +418,17 @@ pub struct RawServer {
     /// What the limit counts: `messages` (default) or `recipients`.
     #[serde(default)]
     pub limit_counts: LimitCounts,
-    /// SMTP: TCP connect timeout. Default `"10s"`.
-    #[serde(
-        default = "secs::<10>",
-        deserialize_with = "super::values::plain::duration"
-    )]
-    pub connect_timeout: Duration,
-    /// SMTP: timeout for the greeting and each command. Default `"60s"`.
-    #[serde(
-        default = "secs::<60>",
-        deserialize_with = "super::values::plain::duration"
-    )]
-    pub command_timeout: Duration,
-    /// SMTP: timeout for the data phase. Default `"10m"`.
-    #[serde(
-        default = "secs::<600>",
-        deserialize_with = "super::values::plain::duration"
-    )]
-    pub data_timeout: Duration,
-    /// SMTP: skip certificate verification (lab servers only). Default `false`.
-    #[serde(default)]
-    pub accept_invalid_certs: bool,
     /// SMTP: extra PEM CA certificates to trust for this server.
     pub ca_file: Option<String>,
     /// SMTP: TLS server name to verify, when `host` is an IP address.
     pub tls_name: Option<String>,
     /// SMTP: name sent in EHLO. Default: `system.hostname`.
     pub helo_name: Option<String>,
-    /// SMTP: most idle connections kept open to this server for reuse.
-    /// Default 100: with fewer than the concurrent deliveries, connections
-    /// are opened and closed per message (at 100 concurrent senders a pool
-    /// of 32 cost 40% of the throughput, bench/README.md); idle ones close
-    /// after `pool_idle_timeout`, so the pool shrinks when the load drops.
-    #[serde(default = "pool_size")]
-    pub pool_size: usize,
     /// SMTP: most concurrent connections (transactions) to this server
     /// across every session and the queue; a delivery waits for a slot up
     /// to `connect_timeout`, then fails over (direct) or defers (queue).
     /// Default: no cap.
     pub max_connections: Option<usize>,
-    /// SMTP: how long an idle pooled connection is kept. Default `"30s"`.
-    #[serde(
-        default = "secs::<30>",
-        deserialize_with = "super::values::plain::duration"
-    )]
-    pub pool_idle_timeout: Duration,
     /// Capture: the directory messages are written to (relative to the config).
     pub path: Option<String>,
     /// Graph: Azure AD tenant id.
@@ -488,16 +448,83 @@ pub struct RawServer {
     pub graph_url: String,
     /// SMTP with `auth = "xoauth2"`: where and how tokens are fetched.
     pub oauth: Option<RawOAuth>,
+    /// The SMTP keys declared in [`SmtpSettings`]: not keys of this struct
+    /// (`load` deserialises them on their own and puts them here).
+    #[serde(skip)]
+    pub smtp: SmtpSettings,
 }
 
-/// A default of `N` seconds.
-fn secs<const N: u64>() -> Duration {
-    Duration::from_secs(N)
+section! {
+    /// The keys of an SMTP `[server.NAME]` whose value is used as written:
+    /// declared once, here, with the defaults. `load` reads them from the
+    /// server's table (`RawServer::smtp`), the "does not apply to a server
+    /// of kind" check knows them by [`keys_of`], the validated
+    /// [`super::SmtpServer`] embeds this struct as it is (and derefs to
+    /// it), and the pool's fingerprint hashes all of it but the pool's own
+    /// two keys. Adding an SMTP key with a default is one line here;
+    /// `validate::server` has only the range checks.
+    #[derive(PartialEq, Eq, Hash)]
+    pub struct SmtpSettings {
+        /// SMTP: `none`, `auto`, `implicit`, `starttls`, `starttls-when-available`. Default `auto`.
+        pub security: Security = Security::Auto,
+        /// SMTP: AUTH user name; AUTH is used when set.
+        pub username: Option<String> = None,
+        /// SMTP: `none`, `plain`, `login`, `xoauth2`. Default: what the server offers.
+        pub auth: Option<UpstreamAuth> = None,
+        /// SMTP: TCP connect timeout. Default `"10s"`.
+        #[serde(deserialize_with = "super::values::plain::duration")]
+        pub connect_timeout: Duration = Duration::from_secs(10),
+        /// SMTP: timeout for the greeting and each command. Default `"60s"`.
+        #[serde(deserialize_with = "super::values::plain::duration")]
+        pub command_timeout: Duration = Duration::from_secs(60),
+        /// SMTP: timeout for the data phase. Default `"10m"`.
+        #[serde(deserialize_with = "super::values::plain::duration")]
+        pub data_timeout: Duration = Duration::from_secs(600),
+        /// SMTP: skip certificate verification (lab servers only). Default `false`.
+        pub accept_invalid_certs: bool = false,
+        /// SMTP: most idle connections kept open to this server for reuse.
+        /// Default 100: with fewer than the concurrent deliveries, connections
+        /// are opened and closed per message (at 100 concurrent senders a pool
+        /// of 32 cost 40% of the throughput, bench/README.md); idle ones close
+        /// after `pool_idle_timeout`, so the pool shrinks when the load drops.
+        pub pool_size: usize = 100,
+        /// SMTP: how long an idle pooled connection is kept. Default `"30s"`.
+        #[serde(deserialize_with = "super::values::plain::duration")]
+        pub pool_idle_timeout: Duration = Duration::from_secs(30),
+    }
 }
 
-/// Default of `pool_size` (see there).
-fn pool_size() -> usize {
-    100
+/// The keys a `#[derive(Deserialize)]` struct reads, in declaration order:
+/// serde hands them to `deserialize_struct`, and this deserializer does
+/// nothing but record them. So a list of keys (which table a key belongs
+/// to, which server kind it applies to) is derived from the struct, never
+/// written a second time.
+pub fn keys_of<T: serde::de::DeserializeOwned>() -> &'static [&'static str] {
+    use serde::de::{Error, Visitor, value};
+    struct Probe<'a>(&'a mut &'static [&'static str]);
+    impl<'de> serde::Deserializer<'de> for Probe<'_> {
+        type Error = value::Error;
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+            Err(Error::custom("not a struct"))
+        }
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Self::Error> {
+            *self.0 = fields;
+            Err(Error::custom("keys recorded"))
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+            bytes byte_buf option unit unit_struct newtype_struct seq tuple
+            tuple_struct map enum identifier ignored_any
+        }
+    }
+    let mut keys: &'static [&'static str] = &[];
+    let _ = T::deserialize(Probe(&mut keys));
+    keys
 }
 
 /// Default of a Graph server's `authority`.

@@ -3,6 +3,7 @@
 
 use super::*;
 use std::path::Path;
+use std::time::Duration;
 
 const HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$JY4AKD9RcTjChNbtThTUMA$rk7JviL/djMbUfBfn9QJ+4YBCzeaGYZdmQYIM2Ei14M";
 
@@ -697,6 +698,69 @@ fn server_defaults_and_keys_of_another_kind() {
         "{:?}",
         c.warnings
     );
+}
+
+/// `[server.NAME]` is read in two parts (`SmtpSettings` and the rest):
+/// errors in both keep their line, an unknown key still lists every
+/// server key, and a server that is not a table is one error.
+#[test]
+fn server_table_parts_keep_lines_and_the_key_list() {
+    assert_eq!(
+        raw::keys_of::<raw::SmtpSettings>(),
+        [
+            "security",
+            "username",
+            "auth",
+            "connect_timeout",
+            "command_timeout",
+            "data_timeout",
+            "accept_invalid_certs",
+            "pool_size",
+            "pool_idle_timeout"
+        ]
+    );
+    let text = format!(
+        "{}\n[server.x]\nhost = \"h\"\nhots = \"h\"\npool_size = \"many\"\nport = \"x\"\n",
+        base()
+    );
+    let line = |k: &str| text.lines().position(|l| l.starts_with(k)).unwrap() + 1;
+    let e = errors(&text);
+    let got: Vec<_> = e
+        .iter()
+        .map(|e| {
+            (
+                e.line,
+                e.key.as_str(),
+                e.message.split(", expected").next().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (line("hots"), "server.x.hots", "unknown field `hots`"),
+            (
+                line("pool_size"),
+                "server.x.pool_size",
+                "invalid type: string \"many\""
+            ),
+            (line("port"), "server.x.port", "invalid type: string \"x\""),
+        ]
+    );
+    let expected = e[0].message.split_once("expected one of ").unwrap().1;
+    for k in [
+        "`kind`",
+        "`host`",
+        "`security`",
+        "`pool_idle_timeout`",
+        "`oauth`",
+    ] {
+        assert!(expected.contains(k), "{expected}");
+    }
+
+    let e = errors(&format!("{}\n[server]\nx = 5\n", base()));
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert_eq!(e[0].key, "server.x");
 }
 
 /// A test mode is checked as it is read (`TestModeSetting`): the error

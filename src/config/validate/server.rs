@@ -8,7 +8,9 @@
 
 use super::Ctx;
 use crate::config::load::{KeyPath, Located};
-use crate::config::raw::{RawServer, Security, ServerKindName, UpstreamAuth};
+use crate::config::raw::{
+    RawServer, Security, ServerKindName, SmtpSettings, UpstreamAuth, keys_of,
+};
 use crate::config::{
     CaptureServer, Config, GraphServer, OAuth, OAuthGrant, Server, ServerKind, SmtpServer,
 };
@@ -179,26 +181,17 @@ fn graph_server(
 }
 
 /// The kinds a kind-specific key applies to, for "does not apply" errors
-/// (`None`: every kind).
+/// (`None`: every kind). The keys of [`SmtpSettings`] are SMTP keys by
+/// being declared there.
 fn kinds_of(key: &str) -> Option<&'static [ServerKindName]> {
     use ServerKindName::{Capture, Graph, Smtp};
+    if keys_of::<SmtpSettings>().contains(&key) {
+        return Some(&[Smtp]);
+    }
     Some(match key {
-        "host"
-        | "port"
-        | "security"
-        | "username"
-        | "password"
-        | "auth"
-        | "connect_timeout"
-        | "command_timeout"
-        | "data_timeout"
-        | "accept_invalid_certs"
-        | "tls_name"
-        | "helo_name"
-        | "pool_size"
-        | "pool_idle_timeout"
-        | "oauth"
-        | "max_connections" => &[Smtp],
+        "host" | "port" | "password" | "tls_name" | "helo_name" | "oauth" | "max_connections" => {
+            &[Smtp]
+        }
         "path" => &[Capture],
         "tenant_id" | "mailbox" | "client_id" | "client_secret" | "authority" | "graph_url" => {
             &[Graph]
@@ -249,7 +242,7 @@ fn server(
             if host.is_empty() || host.chars().any(|c| c.is_control() || c.is_whitespace()) {
                 cx.err(file, &path.clone().key("host"), "invalid host name");
             }
-            let security = s.security;
+            let security = s.smtp.security;
             let port = s.port.unwrap_or(match security {
                 Security::Implicit => 465,
                 Security::None => 25,
@@ -262,7 +255,7 @@ fn server(
                     "port 0 is not a valid upstream port",
                 );
             }
-            let oauth = match (&s.oauth, s.auth) {
+            let oauth = match (&s.oauth, s.smtp.auth) {
                 (Some(o), Some(UpstreamAuth::Xoauth2)) => smtp_oauth(cx, file, path, o),
                 (None, Some(UpstreamAuth::Xoauth2)) => {
                     cx.err(
@@ -282,8 +275,8 @@ fn server(
                 }
                 (None, _) => None,
             };
-            if s.auth == Some(UpstreamAuth::Xoauth2) {
-                if s.username.is_none() {
+            if s.smtp.auth == Some(UpstreamAuth::Xoauth2) {
+                if s.smtp.username.is_none() {
                     cx.err(
                         file,
                         &path.clone().key("auth"),
@@ -298,11 +291,11 @@ fn server(
                     );
                 }
             }
-            let wants_auth = s.auth != Some(UpstreamAuth::None);
-            if s.username.is_some()
+            let wants_auth = s.smtp.auth != Some(UpstreamAuth::None);
+            if s.smtp.username.is_some()
                 && s.password.is_none()
                 && wants_auth
-                && s.auth != Some(UpstreamAuth::Xoauth2)
+                && s.smtp.auth != Some(UpstreamAuth::Xoauth2)
             {
                 cx.err(
                     file,
@@ -310,15 +303,15 @@ fn server(
                     "a username needs a password",
                 );
             }
-            if s.password.is_some() && s.username.is_none() {
+            if s.password.is_some() && s.smtp.username.is_none() {
                 cx.err(
                     file,
                     &path.clone().key("password"),
                     "a password needs a username",
                 );
             }
-            if matches!(s.auth, Some(UpstreamAuth::Plain | UpstreamAuth::Login))
-                && s.username.is_none()
+            if matches!(s.smtp.auth, Some(UpstreamAuth::Plain | UpstreamAuth::Login))
+                && s.smtp.username.is_none()
             {
                 cx.err(
                     file,
@@ -326,7 +319,7 @@ fn server(
                     "auth is set but no username is given",
                 );
             }
-            if let Some(u) = &s.username
+            if let Some(u) = &s.smtp.username
                 && u.chars().any(char::is_control)
             {
                 cx.err(
@@ -340,7 +333,7 @@ fn server(
                 .as_ref()
                 .and_then(|p| cx.secret(file, &path.clone().key("password"), p));
             let ca_file = ca_file(cx, file, path, s);
-            if s.accept_invalid_certs {
+            if s.smtp.accept_invalid_certs {
                 cx.warn(
                     file,
                     &path.clone().key("accept_invalid_certs"),
@@ -356,15 +349,15 @@ fn server(
                 cx.err(file, &path.clone().key("helo_name"), "invalid EHLO name");
             }
             for (key, d) in [
-                ("connect_timeout", s.connect_timeout),
-                ("command_timeout", s.command_timeout),
-                ("data_timeout", s.data_timeout),
+                ("connect_timeout", s.smtp.connect_timeout),
+                ("command_timeout", s.smtp.command_timeout),
+                ("data_timeout", s.smtp.data_timeout),
             ] {
                 if d.is_zero() {
                     cx.err(file, &path.clone().key(key), "must be greater than zero");
                 }
             }
-            if s.pool_size == 0 {
+            if s.smtp.pool_size == 0 {
                 cx.err(
                     file,
                     &path.clone().key("pool_size"),
@@ -375,19 +368,11 @@ fn server(
                 tls_name: s.tls_name.clone().unwrap_or_else(|| host.clone()),
                 host,
                 port,
-                security,
-                username: s.username.clone(),
                 password,
-                auth: s.auth,
-                connect_timeout: s.connect_timeout,
-                command_timeout: s.command_timeout,
-                data_timeout: s.data_timeout,
-                accept_invalid_certs: s.accept_invalid_certs,
                 ca_file,
                 helo_name,
-                pool_size: s.pool_size,
-                pool_idle_timeout: s.pool_idle_timeout,
                 oauth,
+                settings: s.smtp.clone(),
             })
         }
     };
