@@ -11,7 +11,7 @@
 //! up by key path; `validate` sorts the errors into file order.
 
 use super::raw::{
-    Application, HealthSettings, Limits, Listener, Log, QueueSettings, RawAdmin, RawDkim,
+    Admin, Application, Cluster, HealthSettings, Limits, Listener, Log, QueueSettings, RawDkim,
     RawServer, RawTls, ReloadSettings, Route, SmtpSettings, System, Tenant, keys_of,
 };
 use super::{Config, ConfigError, ConfigErrors};
@@ -170,12 +170,12 @@ pub(super) struct RawDoc {
     pub listeners: Vec<Located<Listener>>,
     pub tls: Option<Located<RawTls>>,
     pub limits: Option<Located<Limits>>,
-    pub admin: Option<Located<RawAdmin>>,
+    pub admin: Option<Located<Admin>>,
     pub log: Option<Located<Log>>,
     pub health: Option<Located<HealthSettings>>,
     pub reload: Option<Located<ReloadSettings>>,
     pub queue: Option<Located<QueueSettings>>,
-    pub cluster: Option<Located<super::raw::RawCluster>>,
+    pub cluster: Option<Located<Cluster>>,
     pub servers: Vec<(String, Located<RawServer>)>,
     pub tenants: Vec<(String, Located<Tenant>)>,
     pub applications: Vec<(String, Located<Application>)>,

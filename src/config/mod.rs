@@ -21,7 +21,7 @@ pub mod values;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -29,9 +29,9 @@ pub use load::{
     DEFAULT_CONFIG, files_hash, load_default, load_file, load_str, source_hash, watch_hash,
 };
 pub use raw::{
-    Application, BlacklistAction, DeliveryMode, HealthSettings, LimitCounts, Limits, Listener,
-    ListenerAuth, ListenerTls, Log, LogFormat, OnRedisError, QueueSettings, ReloadSettings, Route,
-    Security, SmtpSettings, System, Tenant, UpstreamAuth,
+    Admin, Application, BlacklistAction, Cluster, DeliveryMode, HealthSettings, LimitCounts,
+    Limits, Listener, ListenerAuth, ListenerTls, Log, LogFormat, OnRedisError, QueueSettings,
+    ReloadSettings, Route, Security, SmtpSettings, System, Tenant, UpstreamAuth,
 };
 use values::{BlacklistEntry, Cidr, EmailAddress, HeaderText, Limit, Secret};
 
@@ -142,26 +142,6 @@ impl fmt::Debug for TlsSettings {
             .field("private_key", &self.private_key)
             .finish_non_exhaustive()
     }
-}
-
-/// `[admin]`.
-#[derive(Debug, Clone)]
-pub struct Admin {
-    /// Address to bind.
-    pub address: SocketAddr,
-    /// Bearer token.
-    pub token: Option<Secret>,
-    /// Status page without the token on a non-loopback address.
-    pub status_public: bool,
-}
-
-/// `[cluster]` with defaults applied.
-#[derive(Debug, Clone)]
-pub struct Cluster {
-    /// The Redis URL (a secret: it may hold a password).
-    pub redis: Secret,
-    /// What limits do while Redis cannot be reached.
-    pub on_redis_error: OnRedisError,
 }
 
 /// An upstream.

@@ -23,7 +23,9 @@
 //!   [`RawDkim`]: keys loaded): defaults are still on the raw fields, and
 //!   `validate` builds their twins in `config/mod.rs`.
 
-use super::values::{BlacklistEntry, Cidr, Dur, EmailAddress, HeaderText, Limit, SecretSource};
+use super::values::{
+    BlacklistEntry, Cidr, Dur, EmailAddress, HeaderText, Limit, Secret, SecretSource,
+};
 use super::{TestMode, TestModeSetting};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -274,16 +276,17 @@ section! {
     }
 }
 
-/// `[admin]`: the admin and metrics port.
+/// `[admin]`: the admin and metrics port. Declared once: this is also the
+/// validated type (`Config::admin`); `validate::sections` reads the token.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawAdmin {
+pub struct Admin {
     /// `host:port` for `/metrics`, `/healthz`, `/readyz` and the admin API.
     #[serde(deserialize_with = "super::values::plain::socket_addr")]
     pub address: SocketAddr,
-    /// Bearer token for the admin API (`/api/v1/…`); without one the API
-    /// is off.
-    pub token: Option<SecretSource>,
+    /// Bearer token for the admin API (`/api/v1/…`; a secret: string,
+    /// `{ env }` or `{ file }`); without one the API is off.
+    pub token: Option<Secret>,
     /// Serve the status page (`GET /`) without the token even when the
     /// admin address is not loopback. Default `false`: open on a loopback
     /// address, behind the token otherwise.
@@ -291,13 +294,17 @@ pub struct RawAdmin {
     pub status_public: bool,
 }
 
-/// `[cluster]`: several instances sharing state (PRODUCT §3.10).
+/// `[cluster]`: several instances sharing state (PRODUCT §3.10). Declared
+/// once: this is also the validated type (`Config::cluster`);
+/// `validate::sections` reads `redis` and checks it is a Redis URL.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawCluster {
+pub struct Cluster {
     /// Redis URL (`redis://[:password@]host:port[/db]`; a secret: string,
     /// `{ env }` or `{ file }`). Send-limit counters are shared through it.
-    pub redis: Option<SecretSource>,
+    /// Required (`validate` says so when the file did not set it).
+    #[serde(default)]
+    pub redis: Secret,
     /// When Redis cannot be reached: `local` (default; count in this
     /// instance alone, with a warning and a metric) or `closed` (treat
     /// every limited server as over its limit).

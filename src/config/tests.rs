@@ -908,6 +908,56 @@ fn microsoft_365_servers() {
     assert_eq!(x.auth, Some(UpstreamAuth::Xoauth2));
 }
 
+/// `[admin]` and `[cluster]` hold their `Secret`s as written and read
+/// them in place, relative to the config file: a `{ file }` secret is read
+/// and watched, a missing one is an error at its key and line.
+#[test]
+fn admin_and_cluster_secrets_are_read_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("token"), "t0ken\n").unwrap();
+    std::fs::write(dir.path().join("redis"), "redis://127.0.0.1:6379/\n").unwrap();
+    let text = format!(
+        "{}\n[admin]\naddress = \"127.0.0.1:0\"\ntoken = {{ file = \"token\" }}\n[cluster]\nredis = {{ file = \"redis\" }}\n",
+        base()
+    );
+    std::fs::write(dir.path().join("main.toml"), &text).unwrap();
+    let c = load_file(&dir.path().join("main.toml")).unwrap();
+    let admin = c.admin.as_ref().unwrap();
+    assert_eq!(admin.token.as_ref().map(|t| t.expose()), Some("t0ken"));
+    assert_eq!(format!("{:?}", admin.token), "Some(<redacted>)");
+    let cluster = c.cluster.as_ref().unwrap();
+    assert_eq!(cluster.redis.expose(), "redis://127.0.0.1:6379/");
+    assert_eq!(cluster.on_redis_error, OnRedisError::Local);
+    for f in ["token", "redis"] {
+        assert!(
+            c.referenced.contains(&dir.path().join(f)),
+            "{:?}",
+            c.referenced
+        );
+    }
+
+    let text = format!(
+        "{}\n[admin]\naddress = \"127.0.0.1:0\"\ntoken = {{ env = \"SMARTHOST_TEST_NO_SUCH_VAR\" }}\n[cluster]\nredis = {{ file = \"nothing-here\" }}\n",
+        base()
+    );
+    let line = |k: &str| text.lines().position(|l| l.starts_with(k)).unwrap() + 1;
+    let e = errors(&text);
+    let got: Vec<_> = e.iter().map(|e| (e.line, e.key.as_str())).collect();
+    assert_eq!(
+        got,
+        [
+            (line("token"), "admin.token"),
+            (line("redis"), "cluster.redis")
+        ]
+    );
+    assert!(
+        e[0].message
+            .contains("SMARTHOST_TEST_NO_SUCH_VAR is not set"),
+        "{e:?}"
+    );
+    assert!(e[1].message.starts_with("cannot read secret file"), "{e:?}");
+}
+
 #[test]
 fn includes_follow_ownership_rules() {
     let dir = tempfile::tempdir().unwrap();
