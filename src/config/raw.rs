@@ -388,77 +388,121 @@ pub enum LogFormat {
     Json,
 }
 
-/// `[server.NAME]`: an upstream. One flat table for every kind, so keys
-/// of another kind can be refused by name. `load` reads it in two parts:
-/// the keys of [`SmtpSettings`] (found by [`keys_of`]) into `smtp`, the
-/// rest into this struct, each with its own errors at the server's path.
-/// `validate::server` resolves what depends on other keys or on files
-/// (`port`, `tls_name`, `helo_name`, `password`, `ca_file`, `oauth`) and
-/// embeds `smtp` as it is in the validated [`super::SmtpServer`]. A key of
-/// another kind is found by the keys the file set (`Located::keys`), so it
-/// is refused even when it has a default.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawServer {
-    /// `smtp` (default), `capture` or `graph`.
-    #[serde(default)]
-    pub kind: ServerKindName,
-    /// Owning tenant; system servers name none.
-    pub tenant: Option<String>,
-    /// SMTP: host name or IP address.
-    pub host: Option<String>,
-    /// SMTP: port. Default 465 for `implicit`, else 587 (25 for `none`).
-    pub port: Option<u16>,
-    /// SMTP: AUTH password (string, `{ env }` or `{ file }`).
-    pub password: Option<SecretSource>,
-    /// Fixed sender: every message through this server uses it; only the
-    /// display name is customised.
-    pub sender: Option<EmailAddress>,
-    /// From display name on every message through this server; wins over
-    /// the application's, the tenant's and the system's.
-    pub display_name: Option<HeaderText>,
-    /// Reply-To on every message through this server; wins over the
-    /// application's, the tenant's and the system's.
-    pub reply_to: Option<EmailAddress>,
-    /// Send limit such as `"10000/day"`.
-    pub limit: Option<Limit>,
-    /// What the limit counts: `messages` (default) or `recipients`.
-    #[serde(default)]
-    pub limit_counts: LimitCounts,
-    /// SMTP: extra PEM CA certificates to trust for this server.
-    pub ca_file: Option<String>,
-    /// SMTP: TLS server name to verify, when `host` is an IP address.
-    pub tls_name: Option<String>,
-    /// SMTP: name sent in EHLO. Default: `system.hostname`.
-    pub helo_name: Option<String>,
-    /// SMTP: most concurrent connections (transactions) to this server
-    /// across every session and the queue; a delivery waits for a slot up
-    /// to `connect_timeout`, then fails over (direct) or defers (queue).
-    /// Default: no cap.
-    pub max_connections: Option<usize>,
-    /// Capture: the directory messages are written to (relative to the config).
-    pub path: Option<String>,
-    /// Graph: Azure AD tenant id.
-    pub tenant_id: Option<String>,
-    /// Graph: application (client) id.
-    pub client_id: Option<String>,
-    /// Graph: client secret (string, `{ env }` or `{ file }`).
-    pub client_secret: Option<SecretSource>,
-    /// Graph: the mailbox (user id or UPN) that sends; also the server's
-    /// fixed sender unless `sender` is set.
-    pub mailbox: Option<EmailAddress>,
-    /// Graph: token authority. Default `"https://login.microsoftonline.com"`.
-    #[serde(default = "authority")]
-    pub authority: String,
-    /// Graph: API base URL. Default `"https://graph.microsoft.com"`.
-    #[serde(default = "graph_url")]
-    pub graph_url: String,
-    /// SMTP with `auth = "xoauth2"`: where and how tokens are fetched.
-    pub oauth: Option<RawOAuth>,
-    /// The SMTP keys declared in [`SmtpSettings`]: not keys of this struct
-    /// (`load` deserialises them on their own and puts them here).
-    #[serde(skip)]
-    pub smtp: SmtpSettings,
+/// Declares `RawServer` with each key's kinds written before it, once:
+/// `[Smtp] pub host: Option<String>`, `[Smtp, Graph] pub ca_file: …`, or
+/// `[]` for a key of every kind. It expands to the struct (attributes pass
+/// through) and `RawServer::kinds_of`, which answers from these tags (and
+/// from [`SmtpSettings`], whose keys are all SMTP keys) for the "does not
+/// apply to a server of kind" check. Keys are the field names: no field
+/// may be renamed with `#[serde(rename)]`.
+macro_rules! server_table {
+    (
+        $(#[$meta:meta])*
+        pub struct $name:ident {
+            $(
+                $(#[$fmeta:meta])*
+                [$($kind:ident),*] pub $field:ident : $ty:ty
+            ),* $(,)?
+        }
+    ) => {
+        $(#[$meta])*
+        pub struct $name {
+            $( $(#[$fmeta])* pub $field: $ty, )*
+        }
+        impl $name {
+            /// The kinds a kind-specific key applies to (`None`: every
+            /// kind, or not a key of a server).
+            pub fn kinds_of(key: &str) -> Option<&'static [ServerKindName]> {
+                if keys_of::<SmtpSettings>().contains(&key) {
+                    return Some(&[ServerKindName::Smtp]);
+                }
+                $(
+                    if key == stringify!($field) {
+                        let kinds: &'static [ServerKindName] = &[$(ServerKindName::$kind),*];
+                        return (!kinds.is_empty()).then_some(kinds);
+                    }
+                )*
+                None
+            }
+        }
+    };
+}
+
+server_table! {
+    /// `[server.NAME]`: an upstream. One flat table for every kind, so keys
+    /// of another kind can be refused by name. `load` reads it in two parts:
+    /// the keys of [`SmtpSettings`] (found by [`keys_of`]) into `smtp`, the
+    /// rest into this struct, each with its own errors at the server's path.
+    /// `validate::server` resolves what depends on other keys or on files
+    /// (`port`, `tls_name`, `helo_name`, `password`, `ca_file`, `oauth`) and
+    /// embeds `smtp` as it is in the validated [`super::SmtpServer`]. The
+    /// `[Kind]` before each key is the kinds it applies to (`[]`: every
+    /// kind), read by `RawServer::kinds_of`; a key of another kind is found
+    /// by the keys the file set (`Located::keys`), so it is refused even
+    /// when it has a default.
+    #[derive(Debug, Clone, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct RawServer {
+        /// `smtp` (default), `capture` or `graph`.
+        #[serde(default)]
+        [] pub kind: ServerKindName,
+        /// Owning tenant; system servers name none.
+        [] pub tenant: Option<String>,
+        /// SMTP: host name or IP address.
+        [Smtp] pub host: Option<String>,
+        /// SMTP: port. Default 465 for `implicit`, else 587 (25 for `none`).
+        [Smtp] pub port: Option<u16>,
+        /// SMTP: AUTH password (string, `{ env }` or `{ file }`).
+        [Smtp] pub password: Option<SecretSource>,
+        /// Fixed sender: every message through this server uses it; only the
+        /// display name is customised.
+        [] pub sender: Option<EmailAddress>,
+        /// From display name on every message through this server; wins over
+        /// the application's, the tenant's and the system's.
+        [] pub display_name: Option<HeaderText>,
+        /// Reply-To on every message through this server; wins over the
+        /// application's, the tenant's and the system's.
+        [] pub reply_to: Option<EmailAddress>,
+        /// Send limit such as `"10000/day"`.
+        [] pub limit: Option<Limit>,
+        /// What the limit counts: `messages` (default) or `recipients`.
+        #[serde(default)]
+        [] pub limit_counts: LimitCounts,
+        /// SMTP: extra PEM CA certificates to trust for this server.
+        [Smtp, Graph] pub ca_file: Option<String>,
+        /// SMTP: TLS server name to verify, when `host` is an IP address.
+        [Smtp] pub tls_name: Option<String>,
+        /// SMTP: name sent in EHLO. Default: `system.hostname`.
+        [Smtp] pub helo_name: Option<String>,
+        /// SMTP: most concurrent connections (transactions) to this server
+        /// across every session and the queue; a delivery waits for a slot up
+        /// to `connect_timeout`, then fails over (direct) or defers (queue).
+        /// Default: no cap.
+        [Smtp] pub max_connections: Option<usize>,
+        /// Capture: the directory messages are written to (relative to the config).
+        [Capture] pub path: Option<String>,
+        /// Graph: Azure AD tenant id.
+        [Graph] pub tenant_id: Option<String>,
+        /// Graph: application (client) id.
+        [Graph] pub client_id: Option<String>,
+        /// Graph: client secret (string, `{ env }` or `{ file }`).
+        [Graph] pub client_secret: Option<SecretSource>,
+        /// Graph: the mailbox (user id or UPN) that sends; also the server's
+        /// fixed sender unless `sender` is set.
+        [Graph] pub mailbox: Option<EmailAddress>,
+        /// Graph: token authority. Default `"https://login.microsoftonline.com"`.
+        #[serde(default = "authority")]
+        [Graph] pub authority: String,
+        /// Graph: API base URL. Default `"https://graph.microsoft.com"`.
+        #[serde(default = "graph_url")]
+        [Graph] pub graph_url: String,
+        /// SMTP with `auth = "xoauth2"`: where and how tokens are fetched.
+        [Smtp] pub oauth: Option<RawOAuth>,
+        /// The SMTP keys declared in [`SmtpSettings`]: not keys of this struct
+        /// (`load` deserialises them on their own and puts them here).
+        #[serde(skip)]
+        [] pub smtp: SmtpSettings,
+    }
 }
 
 section! {

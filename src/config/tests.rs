@@ -719,6 +719,13 @@ fn server_table_parts_keep_lines_and_the_key_list() {
             "pool_idle_timeout"
         ]
     );
+    use raw::{RawServer, ServerKindName::*};
+    assert_eq!(RawServer::kinds_of("pool_size"), Some(&[Smtp][..]));
+    assert_eq!(RawServer::kinds_of("host"), Some(&[Smtp][..]));
+    assert_eq!(RawServer::kinds_of("ca_file"), Some(&[Smtp, Graph][..]));
+    assert_eq!(RawServer::kinds_of("path"), Some(&[Capture][..]));
+    assert_eq!(RawServer::kinds_of("authority"), Some(&[Graph][..]));
+    assert_eq!(RawServer::kinds_of("limit"), None);
     let text = format!(
         "{}\n[server.x]\nhost = \"h\"\nhots = \"h\"\npool_size = \"many\"\nport = \"x\"\n",
         base()

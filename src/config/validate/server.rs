@@ -8,9 +8,7 @@
 
 use super::Ctx;
 use crate::config::load::{KeyPath, Located};
-use crate::config::raw::{
-    RawServer, Security, ServerKindName, SmtpSettings, UpstreamAuth, keys_of,
-};
+use crate::config::raw::{RawServer, Security, ServerKindName, UpstreamAuth};
 use crate::config::{
     CaptureServer, Config, GraphServer, OAuth, OAuthGrant, Server, ServerKind, SmtpServer,
 };
@@ -180,27 +178,6 @@ fn graph_server(
     })
 }
 
-/// The kinds a kind-specific key applies to, for "does not apply" errors
-/// (`None`: every kind). The keys of [`SmtpSettings`] are SMTP keys by
-/// being declared there.
-fn kinds_of(key: &str) -> Option<&'static [ServerKindName]> {
-    use ServerKindName::{Capture, Graph, Smtp};
-    if keys_of::<SmtpSettings>().contains(&key) {
-        return Some(&[Smtp]);
-    }
-    Some(match key {
-        "host" | "port" | "password" | "tls_name" | "helo_name" | "oauth" | "max_connections" => {
-            &[Smtp]
-        }
-        "path" => &[Capture],
-        "tenant_id" | "mailbox" | "client_id" | "client_secret" | "authority" | "graph_url" => {
-            &[Graph]
-        }
-        "ca_file" => &[Smtp, Graph],
-        _ => return None,
-    })
-}
-
 fn server(
     cx: &mut Ctx<'_, '_>,
     name: &str,
@@ -211,7 +188,7 @@ fn server(
     let (file, path) = (l.file, &l.path);
     let kind_name = s.kind;
     for key in &l.keys {
-        if kinds_of(key).is_some_and(|kinds| !kinds.contains(&kind_name)) {
+        if RawServer::kinds_of(key).is_some_and(|kinds| !kinds.contains(&kind_name)) {
             cx.err(
                 file,
                 &path.clone().key(key),
