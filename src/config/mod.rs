@@ -9,9 +9,11 @@
 //! Each key is declared once, in `raw`, with its type and default; where no
 //! resolution against the rest of the config is needed (`[system]`,
 //! `[limits]`, `[health]`, `[reload]`, `[log]`, `[queue]`, listeners,
-//! tenants, applications, routes) that declaration is the validated type
-//! re-exported here. The structs defined below are the validated twins of
-//! entities that need resolution (servers, secrets, certificates, keys).
+//! tenants, applications, routes, and `[admin]`/`[cluster]`, whose secrets
+//! are read in place) that declaration is the validated type re-exported
+//! here. The structs defined below are the validated twins of entities
+//! that need resolution (servers, certificates, keys); [`SmtpServer`]
+//! embeds the declared [`SmtpSettings`] instead of copying them.
 
 mod load;
 pub mod raw;

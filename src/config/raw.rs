@@ -13,13 +13,19 @@
 //!   range checks that need a file position. Adding a key with a default
 //!   touches this file only.
 //! - **Entities that are their own validated type** ([`Listener`],
-//!   [`Tenant`], [`Application`], [`Route`]): defaults on the fields with
-//!   `#[serde(default)]`; `validate` fills in what comes from elsewhere
-//!   (the name from the table key, a listener's name from its address, a
-//!   route's scope from its server) and checks references.
+//!   [`Tenant`], [`Application`], [`Route`], [`Admin`], [`Cluster`]):
+//!   defaults on the fields with `#[serde(default)]`; `validate` fills in
+//!   what comes from elsewhere (the name from the table key, a listener's
+//!   name from its address, a route's scope from its server), reads
+//!   secrets in place ([`Secret`] deserialises its source) and checks
+//!   references.
+//! - **[`SmtpSettings`]**, declared with `section!`: the SMTP server keys
+//!   used as written. `load` reads them from the `[server.NAME]` table as
+//!   a part of their own; the validated `SmtpServer` embeds the struct.
 //! - **`Raw*` structs** for entities whose validated form needs the file
-//!   system or a different shape ([`RawServer`]: per-kind settings,
-//!   secrets, CA files; [`RawAdmin`], [`RawCluster`]: secrets; [`RawTls`],
+//!   system or a different shape ([`RawServer`]: the rest of a server's
+//!   keys, each tagged with its kinds, becomes per-kind settings with
+//!   secrets, CA files and defaults computed from other keys; [`RawTls`],
 //!   [`RawDkim`]: keys loaded): defaults are still on the raw fields, and
 //!   `validate` builds their twins in `config/mod.rs`.
 

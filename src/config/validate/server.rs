@@ -2,7 +2,10 @@
 //! kind (`smtp`, with `oauth` for XOAUTH2; `capture`; `graph`): secrets
 //! read, `ca_file` resolved, and the defaults that depend on other keys
 //! (`port`, `tls_name`, `helo_name`; the others are on the fields in
-//! `raw.rs`); a key the file set for another kind is an error. Then, once tenants are known: ownership (included files,
+//! `raw.rs`). The SMTP keys used as written (`raw::SmtpSettings`) are
+//! embedded as they are, with range checks here; a key the file set for
+//! another kind is an error (`RawServer::kinds_of`, from the kind tags in
+//! `raw.rs`). Then, once tenants are known: ownership (included files,
 //! `own_servers`) and [`check_use`], the one rule for who may refer to a
 //! server.
 
