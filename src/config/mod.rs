@@ -237,8 +237,6 @@ pub struct SmtpServer {
     pub host: String,
     /// Port (default from `security`).
     pub port: u16,
-    /// AUTH password, read.
-    pub password: Option<Secret>,
     /// Extra CA file, resolved against the config's directory.
     pub ca_file: Option<PathBuf>,
     /// TLS name to verify (default: `host`).

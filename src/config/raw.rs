@@ -440,8 +440,9 @@ server_table! {
     /// the keys of [`SmtpSettings`] (found by [`keys_of`]) into `smtp`, the
     /// rest into this struct, each with its own errors at the server's path.
     /// `validate::server` resolves what depends on other keys or on files
-    /// (`port`, `tls_name`, `helo_name`, `password`, `ca_file`, `oauth`) and
-    /// embeds `smtp` as it is in the validated [`super::SmtpServer`]. The
+    /// (`port`, `tls_name`, `helo_name`, `ca_file`, `oauth`), reads the
+    /// password in `smtp` and embeds `smtp` in the validated
+    /// [`super::SmtpServer`]. The
     /// `[Kind]` before each key is the kinds it applies to (`[]`: every
     /// kind), read by `RawServer::kinds_of`; a key of another kind is found
     /// by the keys the file set (`Located::keys`), so it is refused even
@@ -458,8 +459,6 @@ server_table! {
         [Smtp] pub host: Option<String>,
         /// SMTP: port. Default 465 for `implicit`, else 587 (25 for `none`).
         [Smtp] pub port: Option<u16>,
-        /// SMTP: AUTH password (string, `{ env }` or `{ file }`).
-        [Smtp] pub password: Option<SecretSource>,
         /// Fixed sender: every message through this server uses it; only the
         /// display name is customised.
         [] pub sender: Option<EmailAddress>,
@@ -526,6 +525,9 @@ section! {
         pub security: Security = Security::Auto,
         /// SMTP: AUTH user name; AUTH is used when set.
         pub username: Option<String> = None,
+        /// SMTP: AUTH password (a secret: string, `{ env }` or `{ file }`,
+        /// read by `validate` relative to the config file).
+        pub password: Option<Secret> = None,
         /// SMTP: `none`, `plain`, `login`, `xoauth2`. Default: what the server offers.
         pub auth: Option<UpstreamAuth> = None,
         /// SMTP: TCP connect timeout. Default `"10s"`.

@@ -710,6 +710,7 @@ fn server_table_parts_keep_lines_and_the_key_list() {
         [
             "security",
             "username",
+            "password",
             "auth",
             "connect_timeout",
             "command_timeout",

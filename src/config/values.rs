@@ -832,6 +832,14 @@ impl From<SecretSource> for Secret {
     }
 }
 
+/// Hashed by value: the pool's fingerprint of a server's settings
+/// (`upstream::pool::Key`) changes when its password does.
+impl std::hash::Hash for Secret {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.value.hash(state);
+    }
+}
+
 /// Secrets are equal when their values are (a reload compares them).
 impl PartialEq for Secret {
     fn eq(&self, other: &Self) -> bool {

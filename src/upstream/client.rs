@@ -937,7 +937,6 @@ mod tests {
         let server = |security, port| SmtpServer {
             host: "h".into(),
             port,
-            password: None,
             ca_file: None,
             tls_name: "h".into(),
             helo_name: "me".into(),

@@ -37,7 +37,6 @@ impl Key {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         server.host.hash(&mut h);
         server.port.hash(&mut h);
-        server.password.as_ref().map(|p| p.expose()).hash(&mut h);
         server.ca_file.hash(&mut h);
         server.tls_name.hash(&mut h);
         server.helo_name.hash(&mut h);
@@ -213,7 +212,6 @@ mod tests {
         SmtpServer {
             host: "mx.example".into(),
             port: 587,
-            password: Some(crate::config::values::Secret::new("p")),
             ca_file: None,
             tls_name: "mx.example".into(),
             helo_name: "relay.test".into(),
@@ -221,6 +219,7 @@ mod tests {
             settings: SmtpSettings {
                 security: Security::Starttls,
                 username: Some("u".into()),
+                password: Some(crate::config::values::Secret::new("p")),
                 pool_size: 2,
                 ..SmtpSettings::default()
             },
@@ -235,7 +234,7 @@ mod tests {
         s.settings.pool_idle_timeout = Duration::from_secs(1);
         assert_eq!(Key::new("up", &s), base);
         let changes: [fn(&mut SmtpServer); 9] = [
-            |s| s.password = Some(crate::config::values::Secret::new("q")),
+            |s| s.settings.password = Some(crate::config::values::Secret::new("q")),
             |s| s.port = 465,
             |s| s.settings.accept_invalid_certs = true,
             |s| s.ca_file = Some(PathBuf::from("/ca.pem")),

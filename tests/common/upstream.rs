@@ -27,7 +27,6 @@ pub fn server(port: u16) -> SmtpServer {
     SmtpServer {
         host: "127.0.0.1".into(),
         port,
-        password: None,
         ca_file: None,
         tls_name: "localhost".into(),
         helo_name: "relay.test".into(),
@@ -35,6 +34,7 @@ pub fn server(port: u16) -> SmtpServer {
         settings: SmtpSettings {
             security: Security::None,
             username: None,
+            password: None,
             auth: None,
             connect_timeout: Duration::from_secs(5),
             command_timeout: Duration::from_secs(5),
@@ -63,10 +63,8 @@ pub fn with_auth(
     password: &str,
     auth: Option<UpstreamAuth>,
 ) -> SmtpServer {
-    let mut s = SmtpServer {
-        password: Some(Secret::new(password)),
-        ..s
-    };
+    let mut s = s;
+    s.settings.password = Some(Secret::new(password));
     s.settings.username = Some(user.into());
     s.settings.auth = auth;
     s

@@ -263,7 +263,7 @@ fn server(
                         "auth = \"xoauth2\" needs `username` (the mailbox the token acts for)",
                     );
                 }
-                if s.password.is_some() {
+                if s.smtp.password.is_some() {
                     cx.err(
                         file,
                         &path.clone().key("password"),
@@ -273,7 +273,7 @@ fn server(
             }
             let wants_auth = s.smtp.auth != Some(UpstreamAuth::None);
             if s.smtp.username.is_some()
-                && s.password.is_none()
+                && s.smtp.password.is_none()
                 && wants_auth
                 && s.smtp.auth != Some(UpstreamAuth::Xoauth2)
             {
@@ -283,7 +283,7 @@ fn server(
                     "a username needs a password",
                 );
             }
-            if s.password.is_some() && s.smtp.username.is_none() {
+            if s.smtp.password.is_some() && s.smtp.username.is_none() {
                 cx.err(
                     file,
                     &path.clone().key("password"),
@@ -308,10 +308,10 @@ fn server(
                     "control characters are not allowed",
                 );
             }
-            let password = s
-                .password
-                .as_ref()
-                .and_then(|p| cx.secret(file, &path.clone().key("password"), p));
+            let mut settings = s.smtp.clone();
+            if let Some(p) = &mut settings.password {
+                cx.resolve_secret(file, &path.clone().key("password"), p);
+            }
             let ca_file = ca_file(cx, file, path, s);
             if s.smtp.accept_invalid_certs {
                 cx.warn(
@@ -348,11 +348,10 @@ fn server(
                 tls_name: s.tls_name.clone().unwrap_or_else(|| host.clone()),
                 host,
                 port,
-                password,
                 ca_file,
                 helo_name,
                 oauth,
-                settings: s.smtp.clone(),
+                settings,
             })
         }
     };
