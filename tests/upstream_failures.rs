@@ -17,11 +17,10 @@ const ONE_SECOND: Duration = Duration::from_secs(1);
 
 /// `server(port)` with 1 s connect and command timeouts.
 fn quick(port: u16) -> SmtpServer {
-    SmtpServer {
-        connect_timeout: ONE_SECOND,
-        command_timeout: ONE_SECOND,
-        ..server(port)
-    }
+    let mut s = server(port);
+    s.settings.connect_timeout = ONE_SECOND;
+    s.settings.command_timeout = ONE_SECOND;
+    s
 }
 
 /// Sends a small message through a sink built by `b`; returns the result,
@@ -128,11 +127,9 @@ async fn slow_final_reply_is_awaited_within_the_data_timeout() {
     // failing over would deliver it twice, so the final reply is given the
     // data timeout, not the command timeout.
     let sink = SmtpSink::builder().delay(".", 2).start();
-    let s = SmtpServer {
-        command_timeout: ONE_SECOND,
-        data_timeout: Duration::from_secs(10),
-        ..quick(sink.port())
-    };
+    let mut s = quick(sink.port());
+    s.settings.command_timeout = ONE_SECOND;
+    s.settings.data_timeout = Duration::from_secs(10);
     accepted(send_once(&s, &simple_message("x"), &["b@y.test"]).await);
     assert_eq!(sink.wait_for_messages_async(1, WAIT).await.len(), 1);
 }
@@ -140,11 +137,9 @@ async fn slow_final_reply_is_awaited_within_the_data_timeout() {
 #[tokio::test]
 async fn data_timeout_bounds_the_whole_data_phase() {
     let sink = SmtpSink::builder().delay(".", 5).start();
-    let s = SmtpServer {
-        command_timeout: Duration::from_secs(10),
-        data_timeout: ONE_SECOND,
-        ..quick(sink.port())
-    };
+    let mut s = quick(sink.port());
+    s.settings.command_timeout = Duration::from_secs(10);
+    s.settings.data_timeout = ONE_SECOND;
     let started = Instant::now();
     let f = failover_of(
         "connection",

@@ -62,11 +62,8 @@ async fn a_broken_connection_is_not_pooled() {
 async fn idle_sessions_expire() {
     let sink = SmtpSink::start();
     let up = Upstreams::default();
-    let s = SmtpServer {
-        pool_idle_timeout: Duration::from_millis(200),
-        oauth: None,
-        ..server(sink.port())
-    };
+    let mut s = server(sink.port());
+    s.settings.pool_idle_timeout = Duration::from_millis(200);
     accepted(send(&up, &s, "one").await);
     tokio::time::sleep(Duration::from_millis(400)).await;
     accepted(send(&up, &s, "two").await);
@@ -98,10 +95,8 @@ async fn changed_settings_open_a_new_connection() {
 async fn concurrent_sends_use_separate_connections() {
     let sink = SmtpSink::start();
     let up = Upstreams::default();
-    let s = SmtpServer {
-        pool_size: 1,
-        ..server(sink.port())
-    };
+    let mut s = server(sink.port());
+    s.settings.pool_size = 1;
     let (a, b, c) = tokio::join!(send(&up, &s, "a"), send(&up, &s, "b"), send(&up, &s, "c"));
     for r in [a, b, c] {
         accepted(r);

@@ -107,10 +107,8 @@ async fn unknown_issuer_fails_over_as_tls() {
         "{f:?}"
     );
     // Opportunistic TLS verifies too: no silent fallback to plaintext.
-    let s = SmtpServer {
-        security: Security::StarttlsWhenAvailable,
-        ..s
-    };
+    let mut s = s;
+    s.settings.security = Security::StarttlsWhenAvailable;
     failover_of(
         "tls",
         send_once(&s, &simple_message("x"), &["b@y.test"]).await,
@@ -120,12 +118,12 @@ async fn unknown_issuer_fails_over_as_tls() {
 #[tokio::test]
 async fn accept_invalid_certs_skips_verification() {
     let pf = Postfix::builder().tls(TlsMode::Implicit).start();
-    let s = SmtpServer {
+    let mut s = SmtpServer {
         ca_file: None,
-        accept_invalid_certs: true,
         tls_name: "not-the-name.example".into(),
         ..tls_server(pf.port(), Security::Implicit)
     };
+    s.settings.accept_invalid_certs = true;
     let r = probe_and_send(&pf, &s).await;
     assert!(r.tls.is_some());
 }

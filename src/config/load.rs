@@ -11,8 +11,8 @@
 //! up by key path; `validate` sorts the errors into file order.
 
 use super::raw::{
-    Application, HealthSettings, Limits, Listener, Log, QueueSettings, RawAdmin, RawDkim,
-    RawServer, RawTls, ReloadSettings, Route, System, Tenant,
+    Admin, Application, Cluster, HealthSettings, Limits, Listener, Log, QueueSettings, RawDkim,
+    RawServer, RawTls, ReloadSettings, Route, SmtpSettings, System, Tenant, keys_of,
 };
 use super::{Config, ConfigError, ConfigErrors};
 use serde::de::DeserializeOwned;
@@ -170,12 +170,12 @@ pub(super) struct RawDoc {
     pub listeners: Vec<Located<Listener>>,
     pub tls: Option<Located<RawTls>>,
     pub limits: Option<Located<Limits>>,
-    pub admin: Option<Located<RawAdmin>>,
+    pub admin: Option<Located<Admin>>,
     pub log: Option<Located<Log>>,
     pub health: Option<Located<HealthSettings>>,
     pub reload: Option<Located<ReloadSettings>>,
     pub queue: Option<Located<QueueSettings>>,
-    pub cluster: Option<Located<super::raw::RawCluster>>,
+    pub cluster: Option<Located<Cluster>>,
     pub servers: Vec<(String, Located<RawServer>)>,
     pub tenants: Vec<(String, Located<Tenant>)>,
     pub applications: Vec<(String, Located<Application>)>,
@@ -307,6 +307,57 @@ fn entity<T: DeserializeOwned>(
     None
 }
 
+/// A `[server.NAME]` table in two parts, each deserialised as an entity of
+/// its own at the server's path (so each error still has file, line and
+/// key, and one bad key does not hide the next): the keys of
+/// [`SmtpSettings`] into `RawServer::smtp`, every other key into
+/// [`RawServer`]. `keys` is the union of both parts' keys.
+fn server(
+    src: &Sources<'_>,
+    file: usize,
+    path: &KeyPath,
+    value: &Spanned<DeValue<'_>>,
+    errors: &mut Vec<ConfigError>,
+) -> Option<Located<RawServer>> {
+    let smtp_keys = keys_of::<SmtpSettings>();
+    let (mut rest, mut smtp) = (value.clone(), value.clone());
+    let (DeValue::Table(r), DeValue::Table(s)) = (rest.get_mut(), smtp.get_mut()) else {
+        // Not a table: one "invalid type" error, not one per part.
+        return entity(src, file, path, value, errors);
+    };
+    let keys: Vec<String> = r.iter().map(|(k, _)| k.get_ref().to_string()).collect();
+    for k in keys {
+        if smtp_keys.contains(&k.as_str()) {
+            r.remove(k.as_str());
+        } else {
+            s.remove(k.as_str());
+        }
+    }
+    let first = errors.len();
+    let server = entity::<RawServer>(src, file, path, &rest, errors);
+    // serde lists the keys of `RawServer` alone as the expected ones.
+    for e in &mut errors[first..] {
+        if let Some(f) = unknown_field(&e.message) {
+            let expected: Vec<String> = keys_of::<RawServer>()
+                .iter()
+                .chain(smtp_keys)
+                .map(|k| format!("`{k}`"))
+                .collect();
+            e.message = format!(
+                "unknown field `{f}`, expected one of {}",
+                expected.join(", ")
+            );
+        }
+    }
+    let smtp = entity::<SmtpSettings>(src, file, path, &smtp, errors);
+    let mut server = server?;
+    if let Some(smtp) = smtp {
+        server.value.smtp = smtp.value;
+        server.keys.extend(smtp.keys);
+    }
+    Some(server)
+}
+
 const MAIN_ONLY: &[&str] = &[
     "include", "system", "listener", "tls", "limits", "admin", "log", "cluster",
 ];
@@ -379,7 +430,7 @@ fn collect(src: &Sources<'_>, file: usize, doc: &mut RawDoc, errors: &mut Vec<Co
                         continue;
                     }
                     match k {
-                        "server" => match entity(src, file, &p, item, errors) {
+                        "server" => match server(src, file, &p, item, errors) {
                             Some(v) => doc.servers.push((name, v)),
                             None => doc.broken.push(("server", name)),
                         },

@@ -9,9 +9,11 @@
 //! Each key is declared once, in `raw`, with its type and default; where no
 //! resolution against the rest of the config is needed (`[system]`,
 //! `[limits]`, `[health]`, `[reload]`, `[log]`, `[queue]`, listeners,
-//! tenants, applications, routes) that declaration is the validated type
-//! re-exported here. The structs defined below are the validated twins of
-//! entities that need resolution (servers, secrets, certificates, keys).
+//! tenants, applications, routes, and `[admin]`/`[cluster]`, whose secrets
+//! are read in place) that declaration is the validated type re-exported
+//! here. The structs defined below are the validated twins of entities
+//! that need resolution (servers, certificates, keys); [`SmtpServer`]
+//! embeds the declared [`SmtpSettings`] instead of copying them.
 
 mod load;
 pub mod raw;
@@ -21,18 +23,17 @@ pub mod values;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 pub use load::{
     DEFAULT_CONFIG, files_hash, load_default, load_file, load_str, source_hash, watch_hash,
 };
 pub use raw::{
-    Application, BlacklistAction, DeliveryMode, HealthSettings, LimitCounts, Limits, Listener,
-    ListenerAuth, ListenerTls, Log, LogFormat, OnRedisError, QueueSettings, ReloadSettings, Route,
-    Security, System, Tenant, UpstreamAuth,
+    Admin, Application, BlacklistAction, Cluster, DeliveryMode, HealthSettings, LimitCounts,
+    Limits, Listener, ListenerAuth, ListenerTls, Log, LogFormat, OnRedisError, QueueSettings,
+    ReloadSettings, Route, Security, SmtpSettings, System, Tenant, UpstreamAuth,
 };
 use values::{BlacklistEntry, Cidr, EmailAddress, HeaderText, Limit, Secret};
 
@@ -145,26 +146,6 @@ impl fmt::Debug for TlsSettings {
     }
 }
 
-/// `[admin]`.
-#[derive(Debug, Clone)]
-pub struct Admin {
-    /// Address to bind.
-    pub address: SocketAddr,
-    /// Bearer token.
-    pub token: Option<Secret>,
-    /// Status page without the token on a non-loopback address.
-    pub status_public: bool,
-}
-
-/// `[cluster]` with defaults applied.
-#[derive(Debug, Clone)]
-pub struct Cluster {
-    /// The Redis URL (a secret: it may hold a password).
-    pub redis: Secret,
-    /// What limits do while Redis cannot be reached.
-    pub on_redis_error: OnRedisError,
-}
-
 /// An upstream.
 #[derive(Debug, Clone)]
 pub struct Server {
@@ -246,41 +227,33 @@ pub struct GraphServer {
     pub ca_file: Option<PathBuf>,
 }
 
-/// SMTP upstream settings, defaults applied.
+/// SMTP upstream settings, defaults applied: the keys used as written are
+/// the embedded [`SmtpSettings`], declared once in `raw.rs` (and read
+/// through `Deref`, e.g. `server.connect_timeout`); the fields here are
+/// the ones `validate::server` resolves from other keys or from files.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SmtpServer {
     /// Host name or IP.
     pub host: String,
-    /// Port.
+    /// Port (default from `security`).
     pub port: u16,
-    /// TLS mode.
-    pub security: Security,
-    /// AUTH user.
-    pub username: Option<String>,
-    /// AUTH password.
-    pub password: Option<Secret>,
-    /// AUTH mechanism; `None` = what the server offers.
-    pub auth: Option<UpstreamAuth>,
-    /// Connect timeout.
-    pub connect_timeout: Duration,
-    /// Greeting and per-command timeout.
-    pub command_timeout: Duration,
-    /// Data phase timeout.
-    pub data_timeout: Duration,
-    /// Skip certificate verification.
-    pub accept_invalid_certs: bool,
-    /// Extra CA file.
+    /// Extra CA file, resolved against the config's directory.
     pub ca_file: Option<PathBuf>,
-    /// TLS name to verify.
+    /// TLS name to verify (default: `host`).
     pub tls_name: String,
-    /// EHLO name.
+    /// EHLO name (default: `system.hostname`).
     pub helo_name: String,
-    /// Pool size.
-    pub pool_size: usize,
-    /// Pool idle timeout.
-    pub pool_idle_timeout: Duration,
     /// Token settings for `auth = "xoauth2"`.
     pub oauth: Option<OAuth>,
+    /// Every other SMTP key, as written or defaulted.
+    pub settings: SmtpSettings,
+}
+
+impl std::ops::Deref for SmtpServer {
+    type Target = SmtpSettings;
+    fn deref(&self) -> &SmtpSettings {
+        &self.settings
+    }
 }
 
 /// Capture outbox settings.

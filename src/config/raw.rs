@@ -13,17 +13,25 @@
 //!   range checks that need a file position. Adding a key with a default
 //!   touches this file only.
 //! - **Entities that are their own validated type** ([`Listener`],
-//!   [`Tenant`], [`Application`], [`Route`]): defaults on the fields with
-//!   `#[serde(default)]`; `validate` fills in what comes from elsewhere
-//!   (the name from the table key, a listener's name from its address, a
-//!   route's scope from its server) and checks references.
+//!   [`Tenant`], [`Application`], [`Route`], [`Admin`], [`Cluster`]):
+//!   defaults on the fields with `#[serde(default)]`; `validate` fills in
+//!   what comes from elsewhere (the name from the table key, a listener's
+//!   name from its address, a route's scope from its server), reads
+//!   secrets in place ([`Secret`] deserialises its source) and checks
+//!   references.
+//! - **[`SmtpSettings`]**, declared with `section!`: the SMTP server keys
+//!   used as written. `load` reads them from the `[server.NAME]` table as
+//!   a part of their own; the validated `SmtpServer` embeds the struct.
 //! - **`Raw*` structs** for entities whose validated form needs the file
-//!   system or a different shape ([`RawServer`]: per-kind settings,
-//!   secrets, CA files; [`RawAdmin`], [`RawCluster`]: secrets; [`RawTls`],
+//!   system or a different shape ([`RawServer`]: the rest of a server's
+//!   keys, each tagged with its kinds, becomes per-kind settings with
+//!   secrets, CA files and defaults computed from other keys; [`RawTls`],
 //!   [`RawDkim`]: keys loaded): defaults are still on the raw fields, and
 //!   `validate` builds their twins in `config/mod.rs`.
 
-use super::values::{BlacklistEntry, Cidr, Dur, EmailAddress, HeaderText, Limit, SecretSource};
+use super::values::{
+    BlacklistEntry, Cidr, Dur, EmailAddress, HeaderText, Limit, Secret, SecretSource,
+};
 use super::{TestMode, TestModeSetting};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -274,16 +282,17 @@ section! {
     }
 }
 
-/// `[admin]`: the admin and metrics port.
+/// `[admin]`: the admin and metrics port. Declared once: this is also the
+/// validated type (`Config::admin`); `validate::sections` reads the token.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawAdmin {
+pub struct Admin {
     /// `host:port` for `/metrics`, `/healthz`, `/readyz` and the admin API.
     #[serde(deserialize_with = "super::values::plain::socket_addr")]
     pub address: SocketAddr,
-    /// Bearer token for the admin API (`/api/v1/…`); without one the API
-    /// is off.
-    pub token: Option<SecretSource>,
+    /// Bearer token for the admin API (`/api/v1/…`; a secret: string,
+    /// `{ env }` or `{ file }`); without one the API is off.
+    pub token: Option<Secret>,
     /// Serve the status page (`GET /`) without the token even when the
     /// admin address is not loopback. Default `false`: open on a loopback
     /// address, behind the token otherwise.
@@ -291,13 +300,17 @@ pub struct RawAdmin {
     pub status_public: bool,
 }
 
-/// `[cluster]`: several instances sharing state (PRODUCT §3.10).
+/// `[cluster]`: several instances sharing state (PRODUCT §3.10). Declared
+/// once: this is also the validated type (`Config::cluster`);
+/// `validate::sections` reads `redis` and checks it is a Redis URL.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawCluster {
+pub struct Cluster {
     /// Redis URL (`redis://[:password@]host:port[/db]`; a secret: string,
     /// `{ env }` or `{ file }`). Send-limit counters are shared through it.
-    pub redis: Option<SecretSource>,
+    /// Required (`validate` says so when the file did not set it).
+    #[serde(default)]
+    pub redis: Secret,
     /// When Redis cannot be reached: `local` (default; count in this
     /// instance alone, with a warning and a metric) or `closed` (treat
     /// every limited server as over its limit).
@@ -381,123 +394,196 @@ pub enum LogFormat {
     Json,
 }
 
-/// `[server.NAME]`: an upstream. One flat table for every kind, so keys
-/// of another kind can be refused by name; `validate::server` builds the
-/// kind's settings from it. Defaults are written on the fields
-/// (`#[serde(default)]`: the type's default or the named function beside
-/// it); keys whose default depends on other keys (`port`, `tls_name`,
-/// `helo_name`) stay optional and are resolved in `validate::server`. A
-/// key of another kind is found by the keys the file set (`Located::keys`),
-/// so it is refused even when it has a default.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawServer {
-    /// `smtp` (default), `capture` or `graph`.
-    #[serde(default)]
-    pub kind: ServerKindName,
-    /// Owning tenant; system servers name none.
-    pub tenant: Option<String>,
-    /// SMTP: host name or IP address.
-    pub host: Option<String>,
-    /// SMTP: port. Default 465 for `implicit`, else 587 (25 for `none`).
-    pub port: Option<u16>,
-    /// SMTP: `none`, `auto`, `implicit`, `starttls`, `starttls-when-available`. Default `auto`.
-    #[serde(default)]
-    pub security: Security,
-    /// SMTP: AUTH user name; AUTH is used when set.
-    pub username: Option<String>,
-    /// SMTP: AUTH password (string, `{ env }` or `{ file }`).
-    pub password: Option<SecretSource>,
-    /// SMTP: `none`, `plain`, `login`, `xoauth2`. Default: what the server offers.
-    pub auth: Option<UpstreamAuth>,
-    /// Fixed sender: every message through this server uses it; only the
-    /// display name is customised.
-    pub sender: Option<EmailAddress>,
-    /// From display name on every message through this server; wins over
-    /// the application's, the tenant's and the system's.
-    pub display_name: Option<HeaderText>,
-    /// Reply-To on every message through this server; wins over the
-    /// application's, the tenant's and the system's.
-    pub reply_to: Option<EmailAddress>,
-    /// Send limit such as `"10000/day"`.
-    pub limit: Option<Limit>,
-    /// What the limit counts: `messages` (default) or `recipients`.
-    #[serde(default)]
-    pub limit_counts: LimitCounts,
-    /// SMTP: TCP connect timeout. Default `"10s"`.
-    #[serde(
-        default = "secs::<10>",
-        deserialize_with = "super::values::plain::duration"
-    )]
-    pub connect_timeout: Duration,
-    /// SMTP: timeout for the greeting and each command. Default `"60s"`.
-    #[serde(
-        default = "secs::<60>",
-        deserialize_with = "super::values::plain::duration"
-    )]
-    pub command_timeout: Duration,
-    /// SMTP: timeout for the data phase. Default `"10m"`.
-    #[serde(
-        default = "secs::<600>",
-        deserialize_with = "super::values::plain::duration"
-    )]
-    pub data_timeout: Duration,
-    /// SMTP: skip certificate verification (lab servers only). Default `false`.
-    #[serde(default)]
-    pub accept_invalid_certs: bool,
-    /// SMTP: extra PEM CA certificates to trust for this server.
-    pub ca_file: Option<String>,
-    /// SMTP: TLS server name to verify, when `host` is an IP address.
-    pub tls_name: Option<String>,
-    /// SMTP: name sent in EHLO. Default: `system.hostname`.
-    pub helo_name: Option<String>,
-    /// SMTP: most idle connections kept open to this server for reuse.
-    /// Default 100: with fewer than the concurrent deliveries, connections
-    /// are opened and closed per message (at 100 concurrent senders a pool
-    /// of 32 cost 40% of the throughput, bench/README.md); idle ones close
-    /// after `pool_idle_timeout`, so the pool shrinks when the load drops.
-    #[serde(default = "pool_size")]
-    pub pool_size: usize,
-    /// SMTP: most concurrent connections (transactions) to this server
-    /// across every session and the queue; a delivery waits for a slot up
-    /// to `connect_timeout`, then fails over (direct) or defers (queue).
-    /// Default: no cap.
-    pub max_connections: Option<usize>,
-    /// SMTP: how long an idle pooled connection is kept. Default `"30s"`.
-    #[serde(
-        default = "secs::<30>",
-        deserialize_with = "super::values::plain::duration"
-    )]
-    pub pool_idle_timeout: Duration,
-    /// Capture: the directory messages are written to (relative to the config).
-    pub path: Option<String>,
-    /// Graph: Azure AD tenant id.
-    pub tenant_id: Option<String>,
-    /// Graph: application (client) id.
-    pub client_id: Option<String>,
-    /// Graph: client secret (string, `{ env }` or `{ file }`).
-    pub client_secret: Option<SecretSource>,
-    /// Graph: the mailbox (user id or UPN) that sends; also the server's
-    /// fixed sender unless `sender` is set.
-    pub mailbox: Option<EmailAddress>,
-    /// Graph: token authority. Default `"https://login.microsoftonline.com"`.
-    #[serde(default = "authority")]
-    pub authority: String,
-    /// Graph: API base URL. Default `"https://graph.microsoft.com"`.
-    #[serde(default = "graph_url")]
-    pub graph_url: String,
-    /// SMTP with `auth = "xoauth2"`: where and how tokens are fetched.
-    pub oauth: Option<RawOAuth>,
+/// Declares `RawServer` with each key's kinds written before it, once:
+/// `[Smtp] pub host: Option<String>`, `[Smtp, Graph] pub ca_file: …`, or
+/// `[]` for a key of every kind. It expands to the struct (attributes pass
+/// through) and `RawServer::kinds_of`, which answers from these tags (and
+/// from [`SmtpSettings`], whose keys are all SMTP keys) for the "does not
+/// apply to a server of kind" check. Keys are the field names: no field
+/// may be renamed with `#[serde(rename)]`.
+macro_rules! server_table {
+    (
+        $(#[$meta:meta])*
+        pub struct $name:ident {
+            $(
+                $(#[$fmeta:meta])*
+                [$($kind:ident),*] pub $field:ident : $ty:ty
+            ),* $(,)?
+        }
+    ) => {
+        $(#[$meta])*
+        pub struct $name {
+            $( $(#[$fmeta])* pub $field: $ty, )*
+        }
+        impl $name {
+            /// The kinds a kind-specific key applies to (`None`: every
+            /// kind, or not a key of a server).
+            pub fn kinds_of(key: &str) -> Option<&'static [ServerKindName]> {
+                if keys_of::<SmtpSettings>().contains(&key) {
+                    return Some(&[ServerKindName::Smtp]);
+                }
+                $(
+                    if key == stringify!($field) {
+                        let kinds: &'static [ServerKindName] = &[$(ServerKindName::$kind),*];
+                        return (!kinds.is_empty()).then_some(kinds);
+                    }
+                )*
+                None
+            }
+        }
+    };
 }
 
-/// A default of `N` seconds.
-fn secs<const N: u64>() -> Duration {
-    Duration::from_secs(N)
+server_table! {
+    /// `[server.NAME]`: an upstream. One flat table for every kind, so keys
+    /// of another kind can be refused by name. `load` reads it in two parts:
+    /// the keys of [`SmtpSettings`] (found by [`keys_of`]) into `smtp`, the
+    /// rest into this struct, each with its own errors at the server's path.
+    /// `validate::server` resolves what depends on other keys or on files
+    /// (`port`, `tls_name`, `helo_name`, `ca_file`, `oauth`), reads the
+    /// password in `smtp` and embeds `smtp` in the validated
+    /// [`super::SmtpServer`]. The
+    /// `[Kind]` before each key is the kinds it applies to (`[]`: every
+    /// kind), read by `RawServer::kinds_of`; a key of another kind is found
+    /// by the keys the file set (`Located::keys`), so it is refused even
+    /// when it has a default.
+    #[derive(Debug, Clone, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct RawServer {
+        /// `smtp` (default), `capture` or `graph`.
+        #[serde(default)]
+        [] pub kind: ServerKindName,
+        /// Owning tenant; system servers name none.
+        [] pub tenant: Option<String>,
+        /// SMTP: host name or IP address.
+        [Smtp] pub host: Option<String>,
+        /// SMTP: port. Default 465 for `implicit`, else 587 (25 for `none`).
+        [Smtp] pub port: Option<u16>,
+        /// Fixed sender: every message through this server uses it; only the
+        /// display name is customised.
+        [] pub sender: Option<EmailAddress>,
+        /// From display name on every message through this server; wins over
+        /// the application's, the tenant's and the system's.
+        [] pub display_name: Option<HeaderText>,
+        /// Reply-To on every message through this server; wins over the
+        /// application's, the tenant's and the system's.
+        [] pub reply_to: Option<EmailAddress>,
+        /// Send limit such as `"10000/day"`.
+        [] pub limit: Option<Limit>,
+        /// What the limit counts: `messages` (default) or `recipients`.
+        #[serde(default)]
+        [] pub limit_counts: LimitCounts,
+        /// SMTP: extra PEM CA certificates to trust for this server.
+        [Smtp, Graph] pub ca_file: Option<String>,
+        /// SMTP: TLS server name to verify, when `host` is an IP address.
+        [Smtp] pub tls_name: Option<String>,
+        /// SMTP: name sent in EHLO. Default: `system.hostname`.
+        [Smtp] pub helo_name: Option<String>,
+        /// SMTP: most concurrent connections (transactions) to this server
+        /// across every session and the queue; a delivery waits for a slot up
+        /// to `connect_timeout`, then fails over (direct) or defers (queue).
+        /// Default: no cap.
+        [Smtp] pub max_connections: Option<usize>,
+        /// Capture: the directory messages are written to (relative to the config).
+        [Capture] pub path: Option<String>,
+        /// Graph: Azure AD tenant id.
+        [Graph] pub tenant_id: Option<String>,
+        /// Graph: application (client) id.
+        [Graph] pub client_id: Option<String>,
+        /// Graph: client secret (string, `{ env }` or `{ file }`).
+        [Graph] pub client_secret: Option<SecretSource>,
+        /// Graph: the mailbox (user id or UPN) that sends; also the server's
+        /// fixed sender unless `sender` is set.
+        [Graph] pub mailbox: Option<EmailAddress>,
+        /// Graph: token authority. Default `"https://login.microsoftonline.com"`.
+        #[serde(default = "authority")]
+        [Graph] pub authority: String,
+        /// Graph: API base URL. Default `"https://graph.microsoft.com"`.
+        #[serde(default = "graph_url")]
+        [Graph] pub graph_url: String,
+        /// SMTP with `auth = "xoauth2"`: where and how tokens are fetched.
+        [Smtp] pub oauth: Option<RawOAuth>,
+        /// The SMTP keys declared in [`SmtpSettings`]: not keys of this struct
+        /// (`load` deserialises them on their own and puts them here).
+        #[serde(skip)]
+        [] pub smtp: SmtpSettings,
+    }
 }
 
-/// Default of `pool_size` (see there).
-fn pool_size() -> usize {
-    100
+section! {
+    /// The keys of an SMTP `[server.NAME]` whose value is used as written:
+    /// declared once, here, with the defaults. `load` reads them from the
+    /// server's table (`RawServer::smtp`), the "does not apply to a server
+    /// of kind" check knows them by [`keys_of`], the validated
+    /// [`super::SmtpServer`] embeds this struct as it is (and derefs to
+    /// it), and the pool's fingerprint hashes all of it but the pool's own
+    /// two keys. Adding an SMTP key with a default is one line here;
+    /// `validate::server` has only the range checks.
+    #[derive(PartialEq, Eq, Hash)]
+    pub struct SmtpSettings {
+        /// SMTP: `none`, `auto`, `implicit`, `starttls`, `starttls-when-available`. Default `auto`.
+        pub security: Security = Security::Auto,
+        /// SMTP: AUTH user name; AUTH is used when set.
+        pub username: Option<String> = None,
+        /// SMTP: AUTH password (a secret: string, `{ env }` or `{ file }`,
+        /// read by `validate` relative to the config file).
+        pub password: Option<Secret> = None,
+        /// SMTP: `none`, `plain`, `login`, `xoauth2`. Default: what the server offers.
+        pub auth: Option<UpstreamAuth> = None,
+        /// SMTP: TCP connect timeout. Default `"10s"`.
+        #[serde(deserialize_with = "super::values::plain::duration")]
+        pub connect_timeout: Duration = Duration::from_secs(10),
+        /// SMTP: timeout for the greeting and each command. Default `"60s"`.
+        #[serde(deserialize_with = "super::values::plain::duration")]
+        pub command_timeout: Duration = Duration::from_secs(60),
+        /// SMTP: timeout for the data phase. Default `"10m"`.
+        #[serde(deserialize_with = "super::values::plain::duration")]
+        pub data_timeout: Duration = Duration::from_secs(600),
+        /// SMTP: skip certificate verification (lab servers only). Default `false`.
+        pub accept_invalid_certs: bool = false,
+        /// SMTP: most idle connections kept open to this server for reuse.
+        /// Default 100: with fewer than the concurrent deliveries, connections
+        /// are opened and closed per message (at 100 concurrent senders a pool
+        /// of 32 cost 40% of the throughput, bench/README.md); idle ones close
+        /// after `pool_idle_timeout`, so the pool shrinks when the load drops.
+        pub pool_size: usize = 100,
+        /// SMTP: how long an idle pooled connection is kept. Default `"30s"`.
+        #[serde(deserialize_with = "super::values::plain::duration")]
+        pub pool_idle_timeout: Duration = Duration::from_secs(30),
+    }
+}
+
+/// The keys a `#[derive(Deserialize)]` struct reads, in declaration order:
+/// serde hands them to `deserialize_struct`, and this deserializer does
+/// nothing but record them. So a list of keys (which table a key belongs
+/// to, which server kind it applies to) is derived from the struct, never
+/// written a second time.
+pub fn keys_of<T: serde::de::DeserializeOwned>() -> &'static [&'static str] {
+    use serde::de::{Error, Visitor, value};
+    struct Probe<'a>(&'a mut &'static [&'static str]);
+    impl<'de> serde::Deserializer<'de> for Probe<'_> {
+        type Error = value::Error;
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+            Err(Error::custom("not a struct"))
+        }
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Self::Error> {
+            *self.0 = fields;
+            Err(Error::custom("keys recorded"))
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+            bytes byte_buf option unit unit_struct newtype_struct seq tuple
+            tuple_struct map enum identifier ignored_any
+        }
+    }
+    let mut keys: &'static [&'static str] = &[];
+    let _ = T::deserialize(Probe(&mut keys));
+    keys
 }
 
 /// Default of a Graph server's `authority`.

@@ -3,6 +3,7 @@
 
 use super::*;
 use std::path::Path;
+use std::time::Duration;
 
 const HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$JY4AKD9RcTjChNbtThTUMA$rk7JviL/djMbUfBfn9QJ+4YBCzeaGYZdmQYIM2Ei14M";
 
@@ -699,6 +700,77 @@ fn server_defaults_and_keys_of_another_kind() {
     );
 }
 
+/// `[server.NAME]` is read in two parts (`SmtpSettings` and the rest):
+/// errors in both keep their line, an unknown key still lists every
+/// server key, and a server that is not a table is one error.
+#[test]
+fn server_table_parts_keep_lines_and_the_key_list() {
+    assert_eq!(
+        raw::keys_of::<raw::SmtpSettings>(),
+        [
+            "security",
+            "username",
+            "password",
+            "auth",
+            "connect_timeout",
+            "command_timeout",
+            "data_timeout",
+            "accept_invalid_certs",
+            "pool_size",
+            "pool_idle_timeout"
+        ]
+    );
+    use raw::{RawServer, ServerKindName::*};
+    assert_eq!(RawServer::kinds_of("pool_size"), Some(&[Smtp][..]));
+    assert_eq!(RawServer::kinds_of("host"), Some(&[Smtp][..]));
+    assert_eq!(RawServer::kinds_of("ca_file"), Some(&[Smtp, Graph][..]));
+    assert_eq!(RawServer::kinds_of("path"), Some(&[Capture][..]));
+    assert_eq!(RawServer::kinds_of("authority"), Some(&[Graph][..]));
+    assert_eq!(RawServer::kinds_of("limit"), None);
+    let text = format!(
+        "{}\n[server.x]\nhost = \"h\"\nhots = \"h\"\npool_size = \"many\"\nport = \"x\"\n",
+        base()
+    );
+    let line = |k: &str| text.lines().position(|l| l.starts_with(k)).unwrap() + 1;
+    let e = errors(&text);
+    let got: Vec<_> = e
+        .iter()
+        .map(|e| {
+            (
+                e.line,
+                e.key.as_str(),
+                e.message.split(", expected").next().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (line("hots"), "server.x.hots", "unknown field `hots`"),
+            (
+                line("pool_size"),
+                "server.x.pool_size",
+                "invalid type: string \"many\""
+            ),
+            (line("port"), "server.x.port", "invalid type: string \"x\""),
+        ]
+    );
+    let expected = e[0].message.split_once("expected one of ").unwrap().1;
+    for k in [
+        "`kind`",
+        "`host`",
+        "`security`",
+        "`pool_idle_timeout`",
+        "`oauth`",
+    ] {
+        assert!(expected.contains(k), "{expected}");
+    }
+
+    let e = errors(&format!("{}\n[server]\nx = 5\n", base()));
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert_eq!(e[0].key, "server.x");
+}
+
 /// A test mode is checked as it is read (`TestModeSetting`): the error
 /// names the `test_mode` table (its header line when written as one), and
 /// the tenant stays defined, so its application adds no error.
@@ -842,6 +914,56 @@ fn microsoft_365_servers() {
         matches!(&o.grant, super::OAuthGrant::RefreshToken { scope: None, refresh_token } if refresh_token.expose() == "r")
     );
     assert_eq!(x.auth, Some(UpstreamAuth::Xoauth2));
+}
+
+/// `[admin]` and `[cluster]` hold their `Secret`s as written and read
+/// them in place, relative to the config file: a `{ file }` secret is read
+/// and watched, a missing one is an error at its key and line.
+#[test]
+fn admin_and_cluster_secrets_are_read_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("token"), "t0ken\n").unwrap();
+    std::fs::write(dir.path().join("redis"), "redis://127.0.0.1:6379/\n").unwrap();
+    let text = format!(
+        "{}\n[admin]\naddress = \"127.0.0.1:0\"\ntoken = {{ file = \"token\" }}\n[cluster]\nredis = {{ file = \"redis\" }}\n",
+        base()
+    );
+    std::fs::write(dir.path().join("main.toml"), &text).unwrap();
+    let c = load_file(&dir.path().join("main.toml")).unwrap();
+    let admin = c.admin.as_ref().unwrap();
+    assert_eq!(admin.token.as_ref().map(|t| t.expose()), Some("t0ken"));
+    assert_eq!(format!("{:?}", admin.token), "Some(<redacted>)");
+    let cluster = c.cluster.as_ref().unwrap();
+    assert_eq!(cluster.redis.expose(), "redis://127.0.0.1:6379/");
+    assert_eq!(cluster.on_redis_error, OnRedisError::Local);
+    for f in ["token", "redis"] {
+        assert!(
+            c.referenced.contains(&dir.path().join(f)),
+            "{:?}",
+            c.referenced
+        );
+    }
+
+    let text = format!(
+        "{}\n[admin]\naddress = \"127.0.0.1:0\"\ntoken = {{ env = \"SMARTHOST_TEST_NO_SUCH_VAR\" }}\n[cluster]\nredis = {{ file = \"nothing-here\" }}\n",
+        base()
+    );
+    let line = |k: &str| text.lines().position(|l| l.starts_with(k)).unwrap() + 1;
+    let e = errors(&text);
+    let got: Vec<_> = e.iter().map(|e| (e.line, e.key.as_str())).collect();
+    assert_eq!(
+        got,
+        [
+            (line("token"), "admin.token"),
+            (line("redis"), "cluster.redis")
+        ]
+    );
+    assert!(
+        e[0].message
+            .contains("SMARTHOST_TEST_NO_SUCH_VAR is not set"),
+        "{e:?}"
+    );
+    assert!(e[1].message.starts_with("cannot read secret file"), "{e:?}");
 }
 
 #[test]

@@ -767,7 +767,7 @@ impl SecretSource {
     /// while the config is loaded, never later.
     pub fn resolve(&self, base: &Path) -> Result<Secret, String> {
         let s = self.resolve_multiline(base)?;
-        if s.0.contains(['\r', '\n']) {
+        if s.value.contains(['\r', '\n']) {
             return Err("the secret contains CR, LF or NUL".into());
         }
         Ok(s)
@@ -800,23 +800,92 @@ impl SecretSource {
         if v.contains('\0') {
             return Err("the secret contains CR, LF or NUL".into());
         }
-        Ok(Secret(v))
+        Ok(Secret::new(v))
     }
 }
 
-/// A resolved secret. Its `Debug` and `Display` print `<redacted>`, so a
-/// secret cannot reach a log line or a config dump by accident.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
+/// A secret. Its `Debug` and `Display` print `<redacted>`, so a secret
+/// cannot reach a log line or a config dump by accident.
+///
+/// As a config value it deserialises its [`SecretSource`] (a string,
+/// `{ env }` or `{ file }`) and is read in place by [`Secret::resolve`],
+/// which `validate` calls relative to the file that set it (with file,
+/// line and key on failure); so a table holding a secret needs no
+/// validated twin. A config with a secret that could not be read is
+/// refused, so an unread secret never reaches the rest of the code.
+#[derive(Clone, Default, Deserialize)]
+#[serde(from = "SecretSource")]
+pub struct Secret {
+    value: String,
+    /// Where it comes from, until it is read; `None` once read, when built
+    /// from its value, or for the `Default` (empty: only a refused config,
+    /// one missing a required secret, holds it).
+    source: Option<SecretSource>,
+}
+
+impl From<SecretSource> for Secret {
+    fn from(source: SecretSource) -> Self {
+        Secret {
+            value: String::new(),
+            source: Some(source),
+        }
+    }
+}
+
+/// Hashed by value: the pool's fingerprint of a server's settings
+/// (`upstream::pool::Key`) changes when its password does.
+impl std::hash::Hash for Secret {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.value.hash(state);
+    }
+}
+
+/// Secrets are equal when their values are (a reload compares them).
+impl PartialEq for Secret {
+    fn eq(&self, other: &Self) -> bool {
+        self.value == other.value
+    }
+}
+
+impl Eq for Secret {}
 
 impl Secret {
     /// Creates a secret from its value.
     pub fn new(v: impl Into<String>) -> Self {
-        Secret(v.into())
+        Secret {
+            value: v.into(),
+            source: None,
+        }
     }
     /// The secret value; call only where it is sent to its peer.
     pub fn expose(&self) -> &str {
-        &self.0
+        &self.value
+    }
+    /// Reads the secret its source names, relative to `base` (the config
+    /// file's directory); single-line unless `multiline`. Returns the file
+    /// it read, if any (the watcher watches it). Nothing to do for a
+    /// secret already read.
+    pub fn resolve(
+        &mut self,
+        base: &Path,
+        multiline: bool,
+    ) -> (Option<std::path::PathBuf>, Result<(), String>) {
+        let Some(source) = &self.source else {
+            return (None, Ok(()));
+        };
+        let file = source.file_path(base);
+        let read = if multiline {
+            source.resolve_multiline(base)
+        } else {
+            source.resolve(base)
+        };
+        match read {
+            Ok(s) => {
+                *self = s;
+                (file, Ok(()))
+            }
+            Err(m) => (file, Err(m)),
+        }
     }
 }
 

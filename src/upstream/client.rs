@@ -937,20 +937,14 @@ mod tests {
         let server = |security, port| SmtpServer {
             host: "h".into(),
             port,
-            security,
-            username: None,
-            password: None,
-            auth: None,
-            connect_timeout: Duration::from_secs(1),
-            command_timeout: Duration::from_secs(1),
-            data_timeout: Duration::from_secs(1),
-            accept_invalid_certs: false,
             ca_file: None,
             tls_name: "h".into(),
             helo_name: "me".into(),
-            pool_size: 1,
-            pool_idle_timeout: Duration::from_secs(1),
             oauth: None,
+            settings: crate::config::SmtpSettings {
+                security,
+                ..Default::default()
+            },
         };
         assert!(implicit_tls(&server(Security::Auto, 465)));
         assert!(!implicit_tls(&server(Security::Auto, 587)));

@@ -14,7 +14,7 @@
 //! a sharded map whose locks are never held across an await: the time is passed in and
 //! sessions are opaque, so it is unit-tested without sockets.
 
-use crate::config::SmtpServer;
+use crate::config::{SmtpServer, SmtpSettings};
 use dashmap::DashMap;
 use std::hash::{Hash, Hasher};
 use std::time::{Duration, Instant};
@@ -29,23 +29,23 @@ pub struct Key {
 impl Key {
     /// The key of server `name` with these settings: every setting that
     /// shapes a connection (address, TLS, credentials, timeouts, EHLO name)
-    /// goes into the fingerprint; pool size and idle timeout do not. A
-    /// SipHash over the fields, cheap enough to compute per delivery.
+    /// goes into the fingerprint; pool size and idle timeout do not. The
+    /// declared SMTP keys ([`SmtpSettings`]) go in whole, so a key added
+    /// there is in the fingerprint without a line here. A SipHash over the
+    /// fields, cheap enough to compute per delivery.
     pub fn new(name: &str, server: &SmtpServer) -> Key {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         server.host.hash(&mut h);
         server.port.hash(&mut h);
-        server.security.hash(&mut h);
-        server.username.hash(&mut h);
-        server.password.as_ref().map(|p| p.expose()).hash(&mut h);
-        server.auth.hash(&mut h);
-        server.connect_timeout.hash(&mut h);
-        server.command_timeout.hash(&mut h);
-        server.data_timeout.hash(&mut h);
-        server.accept_invalid_certs.hash(&mut h);
         server.ca_file.hash(&mut h);
         server.tls_name.hash(&mut h);
         server.helo_name.hash(&mut h);
+        SmtpSettings {
+            pool_size: 0,
+            pool_idle_timeout: Duration::ZERO,
+            ..server.settings.clone()
+        }
+        .hash(&mut h);
         if let Some(o) = &server.oauth {
             (&o.token_url, &o.client_id, o.client_secret.expose()).hash(&mut h);
         }
@@ -212,20 +212,17 @@ mod tests {
         SmtpServer {
             host: "mx.example".into(),
             port: 587,
-            security: Security::Starttls,
-            username: Some("u".into()),
-            password: Some(crate::config::values::Secret::new("p")),
-            auth: None,
-            connect_timeout: Duration::from_secs(10),
-            command_timeout: Duration::from_secs(60),
-            data_timeout: Duration::from_secs(600),
-            accept_invalid_certs: false,
             ca_file: None,
             tls_name: "mx.example".into(),
             helo_name: "relay.test".into(),
-            pool_size: 2,
-            pool_idle_timeout: Duration::from_secs(30),
             oauth: None,
+            settings: SmtpSettings {
+                security: Security::Starttls,
+                username: Some("u".into()),
+                password: Some(crate::config::values::Secret::new("p")),
+                pool_size: 2,
+                ..SmtpSettings::default()
+            },
         }
     }
 
@@ -233,15 +230,19 @@ mod tests {
     fn keys_follow_connection_settings_only() {
         let base = Key::new("up", &server());
         let mut s = server();
-        s.pool_size = 9;
-        s.pool_idle_timeout = Duration::from_secs(1);
+        s.settings.pool_size = 9;
+        s.settings.pool_idle_timeout = Duration::from_secs(1);
         assert_eq!(Key::new("up", &s), base);
-        let changes: [fn(&mut SmtpServer); 5] = [
-            |s| s.password = Some(crate::config::values::Secret::new("q")),
+        let changes: [fn(&mut SmtpServer); 9] = [
+            |s| s.settings.password = Some(crate::config::values::Secret::new("q")),
             |s| s.port = 465,
-            |s| s.accept_invalid_certs = true,
+            |s| s.settings.accept_invalid_certs = true,
             |s| s.ca_file = Some(PathBuf::from("/ca.pem")),
-            |s| s.username = None,
+            |s| s.settings.username = None,
+            |s| s.settings.security = Security::Implicit,
+            |s| s.settings.connect_timeout = Duration::from_secs(3),
+            |s| s.tls_name = "other.example".into(),
+            |s| s.helo_name = "other.test".into(),
         ];
         for change in changes {
             let mut s = server();

@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use smarthost::config::values::Secret;
-use smarthost::config::{Security, SmtpServer, UpstreamAuth};
+use smarthost::config::{Security, SmtpServer, SmtpSettings, UpstreamAuth};
 use smarthost::delivery::{Failover, HopResult, RefusedRecipient};
 use smarthost::message::Message;
 use smarthost::upstream::{Outgoing, Upstreams};
@@ -27,30 +27,33 @@ pub fn server(port: u16) -> SmtpServer {
     SmtpServer {
         host: "127.0.0.1".into(),
         port,
-        security: Security::None,
-        username: None,
-        password: None,
-        auth: None,
-        connect_timeout: Duration::from_secs(5),
-        command_timeout: Duration::from_secs(5),
-        data_timeout: Duration::from_secs(60),
-        accept_invalid_certs: false,
         ca_file: None,
         tls_name: "localhost".into(),
         helo_name: "relay.test".into(),
-        pool_size: 4,
-        pool_idle_timeout: Duration::from_secs(30),
         oauth: None,
+        settings: SmtpSettings {
+            security: Security::None,
+            username: None,
+            password: None,
+            auth: None,
+            connect_timeout: Duration::from_secs(5),
+            command_timeout: Duration::from_secs(5),
+            data_timeout: Duration::from_secs(60),
+            accept_invalid_certs: false,
+            pool_size: 4,
+            pool_idle_timeout: Duration::from_secs(30),
+        },
     }
 }
 
 /// `server(port)` with `security` and the test CA trusted.
 pub fn tls_server(port: u16, security: Security) -> SmtpServer {
-    SmtpServer {
-        security,
+    let mut s = SmtpServer {
         ca_file: Some(ca_file()),
         ..server(port)
-    }
+    };
+    s.settings.security = security;
+    s
 }
 
 /// `s` with AUTH credentials and mechanism.
@@ -60,12 +63,11 @@ pub fn with_auth(
     password: &str,
     auth: Option<UpstreamAuth>,
 ) -> SmtpServer {
-    SmtpServer {
-        username: Some(user.into()),
-        password: Some(Secret::new(password)),
-        auth,
-        ..s
-    }
+    let mut s = s;
+    s.settings.password = Some(Secret::new(password));
+    s.settings.username = Some(user.into());
+    s.settings.auth = auth;
+    s
 }
 
 /// The test CA (`certs/ca.crt`).

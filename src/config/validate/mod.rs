@@ -109,6 +109,17 @@ impl Ctx<'_, '_> {
         }
     }
 
+    /// Reads a [`Secret`] in place, relative to `file`, remembering the
+    /// file it names (if any) for the watcher; a failure is an error at
+    /// `path` (the secret stays unread, and the config is refused).
+    fn resolve_secret(&mut self, file: usize, path: &KeyPath, secret: &mut Secret) {
+        let (read, r) = secret.resolve(&self.src.base_dir(file), false);
+        self.referenced.extend(read);
+        if let Err(m) = r {
+            self.err(file, path, m);
+        }
+    }
+
     /// Whether `file` defines `tenant` itself.
     fn defined_in_file(&self, file: usize, tenant: &str) -> bool {
         self.file_tenants

@@ -4,11 +4,11 @@
 //! resolution of paths and secrets.
 
 use super::{Ctx, section};
+use crate::config::TlsSettings;
 use crate::config::load::{KeyPath, Located};
 use crate::config::raw::{
-    HealthSettings, Limits, Log, QueueSettings, RawAdmin, RawCluster, RawTls, ReloadSettings,
+    Admin, Cluster, HealthSettings, Limits, Log, QueueSettings, RawTls, ReloadSettings,
 };
-use crate::config::{Admin, Cluster, TlsSettings};
 use std::time::Duration;
 
 /// `[limits]`: every count and timeout above zero, lines of at least 1000.
@@ -70,17 +70,14 @@ pub(super) fn tls(cx: &mut Ctx<'_, '_>, l: &Option<Located<RawTls>>) -> Option<T
     })
 }
 
-/// `[admin]`: the address, and the token resolved.
-pub(super) fn admin(cx: &mut Ctx<'_, '_>, l: &Option<Located<RawAdmin>>) -> Option<Admin> {
-    l.as_ref().map(|l| Admin {
-        address: l.value.address,
-        token: l
-            .value
-            .token
-            .as_ref()
-            .and_then(|t| cx.secret(l.file, &l.path.clone().key("token"), t)),
-        status_public: l.value.status_public,
-    })
+/// `[admin]`: the token read.
+pub(super) fn admin(cx: &mut Ctx<'_, '_>, l: &Option<Located<Admin>>) -> Option<Admin> {
+    let l = l.as_ref()?;
+    let mut admin = l.value.clone();
+    if let Some(token) = &mut admin.token {
+        cx.resolve_secret(l.file, &l.path.clone().key("token"), token);
+    }
+    Some(admin)
 }
 
 /// `[log]`: the level must be a valid tracing filter.
@@ -110,15 +107,20 @@ pub(super) fn health(cx: &mut Ctx<'_, '_>, l: &Option<Located<HealthSettings>>) 
 }
 
 /// `[cluster]`: `redis` is required and must be a `redis://` URL.
-pub(super) fn cluster(cx: &mut Ctx<'_, '_>, l: &Option<Located<RawCluster>>) -> Option<Cluster> {
+pub(super) fn cluster(cx: &mut Ctx<'_, '_>, l: &Option<Located<Cluster>>) -> Option<Cluster> {
     l.as_ref().and_then(|l| {
         let key = l.path.clone().key("redis");
-        let Some(src) = &l.value.redis else {
+        if !l.keys.iter().any(|k| k == "redis") {
             cx.err(l.file, &key, "[cluster] needs `redis`, the Redis URL");
             return None;
-        };
-        let redis = cx.secret(l.file, &key, src)?;
-        let parsed = redis::parse_redis_url(redis.expose());
+        }
+        let mut cluster = l.value.clone();
+        let errors = cx.errors.len();
+        cx.resolve_secret(l.file, &key, &mut cluster.redis);
+        if cx.errors.len() > errors {
+            return None;
+        }
+        let parsed = redis::parse_redis_url(cluster.redis.expose());
         if !parsed.is_some_and(|u| matches!(u.scheme(), "redis" | "redis+unix" | "unix")) {
             cx.err(
                 l.file,
@@ -127,10 +129,7 @@ pub(super) fn cluster(cx: &mut Ctx<'_, '_>, l: &Option<Located<RawCluster>>) -> 
             );
             return None;
         }
-        Some(Cluster {
-            redis,
-            on_redis_error: l.value.on_redis_error,
-        })
+        Some(cluster)
     })
 }
 

@@ -2,7 +2,10 @@
 //! kind (`smtp`, with `oauth` for XOAUTH2; `capture`; `graph`): secrets
 //! read, `ca_file` resolved, and the defaults that depend on other keys
 //! (`port`, `tls_name`, `helo_name`; the others are on the fields in
-//! `raw.rs`); a key the file set for another kind is an error. Then, once tenants are known: ownership (included files,
+//! `raw.rs`). The SMTP keys used as written (`raw::SmtpSettings`) are
+//! embedded as they are, with range checks here; a key the file set for
+//! another kind is an error (`RawServer::kinds_of`, from the kind tags in
+//! `raw.rs`). Then, once tenants are known: ownership (included files,
 //! `own_servers`) and [`check_use`], the one rule for who may refer to a
 //! server.
 
@@ -178,36 +181,6 @@ fn graph_server(
     })
 }
 
-/// The kinds a kind-specific key applies to, for "does not apply" errors
-/// (`None`: every kind).
-fn kinds_of(key: &str) -> Option<&'static [ServerKindName]> {
-    use ServerKindName::{Capture, Graph, Smtp};
-    Some(match key {
-        "host"
-        | "port"
-        | "security"
-        | "username"
-        | "password"
-        | "auth"
-        | "connect_timeout"
-        | "command_timeout"
-        | "data_timeout"
-        | "accept_invalid_certs"
-        | "tls_name"
-        | "helo_name"
-        | "pool_size"
-        | "pool_idle_timeout"
-        | "oauth"
-        | "max_connections" => &[Smtp],
-        "path" => &[Capture],
-        "tenant_id" | "mailbox" | "client_id" | "client_secret" | "authority" | "graph_url" => {
-            &[Graph]
-        }
-        "ca_file" => &[Smtp, Graph],
-        _ => return None,
-    })
-}
-
 fn server(
     cx: &mut Ctx<'_, '_>,
     name: &str,
@@ -218,7 +191,7 @@ fn server(
     let (file, path) = (l.file, &l.path);
     let kind_name = s.kind;
     for key in &l.keys {
-        if kinds_of(key).is_some_and(|kinds| !kinds.contains(&kind_name)) {
+        if RawServer::kinds_of(key).is_some_and(|kinds| !kinds.contains(&kind_name)) {
             cx.err(
                 file,
                 &path.clone().key(key),
@@ -249,7 +222,7 @@ fn server(
             if host.is_empty() || host.chars().any(|c| c.is_control() || c.is_whitespace()) {
                 cx.err(file, &path.clone().key("host"), "invalid host name");
             }
-            let security = s.security;
+            let security = s.smtp.security;
             let port = s.port.unwrap_or(match security {
                 Security::Implicit => 465,
                 Security::None => 25,
@@ -262,7 +235,7 @@ fn server(
                     "port 0 is not a valid upstream port",
                 );
             }
-            let oauth = match (&s.oauth, s.auth) {
+            let oauth = match (&s.oauth, s.smtp.auth) {
                 (Some(o), Some(UpstreamAuth::Xoauth2)) => smtp_oauth(cx, file, path, o),
                 (None, Some(UpstreamAuth::Xoauth2)) => {
                     cx.err(
@@ -282,15 +255,15 @@ fn server(
                 }
                 (None, _) => None,
             };
-            if s.auth == Some(UpstreamAuth::Xoauth2) {
-                if s.username.is_none() {
+            if s.smtp.auth == Some(UpstreamAuth::Xoauth2) {
+                if s.smtp.username.is_none() {
                     cx.err(
                         file,
                         &path.clone().key("auth"),
                         "auth = \"xoauth2\" needs `username` (the mailbox the token acts for)",
                     );
                 }
-                if s.password.is_some() {
+                if s.smtp.password.is_some() {
                     cx.err(
                         file,
                         &path.clone().key("password"),
@@ -298,11 +271,11 @@ fn server(
                     );
                 }
             }
-            let wants_auth = s.auth != Some(UpstreamAuth::None);
-            if s.username.is_some()
-                && s.password.is_none()
+            let wants_auth = s.smtp.auth != Some(UpstreamAuth::None);
+            if s.smtp.username.is_some()
+                && s.smtp.password.is_none()
                 && wants_auth
-                && s.auth != Some(UpstreamAuth::Xoauth2)
+                && s.smtp.auth != Some(UpstreamAuth::Xoauth2)
             {
                 cx.err(
                     file,
@@ -310,15 +283,15 @@ fn server(
                     "a username needs a password",
                 );
             }
-            if s.password.is_some() && s.username.is_none() {
+            if s.smtp.password.is_some() && s.smtp.username.is_none() {
                 cx.err(
                     file,
                     &path.clone().key("password"),
                     "a password needs a username",
                 );
             }
-            if matches!(s.auth, Some(UpstreamAuth::Plain | UpstreamAuth::Login))
-                && s.username.is_none()
+            if matches!(s.smtp.auth, Some(UpstreamAuth::Plain | UpstreamAuth::Login))
+                && s.smtp.username.is_none()
             {
                 cx.err(
                     file,
@@ -326,7 +299,7 @@ fn server(
                     "auth is set but no username is given",
                 );
             }
-            if let Some(u) = &s.username
+            if let Some(u) = &s.smtp.username
                 && u.chars().any(char::is_control)
             {
                 cx.err(
@@ -335,12 +308,12 @@ fn server(
                     "control characters are not allowed",
                 );
             }
-            let password = s
-                .password
-                .as_ref()
-                .and_then(|p| cx.secret(file, &path.clone().key("password"), p));
+            let mut settings = s.smtp.clone();
+            if let Some(p) = &mut settings.password {
+                cx.resolve_secret(file, &path.clone().key("password"), p);
+            }
             let ca_file = ca_file(cx, file, path, s);
-            if s.accept_invalid_certs {
+            if s.smtp.accept_invalid_certs {
                 cx.warn(
                     file,
                     &path.clone().key("accept_invalid_certs"),
@@ -356,15 +329,15 @@ fn server(
                 cx.err(file, &path.clone().key("helo_name"), "invalid EHLO name");
             }
             for (key, d) in [
-                ("connect_timeout", s.connect_timeout),
-                ("command_timeout", s.command_timeout),
-                ("data_timeout", s.data_timeout),
+                ("connect_timeout", s.smtp.connect_timeout),
+                ("command_timeout", s.smtp.command_timeout),
+                ("data_timeout", s.smtp.data_timeout),
             ] {
                 if d.is_zero() {
                     cx.err(file, &path.clone().key(key), "must be greater than zero");
                 }
             }
-            if s.pool_size == 0 {
+            if s.smtp.pool_size == 0 {
                 cx.err(
                     file,
                     &path.clone().key("pool_size"),
@@ -375,19 +348,10 @@ fn server(
                 tls_name: s.tls_name.clone().unwrap_or_else(|| host.clone()),
                 host,
                 port,
-                security,
-                username: s.username.clone(),
-                password,
-                auth: s.auth,
-                connect_timeout: s.connect_timeout,
-                command_timeout: s.command_timeout,
-                data_timeout: s.data_timeout,
-                accept_invalid_certs: s.accept_invalid_certs,
                 ca_file,
                 helo_name,
-                pool_size: s.pool_size,
-                pool_idle_timeout: s.pool_idle_timeout,
                 oauth,
+                settings,
             })
         }
     };
