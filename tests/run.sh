@@ -28,6 +28,8 @@ command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
 command -v redis-server >/dev/null || need+=(redis-server)
 # swaks needs Net::SSLeay for --tls (only a Recommends of swaks).
 perl -MNet::SSLeay -e1 2>/dev/null || need+=(libnet-ssleay-perl)
+# systemd-nspawn boots a real systemd around the shipped unit (tests/systemd_unit.rs).
+command -v systemd-nspawn >/dev/null || need+=(systemd-container)
 if [ ${#need[@]} -gt 0 ]; then
   echo "tests/run.sh: installing ${need[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
