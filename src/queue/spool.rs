@@ -185,17 +185,22 @@ impl Spool {
             removals: removals.clone(),
         };
         let (mut wal, replayed) = Wal::open(&dir.join("wal"), dir)?;
+        // Every committed message the log still holds is written to its
+        // file again and synced before the log lets it go: a file that
+        // reads back complete may be so only in the page cache (written
+        // before a crash of the process, never synced).
         let mut restored = 0;
         for r in &replayed {
             let path = owner.msg_path(&r.id);
-            if matches!(verify(&path), Ok(Some((job, _))) if job.id == r.id) {
-                continue;
+            if !matches!(verify(&path), Ok(Some((job, _))) if job.id == r.id) {
+                restored += 1;
             }
-            owner.write_bytes(&r.id, &r.bytes, true)?;
-            restored += 1;
+            owner.write_bytes(&r.id, &r.bytes, true)?.sync_data()?;
+        }
+        if !replayed.is_empty() {
+            handle.sync_all()?;
         }
         if restored > 0 {
-            rustix::fs::syncfs(&handle)?;
             tracing::warn!(target: "smarthost::queue", messages = restored, "restored committed messages from the queue's commit log");
         }
         wal.retire_replayed()?;
@@ -571,6 +576,11 @@ fn remove_done(spool: &Spool, wal: &mut Wal) {
 /// directory.
 fn committer(spool: &Spool, dir: File, mut wal: Wal, rx: mpsc::Receiver<Op>) {
     let mut removals_due: Option<std::time::Instant> = None;
+    // Sealed segments in sequence order, with the files written for the
+    // messages they still held; handed to the checkpoint in that order
+    // once every one of those files is written.
+    let mut sealed: std::collections::VecDeque<(u64, Vec<PathBuf>, bool)> =
+        std::collections::VecDeque::new();
     loop {
         let first = match removals_due {
             None => rx.recv().map_err(|_| ()),
@@ -654,14 +664,18 @@ fn committer(spool: &Spool, dir: File, mut wal: Wal, rx: mpsc::Receiver<Op>) {
         }
         // Sealed segments: the messages they still hold get their own
         // files; the checkpoint syncs those and then lets the segment go.
-        for seq in wal.take_sealed() {
+        sealed.extend(
+            wal.take_sealed()
+                .into_iter()
+                .map(|seq| (seq, Vec::new(), false)),
+        );
+        for (seq, files, complete) in sealed.iter_mut().filter(|s| !s.2) {
             let held: Vec<(String, Location)> = spool
                 .residents()
                 .iter()
-                .filter(|(_, at)| at.seq == seq)
+                .filter(|(_, at)| at.seq == *seq)
                 .map(|(id, at)| (id.clone(), at.clone()))
                 .collect();
-            let mut files = Vec::with_capacity(held.len());
             let mut failed = 0;
             for (id, at) in &held {
                 match spool.materialize(id, at) {
@@ -670,21 +684,30 @@ fn committer(spool: &Spool, dir: File, mut wal: Wal, rx: mpsc::Receiver<Op>) {
                         spool.residents().remove(id);
                     }
                     Err(e) => {
-                        // It stays resident, and the segment live (never
-                        // reused) until the next start replays it.
+                        // It stays resident, and the segment live, and
+                        // this is tried again with the next batch.
                         failed += 1;
                         tracing::error!(target: "smarthost::queue", id, error = %e, "cannot write a queued message's file from the commit log");
                     }
                 }
             }
-            if failed == 0 {
-                wal.checkpoint(seq, files);
-            }
+            *complete = failed == 0;
+        }
+        while sealed.front().is_some_and(|s| s.2) {
+            let (seq, files, _) = sealed.pop_front().expect("front");
+            wal.checkpoint(seq, files);
         }
         // Sync requests (state files, large messages: their data is
         // synced by their writers) and files written without the log
         // need their names durable: one fsync of the directory.
         let needs_dir_sync = !syncs.is_empty() || (!writes.is_empty() && !logged);
+        if !syncs.is_empty() {
+            // Done marks become durable too (at shutdown, this is what
+            // keeps delivered messages from coming back).
+            if let Err(e) = wal.sync_active() {
+                tracing::warn!(target: "smarthost::queue", error = %e, "cannot sync the queue's commit log");
+            }
+        }
         let r: SyncResult = if needs_dir_sync {
             fallback_sync
                 .and_then(|()| dir.sync_all())
@@ -853,6 +876,76 @@ mod tests {
             (2..=super::super::wal::MAX_SEGMENTS).contains(&segments),
             "{segments} segment files"
         );
+    }
+
+    fn ids(s: &Spool) -> Vec<String> {
+        let mut v: Vec<String> = s.recover().unwrap().into_iter().map(|r| r.job.id).collect();
+        v.sort();
+        v
+    }
+
+    /// A "done" mark waiting while a commit rolls over into a new segment
+    /// must not end that segment's replay (review finding: everything
+    /// acknowledged into the new segment was lost at the next start).
+    #[tokio::test]
+    async fn a_done_mark_carried_over_a_segment_boundary_hides_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = vec![b'x'; 240 << 10];
+        {
+            let s = Arc::new(Spool::open(dir.path()).unwrap());
+            for i in 0..17 {
+                s.commit(job(&format!("m{i}")), Message::in_memory(big.clone()))
+                    .await
+                    .unwrap();
+            }
+            s.remove_later("m0");
+            for id in ["b", "c"] {
+                s.commit(job(id), Message::in_memory(big.clone()))
+                    .await
+                    .unwrap();
+            }
+        }
+        let s = Spool::open(dir.path()).unwrap();
+        let got = ids(&s);
+        assert!(
+            got.contains(&"b".to_owned()) && got.contains(&"c".to_owned()),
+            "{got:?}"
+        );
+        assert!(!got.contains(&"m0".to_owned()), "{got:?}");
+    }
+
+    /// Sequence numbers are never reused: stale records in a reused
+    /// segment do not come back (review finding: a delivered message was
+    /// delivered again two restarts later).
+    #[tokio::test]
+    async fn stale_records_of_a_reused_segment_stay_dead() {
+        let dir = tempfile::tempdir().unwrap();
+        let body = b"Subject: x\r\n\r\nsame size\r\n".to_vec();
+        {
+            let s = Arc::new(Spool::open(dir.path()).unwrap());
+            for id in ["x1", "x2"] {
+                s.commit(job(id), Message::in_memory(body.clone()))
+                    .await
+                    .unwrap();
+            }
+        }
+        {
+            // Replayed, then delivered and removed.
+            let s = Arc::new(Spool::open(dir.path()).unwrap());
+            assert_eq!(ids(&s), ["x1", "x2"]);
+            s.remove_later("x1");
+            s.remove_later("x2");
+            s.sync().await.unwrap();
+        }
+        {
+            let s = Arc::new(Spool::open(dir.path()).unwrap());
+            assert!(ids(&s).is_empty());
+            s.commit(job("y1"), Message::in_memory(body.clone()))
+                .await
+                .unwrap();
+        }
+        let s = Spool::open(dir.path()).unwrap();
+        assert_eq!(ids(&s), ["y1"]);
     }
 
     #[test]

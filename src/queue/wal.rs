@@ -59,8 +59,13 @@ const KIND_DONE: u8 = b'D';
 const HEADER: usize = 1 + 8 + 4;
 const CHECK: usize = 8;
 
-/// Encodes one record.
-fn record(kind: u8, seq: u64, body: &[u8], out: &mut Vec<u8>) {
+/// Kind of a record holding a message's `ID.msg` bytes.
+pub const KIND_MESSAGE_RECORD: u8 = KIND_MESSAGE;
+/// Kind of a record marking a message done.
+pub const KIND_DONE_RECORD: u8 = KIND_DONE;
+
+/// Encodes one record (public for the fuzz target).
+pub fn record(kind: u8, seq: u64, body: &[u8], out: &mut Vec<u8>) {
     let start = out.len();
     out.push(kind);
     out.extend_from_slice(&seq.to_le_bytes());
@@ -71,8 +76,9 @@ fn record(kind: u8, seq: u64, body: &[u8], out: &mut Vec<u8>) {
 }
 
 /// Decodes the records of a segment with sequence number `seq`, up to
-/// the first one that is not part of this use of the segment.
-fn records(buf: &[u8], seq: u64) -> Vec<(u8, &[u8])> {
+/// the first one that is not part of this use of the segment (public for
+/// the fuzz target).
+pub fn records(buf: &[u8], seq: u64) -> Vec<(u8, &[u8])> {
     let mut out = Vec::new();
     let mut at = 0;
     while at + HEADER + CHECK <= buf.len() {
@@ -157,8 +163,13 @@ pub struct Wal {
     /// checkpoint waits until the caller has written the files of the
     /// messages they still hold.
     sealed: Vec<u64>,
-    /// Records not written yet.
-    pending: Vec<u8>,
+    /// Ids of messages done whose marks are not written yet; encoded
+    /// only when written, with the sequence number of the segment they go
+    /// to (a mark encoded for one segment and written into the next would
+    /// end that segment's replay at its first record).
+    pending: Vec<String>,
+    /// Bytes the pending marks take once encoded.
+    pending_len: u64,
     /// The log failed (I/O error): it is no longer used.
     broken: bool,
     /// The last time a new segment could not be made (the disk is full,
@@ -182,6 +193,7 @@ impl Wal {
         let dir_fd = File::open(dir)?;
         let mut live: Vec<(u64, PathBuf)> = Vec::new();
         let mut free: Vec<PathBuf> = Vec::new();
+        let mut max_free = 0;
         for e in fs::read_dir(dir)? {
             let e = e?;
             let name = e.file_name().to_string_lossy().into_owned();
@@ -191,7 +203,12 @@ impl Wal {
                 .and_then(|s| s.parse::<u64>().ok())
             {
                 live.push((seq, path));
-            } else if name.starts_with("free-") && name.ends_with(".wal") {
+            } else if let Some(seq) = name
+                .strip_prefix("free-")
+                .and_then(|n| n.strip_suffix(".wal"))
+                .and_then(|n| n.parse::<u64>().ok())
+            {
+                max_free = max_free.max(seq);
                 free.push(path);
             } else {
                 // A segment being made when the process stopped.
@@ -221,7 +238,9 @@ impl Wal {
             }
         }
         found.retain(|r| !done.contains(&r.id));
-        let next_seq = live.last().map_or(1, |(s, _)| s + 1);
+        // Never a sequence number used before: a reused segment may still
+        // hold records of its earlier uses, which must not read as live.
+        let next_seq = live.last().map_or(0, |(s, _)| *s).max(max_free) + 1;
         let count = live.len() + free.len();
         let shared = Arc::new(Mutex::new(Shared { free }));
         let (tx, rx) = mpsc::channel::<Sealed>();
@@ -242,6 +261,7 @@ impl Wal {
             checkpoint: tx,
             sealed: Vec::new(),
             pending: Vec::new(),
+            pending_len: 0,
             broken: false,
             make_failed: None,
         };
@@ -375,15 +395,16 @@ impl Wal {
         let mut touched: Vec<Arc<File>> = Vec::new();
         let mut out = Vec::with_capacity(files.len());
         for body in files {
-            let need = (HEADER + body.len() + CHECK) as u64 + self.pending.len() as u64;
+            let need = (HEADER + body.len() + CHECK) as u64 + self.pending_len;
             if !self.ready(need) {
-                // Only "done" marks can be lost with this: a duplicate at
-                // worst, never a loss.
-                self.pending.clear();
                 return Err(io::Error::other("no commit log segment available"));
             }
             let s = self.active.as_mut().expect("ready");
-            let mut buf = std::mem::take(&mut self.pending);
+            let mut buf = Vec::with_capacity(need as usize);
+            for id in self.pending.drain(..) {
+                record(KIND_DONE, s.seq, id.as_bytes(), &mut buf);
+            }
+            self.pending_len = 0;
             let body_at = s.at + buf.len() as u64 + HEADER as u64;
             record(KIND_MESSAGE, s.seq, body, &mut buf);
             if let Err(e) = s.file.write_all_at(&buf, s.at) {
@@ -391,8 +412,6 @@ impl Wal {
                 return Err(e);
             }
             s.at += buf.len() as u64;
-            buf.clear();
-            self.pending = buf;
             if !touched.last().is_some_and(|f| Arc::ptr_eq(f, &s.file)) {
                 touched.push(s.file.clone());
             }
@@ -412,33 +431,54 @@ impl Wal {
         Ok(out)
     }
 
-    /// Marks message `id` done; written with the next commit (it needs no
-    /// sync of its own: losing it costs a duplicate, never a loss).
+    /// Marks message `id` done; written with the next commit or
+    /// [`Wal::flush_done`] (it needs no sync of its own: losing it costs a
+    /// duplicate, never a loss).
     pub fn done(&mut self, id: &str) {
-        if self.broken {
-            return;
+        self.pending_len += (HEADER + id.len() + CHECK) as u64;
+        self.pending.push(id.to_owned());
+        if self.pending_len > 64 << 10 {
+            self.flush_done();
         }
-        if let Some(s) = &self.active {
-            record(KIND_DONE, s.seq, id.as_bytes(), &mut self.pending);
-            if self.pending.len() > 64 << 10 {
-                self.flush_done();
-            }
+        // With no segment to write them to for long, the oldest go
+        // (duplicates at worst).
+        while self.pending_len > 1 << 20 {
+            let id = self.pending.remove(0);
+            self.pending_len -= (HEADER + id.len() + CHECK) as u64;
         }
     }
 
-    /// Writes "done" marks that are waiting (not synced).
+    /// Writes the "done" marks that are waiting into the active segment
+    /// (not synced); they wait when there is none or it is full.
     pub fn flush_done(&mut self) {
-        if self.pending.is_empty() {
+        if self.pending.is_empty() || self.broken {
             return;
         }
-        let need = self.pending.len() as u64;
-        if let Some(s) = &mut self.active
-            && s.at + need <= SEGMENT_BYTES
-            && s.file.write_all_at(&self.pending, s.at).is_ok()
-        {
-            s.at += need;
+        let Some(s) = &mut self.active else {
+            return;
+        };
+        if s.at + self.pending_len > SEGMENT_BYTES {
+            return;
         }
-        self.pending.clear();
+        let mut buf = Vec::with_capacity(self.pending_len as usize);
+        for id in &self.pending {
+            record(KIND_DONE, s.seq, id.as_bytes(), &mut buf);
+        }
+        if s.file.write_all_at(&buf, s.at).is_ok() {
+            s.at += buf.len() as u64;
+            self.pending.clear();
+            self.pending_len = 0;
+        }
+    }
+
+    /// Makes everything written to the active segment durable (the
+    /// "done" marks; at shutdown).
+    pub fn sync_active(&mut self) -> io::Result<()> {
+        self.flush_done();
+        match &self.active {
+            Some(s) if !self.broken => s.file.sync_data(),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -479,9 +519,28 @@ fn checkpointer(
     shared: &Mutex<Shared>,
     rx: mpsc::Receiver<Sealed>,
 ) {
-    while let Ok(first) = rx.recv() {
-        let sealed: Vec<Sealed> = std::iter::once(first).chain(rx.try_iter()).collect();
-        let synced = sealed
+    // Segments arrive in sequence order and are retired in that order; one
+    // whose retirement failed is tried again (with the ones after it)
+    // every second, so replay never sees a gap.
+    let mut waiting: std::collections::VecDeque<Sealed> = std::collections::VecDeque::new();
+    let mut renamed: Vec<PathBuf> = Vec::new();
+    loop {
+        let got = if waiting.is_empty() && renamed.is_empty() {
+            match rx.recv() {
+                Ok(s) => Some(s),
+                Err(_) => return,
+            }
+        } else {
+            match rx.recv_timeout(std::time::Duration::from_secs(1)) {
+                Ok(s) => Some(s),
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                // Stopping: what is not retired is replayed at the next start.
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            }
+        };
+        waiting.extend(got);
+        waiting.extend(rx.try_iter());
+        let synced = waiting
             .iter()
             .flat_map(|s| &s.files)
             .try_for_each(|f| match File::open(f) {
@@ -492,26 +551,29 @@ fn checkpointer(
             })
             .and_then(|()| spool_fd.sync_all());
         if let Err(e) = synced {
-            tracing::error!(target: "smarthost::queue", error = %e, "queue checkpoint: cannot sync the spool; its commit log segments are kept");
+            tracing::error!(target: "smarthost::queue", error = %e, "queue checkpoint: cannot sync the spool; retrying");
             continue;
         }
-        let mut freed = Vec::new();
-        for s in sealed {
+        while let Some(s) = waiting.front() {
             let to = dir.join(format!("free-{:016}.wal", s.seq));
             match fs::rename(&s.path, &to) {
-                Ok(()) => freed.push(to),
+                Ok(()) => {
+                    renamed.push(to);
+                    waiting.pop_front();
+                }
                 Err(e) => {
-                    tracing::error!(target: "smarthost::queue", error = %e, "queue checkpoint: cannot retire a commit log segment")
+                    tracing::error!(target: "smarthost::queue", error = %e, "queue checkpoint: cannot retire a commit log segment; retrying");
+                    break;
                 }
             }
         }
-        // Retired in order and durably: replay never sees a gap.
+        // Free for reuse once the renames are durable.
         if dir_fd.sync_all().is_ok() {
             shared
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .free
-                .extend(freed);
+                .append(&mut renamed);
         }
     }
 }
