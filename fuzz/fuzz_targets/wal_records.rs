@@ -10,7 +10,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use smarthost::queue::wal::{KIND_DONE_RECORD, KIND_MESSAGE_RECORD, record, records};
+use smarthost::queue::wal::{KIND_DONE, KIND_MESSAGE, record, records};
 
 fuzz_target!(|data: &[u8]| {
     if data.len() < 4 {
@@ -32,7 +32,7 @@ fuzz_target!(|data: &[u8]| {
     let want: Vec<(u8, &[u8])> = rest
         .split(|b| *b == 0xff)
         .enumerate()
-        .map(|(i, body)| (if i % 2 == 0 { KIND_MESSAGE_RECORD } else { KIND_DONE_RECORD }, body))
+        .map(|(i, body)| (if i % 2 == 0 { KIND_MESSAGE } else { KIND_DONE }, body))
         .collect();
     let mut enc = Vec::new();
     for (kind, body) in &want {

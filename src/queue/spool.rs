@@ -191,10 +191,11 @@ impl Spool {
         // before a crash of the process, never synced).
         let mut restored = 0;
         for r in &replayed {
-            let path = owner.msg_path(&r.id);
-            if !matches!(verify(&path), Ok(Some((job, _))) if job.id == r.id) {
-                restored += 1;
-            }
+            // Rewritten either way; the count (for the log line) only asks
+            // whether a whole file was there, without reading it.
+            let had =
+                fs::metadata(owner.msg_path(&r.id)).is_ok_and(|m| m.len() == r.bytes.len() as u64);
+            restored += usize::from(!had);
             owner.write_bytes(&r.id, &r.bytes, true)?;
         }
         if !replayed.is_empty() {

@@ -54,15 +54,12 @@ pub const SEGMENT_BYTES: u64 = 4 << 20;
 /// Segments in existence at most (live, sealed and free together).
 pub const MAX_SEGMENTS: usize = 8;
 
-const KIND_MESSAGE: u8 = b'M';
-const KIND_DONE: u8 = b'D';
+/// Kind of a record holding a message's `ID.msg` bytes.
+pub const KIND_MESSAGE: u8 = b'M';
+/// Kind of a record marking a message done.
+pub const KIND_DONE: u8 = b'D';
 const HEADER: usize = 1 + 8 + 4;
 const CHECK: usize = 8;
-
-/// Kind of a record holding a message's `ID.msg` bytes.
-pub const KIND_MESSAGE_RECORD: u8 = KIND_MESSAGE;
-/// Kind of a record marking a message done.
-pub const KIND_DONE_RECORD: u8 = KIND_DONE;
 
 /// Encodes one record (public for the fuzz target).
 pub fn record(kind: u8, seq: u64, body: &[u8], out: &mut Vec<u8>) {
@@ -141,12 +138,8 @@ pub struct Replayed {
     pub bytes: Vec<u8>,
 }
 
-/// Segments sealed and waiting for their checkpoint, and the free ones it
-/// hands back.
-#[derive(Default)]
-struct Shared {
-    free: Vec<PathBuf>,
-}
+/// Retired segments, ready for reuse (filled by the checkpoint thread).
+type Free = Arc<Mutex<Vec<PathBuf>>>;
 
 /// The commit log of one spool directory; used by the committer thread
 /// only.
@@ -157,7 +150,9 @@ pub struct Wal {
     next_seq: u64,
     /// Segments that exist (any state).
     count: usize,
-    shared: Arc<Mutex<Shared>>,
+    free: Free,
+    /// The segments found at start, retired by [`Wal::retire_replayed`].
+    replayed: Vec<(u64, PathBuf)>,
     checkpoint: mpsc::Sender<Sealed>,
     /// Segments sealed since the last [`Wal::take_sealed`]: their
     /// checkpoint waits until the caller has written the files of the
@@ -182,6 +177,11 @@ const RETRY_MAKE: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn seg_name(seq: u64) -> String {
     format!("{seq:016}.wal")
+}
+
+/// The name of segment `seq` once retired.
+fn free_name(seq: u64) -> String {
+    format!("free-{seq:016}.wal")
 }
 
 impl Wal {
@@ -242,14 +242,14 @@ impl Wal {
         // hold records of its earlier uses, which must not read as live.
         let next_seq = live.last().map_or(0, |(s, _)| *s).max(max_free) + 1;
         let count = live.len() + free.len();
-        let shared = Arc::new(Mutex::new(Shared { free }));
+        let free: Free = Arc::new(Mutex::new(free));
         let (tx, rx) = mpsc::channel::<Sealed>();
         let spool_fd = File::open(spool_dir)?;
         {
-            let (shared, dir_fd, dir) = (shared.clone(), dir_fd.try_clone()?, dir.to_path_buf());
+            let (free, dir_fd, dir) = (free.clone(), dir_fd.try_clone()?, dir.to_path_buf());
             std::thread::Builder::new()
                 .name("spool-checkpoint".into())
-                .spawn(move || checkpointer(&dir, &dir_fd, &spool_fd, &shared, rx))?;
+                .spawn(move || checkpointer(&dir, &dir_fd, &spool_fd, &free, rx))?;
         }
         let wal = Wal {
             dir: dir.to_path_buf(),
@@ -257,7 +257,8 @@ impl Wal {
             active: None,
             next_seq,
             count,
-            shared,
+            free,
+            replayed: live,
             checkpoint: tx,
             sealed: Vec::new(),
             pending: Vec::new(),
@@ -273,20 +274,16 @@ impl Wal {
     /// After replay: the messages are durable in their own files; every
     /// segment that existed at start is retired (synchronously).
     pub fn retire_replayed(&mut self) -> io::Result<()> {
-        let mut live: Vec<(u64, PathBuf)> = fs::read_dir(&self.dir)?
-            .filter_map(|e| e.ok())
-            .filter_map(|e| {
-                let name = e.file_name().to_string_lossy().into_owned();
-                let seq = name.strip_suffix(".wal")?.parse::<u64>().ok()?;
-                Some((seq, e.path()))
-            })
-            .collect();
-        live.sort();
-        let mut g = self.shared.lock().unwrap_or_else(|p| p.into_inner());
-        for (seq, path) in live {
-            let to = self.dir.join(format!("free-{seq:016}.wal"));
-            fs::rename(&path, &to)?;
-            g.free.push(to);
+        let mut g = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        for (seq, path) in std::mem::take(&mut self.replayed) {
+            let to = self.dir.join(free_name(seq));
+            match fs::rename(&path, &to) {
+                Ok(()) => g.push(to),
+                // Retired meanwhile by a stopping predecessor's checkpoint
+                // (a restart within one process, as in tests).
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
         }
         drop(g);
         self.dir_fd.sync_all()
@@ -328,12 +325,7 @@ impl Wal {
     fn activate(&mut self) -> io::Result<bool> {
         let seq = self.next_seq;
         let path = self.dir.join(seg_name(seq));
-        let reuse = self
-            .shared
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .free
-            .pop();
+        let reuse = self.free.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let file = match reuse {
             Some(old) => {
                 fs::rename(&old, &path)?;
@@ -516,7 +508,7 @@ fn checkpointer(
     dir: &Path,
     dir_fd: &File,
     spool_fd: &File,
-    shared: &Mutex<Shared>,
+    free: &Mutex<Vec<PathBuf>>,
     rx: mpsc::Receiver<Sealed>,
 ) {
     // Segments arrive in sequence order and are retired in that order; one
@@ -555,7 +547,7 @@ fn checkpointer(
             continue;
         }
         while let Some(s) = waiting.front() {
-            let to = dir.join(format!("free-{:016}.wal", s.seq));
+            let to = dir.join(free_name(s.seq));
             match fs::rename(&s.path, &to) {
                 Ok(()) => {
                     renamed.push(to);
@@ -569,10 +561,8 @@ fn checkpointer(
         }
         // Free for reuse once the renames are durable.
         if dir_fd.sync_all().is_ok() {
-            shared
-                .lock()
+            free.lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .free
                 .append(&mut renamed);
         }
     }
