@@ -133,8 +133,9 @@ type WriteReply = tokio::sync::oneshot::Sender<io::Result<(Job, Message)>>;
 
 /// What the committer thread is asked to do.
 enum Op {
-    /// Write a small message's file and answer once it is synced.
-    Write(Box<(Job, Message)>, WriteReply),
+    /// Write a small message (its `ID.msg` bytes, encoded by the caller)
+    /// and answer once it is synced.
+    Write(Box<(Vec<u8>, Job, Message)>, WriteReply),
     /// Answer once everything written so far is synced.
     Sync(SyncReply),
     /// Removals are waiting (sent only when the list was empty): handle
@@ -153,6 +154,15 @@ const REMOVE_DELAY: std::time::Duration = std::time::Duration::from_millis(20);
 /// so they do not hold up the others.
 const COMMITTER_WRITES_UP_TO: u64 = 256 << 10;
 
+/// A message that so far lives only in the commit log.
+struct Resident {
+    /// Where its bytes are.
+    at: Location,
+    /// Whether an `ID.st` was written for it (so its removal has a file
+    /// to unlink).
+    state_file: bool,
+}
+
 /// The queue directory and its committer thread.
 pub struct Spool {
     dir: PathBuf,
@@ -160,7 +170,7 @@ pub struct Spool {
     /// Committed messages that have no file of their own yet: their bytes
     /// are only in the commit log. Most messages are delivered and done
     /// before they ever get one.
-    resident: Arc<Mutex<HashMap<String, Location>>>,
+    resident: Arc<Mutex<HashMap<String, Resident>>>,
     /// Messages done, waiting for the committer to mark them in the log
     /// and remove their files.
     removals: Arc<Mutex<Vec<String>>>,
@@ -278,8 +288,11 @@ impl Spool {
             }
             return Ok((job, msg));
         }
+        // Encoded here, on the caller's thread: the committer's time is
+        // every writer's latency.
+        let bytes = encode_into(&job, &msg, Vec::with_capacity(msg.len() as usize + 1024))?;
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.send(Op::Write(Box::new((job, msg)), tx))?;
+        self.send(Op::Write(Box::new((bytes, job, msg)), tx))?;
         rx.await.map_err(|_| stopped())?
     }
 
@@ -318,7 +331,7 @@ impl Spool {
         res
     }
 
-    fn residents(&self) -> std::sync::MutexGuard<'_, HashMap<String, Location>> {
+    fn residents(&self) -> std::sync::MutexGuard<'_, HashMap<String, Resident>> {
         self.resident.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -354,6 +367,9 @@ impl Spool {
     /// renamed over the old one (the rename is durable after the next
     /// [`Spool::sync`]).
     pub fn write_state(&self, id: &str, state: &State) -> io::Result<()> {
+        if let Some(r) = self.residents().get_mut(id) {
+            r.state_file = true;
+        }
         let tmp = self.dir.join(format!("{id}.st.tmp"));
         let res = (|| {
             let bytes = serde_json::to_vec(state).map_err(io::Error::other)?;
@@ -389,8 +405,8 @@ impl Spool {
             // Still only in the commit log: the lock keeps the committer
             // from writing its file and letting the segment go meanwhile.
             let g = self.residents();
-            if let Some(at) = g.get(id) {
-                let bytes = at.read()?;
+            if let Some(r) = g.get(id) {
+                let bytes = r.at.read()?;
                 drop(g);
                 let bad = || io::Error::new(io::ErrorKind::InvalidData, "bad commit log record");
                 let (job, data_at, len) = parse_meta(&bytes).ok_or_else(bad)?;
@@ -553,22 +569,21 @@ impl<W: Write> Write for HashingWriter<W> {
     }
 }
 
-/// Marks every message waiting for removal done in the log and removes
-/// its files.
-fn remove_done(spool: &Spool, wal: &mut Wal) {
+/// Marks every message waiting for removal done in the log; returns
+/// those that have files to remove (a message delivered while it lived
+/// only in the log has none).
+fn mark_done(spool: &Spool, wal: &mut Wal) -> Vec<String> {
     let ids = std::mem::take(&mut *spool.removals.lock().unwrap_or_else(|p| p.into_inner()));
-    if ids.is_empty() {
-        return;
-    }
     let mut residents = spool.residents();
-    for id in &ids {
-        wal.done(id);
-        residents.remove(id);
+    let mut unlink = Vec::new();
+    for id in ids {
+        wal.done(&id);
+        match residents.remove(&id) {
+            Some(r) if !r.state_file => {}
+            _ => unlink.push(id),
+        }
     }
-    drop(residents);
-    for id in &ids {
-        spool.remove(id);
-    }
+    unlink
 }
 
 /// The committer: takes every request waiting when it wakes, writes the
@@ -597,8 +612,11 @@ fn committer(spool: &Spool, dir: File, mut wal: Wal, rx: mpsc::Receiver<Op>) {
         };
         let Ok(first) = first else {
             // Stopping: what is done is marked done before the end.
-            remove_done(spool, &mut wal);
+            let unlink = mark_done(spool, &mut wal);
             wal.flush_done();
+            for id in &unlink {
+                spool.remove(id);
+            }
             break;
         };
         let mut writes = Vec::new();
@@ -607,9 +625,8 @@ fn committer(spool: &Spool, dir: File, mut wal: Wal, rx: mpsc::Receiver<Op>) {
         for op in std::iter::once(first).chain(rx.try_iter().take(1023)) {
             match op {
                 Op::Write(b, tx) => {
-                    let (job, msg) = *b;
-                    let r = encode_into(&job, &msg, Vec::with_capacity(msg.len() as usize + 1024));
-                    writes.push((r, job, msg, tx));
+                    let (bytes, job, msg) = *b;
+                    writes.push((Ok(bytes), job, msg, tx));
                     only_wakes = false;
                 }
                 Op::Sync(tx) => {
@@ -626,7 +643,15 @@ fn committer(spool: &Spool, dir: File, mut wal: Wal, rx: mpsc::Receiver<Op>) {
             continue;
         }
         removals_due = None;
-        remove_done(spool, &mut wal);
+        // Marked done with this batch's write; their files (if any) are
+        // removed after the writers have their answers, or before the
+        // directory's fsync when a sync request is to cover them.
+        let mut unlink = mark_done(spool, &mut wal);
+        if !syncs.is_empty() {
+            for id in unlink.drain(..) {
+                spool.remove(&id);
+            }
+        }
         let bodies: Vec<&[u8]> = writes
             .iter()
             .filter_map(|w| w.0.as_ref().ok().map(Vec::as_slice))
@@ -641,7 +666,15 @@ fn committer(spool: &Spool, dir: File, mut wal: Wal, rx: mpsc::Receiver<Op>) {
                         .iter()
                         .filter(|w| w.0.is_ok())
                         .map(|w| w.1.id.clone());
-                    spool.residents().extend(ids.zip(locations));
+                    spool.residents().extend(ids.zip(locations).map(|(id, at)| {
+                        (
+                            id,
+                            Resident {
+                                at,
+                                state_file: false,
+                            },
+                        )
+                    }));
                     true
                 }
                 Err(_) => false,
@@ -676,8 +709,8 @@ fn committer(spool: &Spool, dir: File, mut wal: Wal, rx: mpsc::Receiver<Op>) {
             let held: Vec<(String, Location)> = spool
                 .residents()
                 .iter()
-                .filter(|(_, at)| at.seq == *seq)
-                .map(|(id, at)| (id.clone(), at.clone()))
+                .filter(|(_, r)| r.at.seq == *seq)
+                .map(|(id, r)| (id.clone(), r.at.clone()))
                 .collect();
             let mut failed = 0;
             for (id, at) in &held {
@@ -735,6 +768,9 @@ fn committer(spool: &Spool, dir: File, mut wal: Wal, rx: mpsc::Receiver<Op>) {
         }
         for tx in syncs {
             let _ = tx.send(r.clone());
+        }
+        for id in &unlink {
+            spool.remove(id);
         }
     }
 }
@@ -949,6 +985,68 @@ mod tests {
         }
         let s = Spool::open(dir.path()).unwrap();
         assert_eq!(ids(&s), ["y1"]);
+    }
+
+    /// A message still only in the log gets no unlink when it is done,
+    /// unless a state file was written for it: that one goes.
+    #[tokio::test]
+    async fn the_state_file_of_a_message_only_in_the_log_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Arc::new(Spool::open(dir.path()).unwrap());
+        let body = Message::in_memory(b"Subject: x\r\n\r\nhi\r\n".to_vec());
+        s.commit(job("m1"), body).await.unwrap();
+        let mut st = State::new(vec!["c@d.test".into()], 5);
+        st.rcpts[0].state = RcptStatus::Deferred;
+        s.write_state("m1", &st).unwrap();
+        s.sync().await.unwrap();
+        assert!(dir.path().join("m1.st").exists());
+        assert!(!dir.path().join("m1.msg").exists());
+        s.remove_later("m1");
+        s.sync().await.unwrap();
+        assert!(!dir.path().join("m1.st").exists());
+        assert!(ids(&s).is_empty());
+    }
+
+    /// One batch larger than a segment: its records are written in one
+    /// piece per segment, the first part before the segment is sealed,
+    /// and every record reads back, from where `commit` says it is and
+    /// after a restart.
+    #[test]
+    fn a_batch_spanning_two_segments_is_written_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal_dir = dir.path().join("wal");
+        let bodies: Vec<Vec<u8>> = (0..20)
+            .map(|i| {
+                let msg = Message::in_memory(vec![b'a' + i as u8; 240 << 10]);
+                encode_into(&job(&format!("m{i}")), &msg, Vec::new()).unwrap()
+            })
+            .collect();
+        {
+            let (mut wal, replayed) = Wal::open(&wal_dir, dir.path()).unwrap();
+            assert!(replayed.is_empty());
+            wal.done("earlier");
+            let refs: Vec<&[u8]> = bodies.iter().map(Vec::as_slice).collect();
+            let at = wal.commit(&refs).unwrap();
+            assert_eq!(at.len(), 20);
+            assert!(at[0].seq < at[19].seq, "the batch rolled over");
+            for (loc, body) in at.iter().zip(&bodies) {
+                assert_eq!(&loc.read().unwrap(), body);
+            }
+        }
+        let (_, replayed) = Wal::open(&wal_dir, dir.path()).unwrap();
+        let got: Vec<(&str, &[u8])> = replayed
+            .iter()
+            .map(|r| (r.id.as_str(), r.bytes.as_slice()))
+            .collect();
+        let want: Vec<(String, &[u8])> = bodies
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (format!("m{i}"), b.as_slice()))
+            .collect();
+        assert_eq!(got.len(), want.len());
+        for ((gid, gb), (wid, wb)) in got.iter().zip(&want) {
+            assert_eq!((gid, gb), (&wid.as_str(), wb));
+        }
     }
 
     #[test]

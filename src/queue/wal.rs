@@ -386,27 +386,43 @@ impl Wal {
     pub fn commit(&mut self, files: &[&[u8]]) -> io::Result<Vec<Location>> {
         let mut touched: Vec<Arc<File>> = Vec::new();
         let mut out = Vec::with_capacity(files.len());
+        // The batch's records for one segment go out in one write: `buf`
+        // holds them, `dest` says where they start.
+        let mut buf = Vec::with_capacity(
+            files
+                .iter()
+                .map(|b| HEADER + b.len() + CHECK)
+                .sum::<usize>()
+                + self.pending_len as usize,
+        );
+        let mut dest: Option<(Arc<File>, u64)> = None;
         for body in files {
             let need = (HEADER + body.len() + CHECK) as u64 + self.pending_len;
+            if self
+                .active
+                .as_ref()
+                .is_none_or(|s| s.at + need > SEGMENT_BYTES)
+            {
+                // The active segment is sealed below: what is buffered for
+                // it goes out first.
+                self.write_buffered(&mut buf, &mut dest)?;
+            }
             if !self.ready(need) {
                 return Err(io::Error::other("no commit log segment available"));
             }
             let s = self.active.as_mut().expect("ready");
-            let mut buf = Vec::with_capacity(need as usize);
+            if dest.is_none() {
+                dest = Some((s.file.clone(), s.at));
+                touched.push(s.file.clone());
+            }
+            let start = buf.len();
             for id in self.pending.drain(..) {
                 record(KIND_DONE, s.seq, id.as_bytes(), &mut buf);
             }
             self.pending_len = 0;
-            let body_at = s.at + buf.len() as u64 + HEADER as u64;
+            let body_at = s.at + (buf.len() - start + HEADER) as u64;
             record(KIND_MESSAGE, s.seq, body, &mut buf);
-            if let Err(e) = s.file.write_all_at(&buf, s.at) {
-                self.broken = true;
-                return Err(e);
-            }
-            s.at += buf.len() as u64;
-            if !touched.last().is_some_and(|f| Arc::ptr_eq(f, &s.file)) {
-                touched.push(s.file.clone());
-            }
+            s.at += (buf.len() - start) as u64;
             out.push(Location {
                 seq: s.seq,
                 file: s.file.clone(),
@@ -414,6 +430,7 @@ impl Wal {
                 len: body.len() as u64,
             });
         }
+        self.write_buffered(&mut buf, &mut dest)?;
         for f in &touched {
             if let Err(e) = f.sync_data() {
                 self.broken = true;
@@ -421,6 +438,22 @@ impl Wal {
             }
         }
         Ok(out)
+    }
+
+    /// Writes the records buffered by [`Wal::commit`] where they belong.
+    fn write_buffered(
+        &mut self,
+        buf: &mut Vec<u8>,
+        dest: &mut Option<(Arc<File>, u64)>,
+    ) -> io::Result<()> {
+        if let Some((file, at)) = dest.take()
+            && let Err(e) = file.write_all_at(buf, at)
+        {
+            self.broken = true;
+            return Err(e);
+        }
+        buf.clear();
+        Ok(())
     }
 
     /// Marks message `id` done; written with the next commit or
