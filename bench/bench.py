@@ -14,6 +14,9 @@ latency of the same SMTP traffic (examples/loadgen.rs) through:
            (fsync, then 250) -> qmgr -> smtp -> smtp-sink in the background;
            reported as accepted/s and, separately, as drained/s (until the
            sink has every message)
+  q        as b with delivery = "queue" (250 after the commit log's sync;
+           drained/s as for c-queue); q-tmpfs, the same with the spool on
+           /dev/shm, shows what the disk's sync costs (a diagnostic)
 
 and smarthost's peak RSS with 1,000 idle sessions and while relaying one
 50 MB message. Loopback only; every process it starts runs under
@@ -42,13 +45,14 @@ LIFETIME = 1800  # seconds: timeout(1) backstop for every process we start
 
 KIB = 1024
 PATHS = ["a", "b", "q", "c-proxy", "c-queue"]
-EXTRA_PATHS = ["b-quiet", "b-pool4", "b-1worker", "b-limits", "b-redis", "b-redis-cap"]
+EXTRA_PATHS = ["q-tmpfs", "b-quiet", "b-pool4", "b-1worker", "b-limits", "b-redis", "b-redis-cap"]
 PATH_TEXT = {
     "a": "loadgen -> smtp-sink (ceiling)",
     "b": "smarthost direct, 4 rewrites, default settings (info logs, pool_size 100)",
     "q": "smarthost queue mode (fsync before 250, group commit), otherwise as b",
     "c-proxy": "Postfix before-queue proxy (smtpd_proxy_filter = sink)",
     "c-queue": "Postfix queue + relayhost = sink",
+    "q-tmpfs": "as q, spool on tmpfs (/dev/shm): its syncs cost nothing, so q - q-tmpfs is what the disk's sync costs (diagnostic, not a deployment)",
     "b-quiet": "as b, log level warn (no line per delivery and session)",
     "b-pool4": "as b, upstream pool_size = 4 (the default before the profile)",
     "b-1worker": "as b, one tokio worker thread (TOKIO_WORKER_THREADS=1)",
@@ -306,14 +310,16 @@ class Sink:
 class Smarthost:
     def __init__(self, binary, work, sink_port, name="smarthost", pool_size=100,
                  log_level="info", max_connections=2000, env=None, delivery="direct",
-                 server_extra="", cluster=""):
+                 server_extra="", cluster="", spool=None):
         self.port = free_port()
         d = os.path.join(work, name)
-        os.makedirs(os.path.join(d, "spool"), exist_ok=True)
-        self.queue_dir = os.path.join(d, "spool", "queue")
+        spool = spool or os.path.join(d, "spool")
+        os.makedirs(d, exist_ok=True)
+        os.makedirs(spool, exist_ok=True)
+        self.queue_dir = os.path.join(spool, "queue")
         self.config = os.path.join(d, "smarthost.toml")
         with open(self.config, "w") as f:
-            f.write(fill("smarthost.toml.in", SPOOL=os.path.join(d, "spool"),
+            f.write(fill("smarthost.toml.in", SPOOL=spool,
                          PORT=self.port, SINK_PORT=sink_port, POOL_SIZE=pool_size,
                          LOG_LEVEL=log_level, MAX_CONNECTIONS=max_connections,
                          DELIVERY=delivery, SERVER_EXTRA=server_extra, CLUSTER=cluster))
@@ -433,6 +439,13 @@ class Bench:
             self.smarthosts["q"] = Smarthost(args.smarthost, work, self.sink.port,
                                              name="smarthost-queue", pool_size=args.pool_size,
                                              log_level="info", delivery="queue")
+        self.tmpfs_spool = None
+        if "q-tmpfs" in args.paths:
+            self.tmpfs_spool = tempfile.mkdtemp(prefix="smarthost-bench-spool-", dir="/dev/shm")
+            self.smarthosts["q-tmpfs"] = Smarthost(args.smarthost, work, self.sink.port,
+                                                   name="smarthost-queue-tmpfs",
+                                                   pool_size=args.pool_size, log_level="info",
+                                                   delivery="queue", spool=self.tmpfs_spool)
         # Variants of (b) for the profile: no per-delivery log lines, the
         # old upstream pool_size of 4, one worker thread.
         if "b-quiet" in args.paths:
@@ -513,7 +526,7 @@ class Bench:
         n = r["messages"]
         # Every accepted message must reach the sink: at once for the
         # synchronous paths, eventually for the queue.
-        queued = path in ("c-queue", "q")
+        queued = path in ("c-queue", "q", "q-tmpfs")
         wait = 120 if queued else 5
         done = self.sink.wait_for(before + n, wait)
         r["sink_ok"] = done is not None
@@ -527,9 +540,9 @@ class Bench:
             deadline = time.monotonic() + 60
             while self.postfix.queued() and time.monotonic() < deadline:
                 time.sleep(0.02)
-        if path == "q":
+        if path in ("q", "q-tmpfs"):
             deadline = time.monotonic() + 60
-            qd = self.smarthosts["q"].queue_dir
+            qd = self.smarthosts[path].queue_dir
             while os.path.isdir(qd) and os.listdir(qd) and time.monotonic() < deadline:
                 time.sleep(0.02)
         # CPU time per message (microseconds), measured after the sink has
@@ -551,6 +564,8 @@ class Bench:
         if self.redis:
             self.redis.stop()
         self.sink.proc.stop()
+        if self.tmpfs_spool:
+            shutil.rmtree(self.tmpfs_spool, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------
@@ -658,7 +673,7 @@ def report(args, results, mem, env):
                 continue
             rates = [r["rate"] for r in rs]
             errs = sum(r["errors"] for r in rs) + sum(0 if r["sink_ok"] else 1 for r in rs)
-            drain = med([r.get("drain_rate") for r in rs]) if path in ("c-queue", "q") else None
+            drain = med([r.get("drain_rate") for r in rs]) if path in ("c-queue", "q", "q-tmpfs") else None
             cu, ru, su = (med([r.get(k) for r in rs]) for k in ("client_us", "relay_us", "sink_us"))
             busy = sum(x or 0 for x in (cu, ru, su)) * med(rates) / 1e6
             p(f"| {wname(w)} | {path} | {fmt(med(rates), 0)} | {min(rates):.0f}..{max(rates):.0f} | "
@@ -711,7 +726,9 @@ def report(args, results, mem, env):
         qdb = per_round(lambda i: R("q", i)["drain_rate"] / R("b", i)["rate"])
         qc = per_round(lambda i: R("q", i)["rate"] / R("c-queue", i)["rate"])
         qp99 = per_round(lambda i: R("q", i)["p99_ms"] / R("b", i)["p99_ms"])
-        ratios[w] = dict(ba=ba, bp=bp, bq=bq, bd=bd, dp99=dp, qb=qb, qdb=qdb, qc=qc, qp99=qp99)
+        qtdb = per_round(lambda i: R("q-tmpfs", i)["drain_rate"] / R("b", i)["rate"])
+        ratios[w] = dict(ba=ba, bp=bp, bq=bq, bd=bd, dp99=dp, qb=qb, qdb=qdb, qc=qc, qp99=qp99,
+                         qtdb=qtdb)
         p(f"| {wname(w)} | {fmt(ba, 2)} | {fmt(bp, 2)} | {fmt(bq, 2)} | {fmt(bd, 2)} | {fmt(dp, 2)} |")
     p("")
     if "q" in args.paths:
@@ -723,6 +740,15 @@ def report(args, results, mem, env):
             r = ratios[w]
             p(f"| {wname(w)} | {fmt(r['qb'], 2)} | {fmt(r['qdb'], 2)} | {fmt(r['qc'], 2)} | {fmt(r['qp99'], 2)} |")
         p("")
+        if "q-tmpfs" in args.paths:
+            p("Queue mode without the disk's sync (diagnostic: q-tmpfs drained / b)")
+            p("")
+            p("| workload | q-tmpfs drained/b | q drained/b |")
+            p("|---|---:|---:|")
+            for w in args.workloads:
+                r = ratios[w]
+                p(f"| {wname(w)} | {fmt(r['qtdb'], 2)} | {fmt(r['qdb'], 2)} |")
+            p("")
     # Targets
     p("Targets")
     p("")
