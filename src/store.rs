@@ -21,16 +21,24 @@ use std::sync::Arc;
 /// The file name inside the spool directory.
 pub const FILE_NAME: &str = "state.redb";
 
+/// Appended when the spool cannot be written: the usual cause is a
+/// relative `spool` (beside the config, in `/etc`) under the shipped unit.
+const NOT_WRITABLE: &str = " ([system] spool must be a directory the relay may write; under the \
+     shipped systemd unit only /var/lib/smarthost is: spool = \"/var/lib/smarthost/spool\")";
+
 /// A store error: the file could not be opened, read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// Opening the database file failed.
-    #[error("cannot open the state store {path}: {source}")]
+    #[error("cannot open the state store {path}: {source}{hint}")]
     Open {
         /// The file.
         path: PathBuf,
         /// Why.
         source: Box<redb::Error>,
+        /// What to do about it, when the cause is a spool the relay may
+        /// not write (empty otherwise).
+        hint: &'static str,
     },
     /// A read or a write failed.
     #[error("state store: {0}")]
@@ -113,10 +121,17 @@ impl Store {
                 db,
                 path: Some(path),
             }),
-            Err(e) => Err(StoreError::Open {
-                path,
-                source: Box::new(e),
-            }),
+            Err(e) => {
+                let not_writable = matches!(&e, redb::Error::Io(io) if matches!(
+                    io.kind(),
+                    std::io::ErrorKind::ReadOnlyFilesystem | std::io::ErrorKind::PermissionDenied
+                ));
+                Err(StoreError::Open {
+                    path,
+                    source: Box::new(e),
+                    hint: if not_writable { NOT_WRITABLE } else { "" },
+                })
+            }
         }
     }
 
@@ -292,6 +307,30 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_spool_the_relay_may_not_write_says_where_it_may() {
+        // mkdir under /sys fails with EPERM, as root too.
+        let err = Store::open(std::path::Path::new("/sys/smarthost-test-spool"))
+            .err()
+            .expect("refused");
+        let text = err.to_string();
+        assert!(
+            text.contains("/sys/smarthost-test-spool/state.redb"),
+            "{text}"
+        );
+        assert!(
+            text.contains("spool = \"/var/lib/smarthost/spool\""),
+            "{text}"
+        );
+        // Other failures get no such hint.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a-file");
+        std::fs::write(&file, b"x").unwrap();
+        let text = Store::open(&file).err().expect("refused").to_string();
+        assert!(!text.contains("/var/lib/smarthost"), "{text}");
+    }
+
     use super::*;
 
     const T: TableDef<u64> = TableDef::new("test_counts");

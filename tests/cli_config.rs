@@ -373,3 +373,43 @@ fn a_few_narrow_public_networks_pass() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A spool the relay may not write (here under /sys; under the shipped
+/// unit, `/etc/smarthost/spool`) stops `run` at once, with a message that
+/// says which directory is writable there.
+#[test]
+fn run_refuses_a_spool_it_cannot_write_and_says_where_it_may() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("smarthost.toml");
+    std::fs::write(
+        &cfg,
+        r#"[system]
+spool = "/sys/smarthost-test-spool"
+default_server = "outbox"
+
+[[listener]]
+address = "127.0.0.1:0"
+auth = "none"
+
+[server.outbox]
+kind = "capture"
+path = "outbox"
+
+[tenant.t]
+sender = "relay@example.test"
+
+[application.a]
+tenant = "t"
+client_ips = ["127.0.0.0/8"]
+"#,
+    )
+    .unwrap();
+    let out = smarthost(&["run", "--config", cfg.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("/sys/smarthost-test-spool"), "{err}");
+    assert!(
+        err.contains(r#"spool = "/var/lib/smarthost/spool""#),
+        "{err}"
+    );
+}
