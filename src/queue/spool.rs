@@ -586,31 +586,30 @@ fn mark_done(spool: &Spool, wal: &mut Wal) -> Vec<String> {
     unlink
 }
 
+/// A write waiting for the committer: the message's encoded bytes (or
+/// what went wrong with them), the job and message to hand back, and the
+/// writer's reply.
+type PendingWrite = (io::Result<Vec<u8>>, Job, Message, WriteReply);
+
+/// A sealed segment on its way to the checkpoint: the files written for
+/// the messages it still held, and whether every one of them is written.
+struct SealedSegment {
+    seq: u64,
+    files: Vec<PathBuf>,
+    complete: bool,
+}
+
 /// The committer: takes every request waiting when it wakes, writes the
-/// small messages among them to their files and to the commit log (one
-/// `fdatasync` of the log's segment answers them all), removes what is
-/// done, and answers sync requests (and, when the log cannot take a
-/// batch, the writes too, each file synced) after one `fsync` of the
-/// directory.
+/// small messages among them to the commit log (one `fdatasync` of the
+/// log's segment answers them all), removes what is done, and answers
+/// sync requests (and, when the log cannot take a batch, the writes too,
+/// each file synced) after one `fsync` of the directory.
 fn committer(spool: &Spool, dir: File, mut wal: Wal, rx: mpsc::Receiver<Op>) {
     let mut removals_due: Option<std::time::Instant> = None;
-    // Sealed segments in sequence order, with the files written for the
-    // messages they still held; handed to the checkpoint in that order
-    // once every one of those files is written.
-    let mut sealed: std::collections::VecDeque<(u64, Vec<PathBuf>, bool)> =
-        std::collections::VecDeque::new();
+    // Handed to the checkpoint strictly in sequence order.
+    let mut sealed: std::collections::VecDeque<SealedSegment> = std::collections::VecDeque::new();
     loop {
-        let first = match removals_due {
-            None => rx.recv().map_err(|_| ()),
-            Some(due) => {
-                match rx.recv_timeout(due.saturating_duration_since(std::time::Instant::now())) {
-                    Ok(op) => Ok(op),
-                    Err(mpsc::RecvTimeoutError::Timeout) => Ok(Op::Wake),
-                    Err(mpsc::RecvTimeoutError::Disconnected) => Err(()),
-                }
-            }
-        };
-        let Ok(first) = first else {
+        let Some(first) = next_op(&rx, removals_due) else {
             // Stopping: what is done is marked done before the end.
             let unlink = mark_done(spool, &mut wal);
             wal.flush_done();
@@ -619,23 +618,7 @@ fn committer(spool: &Spool, dir: File, mut wal: Wal, rx: mpsc::Receiver<Op>) {
             }
             break;
         };
-        let mut writes = Vec::new();
-        let mut syncs = Vec::new();
-        let mut only_wakes = true;
-        for op in std::iter::once(first).chain(rx.try_iter().take(1023)) {
-            match op {
-                Op::Write(b, tx) => {
-                    let (bytes, job, msg) = *b;
-                    writes.push((Ok(bytes), job, msg, tx));
-                    only_wakes = false;
-                }
-                Op::Sync(tx) => {
-                    syncs.push(tx);
-                    only_wakes = false;
-                }
-                Op::Wake => {}
-            }
-        }
+        let (mut writes, syncs, only_wakes) = take_batch(first, &rx);
         let now = std::time::Instant::now();
         if only_wakes && removals_due.is_none_or(|d| d > now) {
             // Removals alone wait a little for company.
@@ -652,87 +635,15 @@ fn committer(spool: &Spool, dir: File, mut wal: Wal, rx: mpsc::Receiver<Op>) {
                 spool.remove(&id);
             }
         }
-        let bodies: Vec<&[u8]> = writes
-            .iter()
-            .filter_map(|w| w.0.as_ref().ok().map(Vec::as_slice))
-            .collect();
-        let logged = if bodies.is_empty() {
-            wal.flush_done();
-            false
+        let logged = append_to_log(spool, &mut wal, &writes);
+        // Without the log: their own files, each synced, and the
+        // directory below.
+        let own_files = if logged {
+            Ok(())
         } else {
-            match wal.commit(&bodies) {
-                Ok(locations) => {
-                    let ids = writes
-                        .iter()
-                        .filter(|w| w.0.is_ok())
-                        .map(|w| w.1.id.clone());
-                    spool.residents().extend(ids.zip(locations).map(|(id, at)| {
-                        (
-                            id,
-                            Resident {
-                                at,
-                                state_file: false,
-                            },
-                        )
-                    }));
-                    true
-                }
-                Err(_) => false,
-            }
+            write_own_files(spool, &mut writes)
         };
-        drop(bodies);
-        let mut fallback_sync: io::Result<()> = Ok(());
-        if !logged {
-            // No commit log for these: their own files, each synced, and
-            // the directory below.
-            for w in writes.iter_mut() {
-                if let Ok(bytes) = &w.0 {
-                    match spool.write_bytes(&w.1.id, bytes, false) {
-                        Ok(f) => {
-                            if let Err(e) = f.sync_data() {
-                                fallback_sync = Err(e);
-                            }
-                        }
-                        Err(e) => w.0 = Err(e),
-                    }
-                }
-            }
-        }
-        // Sealed segments: the messages they still hold get their own
-        // files; the checkpoint syncs those and then lets the segment go.
-        sealed.extend(
-            wal.take_sealed()
-                .into_iter()
-                .map(|seq| (seq, Vec::new(), false)),
-        );
-        for (seq, files, complete) in sealed.iter_mut().filter(|s| !s.2) {
-            let held: Vec<(String, Location)> = spool
-                .residents()
-                .iter()
-                .filter(|(_, r)| r.at.seq == *seq)
-                .map(|(id, r)| (id.clone(), r.at.clone()))
-                .collect();
-            let mut failed = 0;
-            for (id, at) in &held {
-                match spool.materialize(id, at) {
-                    Ok(path) => {
-                        files.push(path);
-                        spool.residents().remove(id);
-                    }
-                    Err(e) => {
-                        // It stays resident, and the segment live, and
-                        // this is tried again with the next batch.
-                        failed += 1;
-                        tracing::error!(target: "smarthost::queue", id, error = %e, "cannot write a queued message's file from the commit log");
-                    }
-                }
-            }
-            *complete = failed == 0;
-        }
-        while sealed.front().is_some_and(|s| s.2) {
-            let (seq, files, _) = sealed.pop_front().expect("front");
-            wal.checkpoint(seq, files);
-        }
+        checkpoint_sealed(spool, &mut wal, &mut sealed);
         // Sync requests (state files, large messages: their data is
         // synced by their writers) and files written without the log
         // need their names durable: one fsync of the directory.
@@ -745,33 +656,170 @@ fn committer(spool: &Spool, dir: File, mut wal: Wal, rx: mpsc::Receiver<Op>) {
             }
         }
         let r: SyncResult = if needs_dir_sync {
-            fallback_sync
+            own_files
                 .and_then(|()| dir.sync_all())
                 .map_err(|e| (e.kind(), e.to_string()))
         } else {
             Ok(())
         };
-        for (w, job, msg, tx) in writes {
-            let w = match (w, &r) {
-                (Ok(_), Ok(())) => Ok((job, msg)),
-                (Ok(_), Err((kind, text))) => {
-                    // Not durable: the client must not get a 250, and the
-                    // message must not be delivered behind its back.
-                    wal.done(&job.id);
-                    spool.residents().remove(&job.id);
-                    spool.remove(&job.id);
-                    Err(io::Error::new(*kind, text.clone()))
-                }
-                (Err(e), _) => Err(e),
-            };
-            let _ = tx.send(w);
-        }
+        answer(spool, &mut wal, writes, &r);
         for tx in syncs {
             let _ = tx.send(r.clone());
         }
         for id in &unlink {
             spool.remove(id);
         }
+    }
+}
+
+/// The next request; a wake-up when removals are due; `None` when every
+/// sender is gone.
+fn next_op(rx: &mpsc::Receiver<Op>, removals_due: Option<std::time::Instant>) -> Option<Op> {
+    match removals_due {
+        None => rx.recv().ok(),
+        Some(due) => {
+            match rx.recv_timeout(due.saturating_duration_since(std::time::Instant::now())) {
+                Ok(op) => Some(op),
+                Err(mpsc::RecvTimeoutError::Timeout) => Some(Op::Wake),
+                Err(mpsc::RecvTimeoutError::Disconnected) => None,
+            }
+        }
+    }
+}
+
+/// `first` and every request waiting behind it (up to 1024): the
+/// writes, the sync requests, and whether there were only wake-ups.
+fn take_batch(first: Op, rx: &mpsc::Receiver<Op>) -> (Vec<PendingWrite>, Vec<SyncReply>, bool) {
+    let mut writes = Vec::new();
+    let mut syncs = Vec::new();
+    let mut only_wakes = true;
+    for op in std::iter::once(first).chain(rx.try_iter().take(1023)) {
+        match op {
+            Op::Write(b, tx) => {
+                let (bytes, job, msg) = *b;
+                writes.push((Ok(bytes), job, msg, tx));
+                only_wakes = false;
+            }
+            Op::Sync(tx) => {
+                syncs.push(tx);
+                only_wakes = false;
+            }
+            Op::Wake => {}
+        }
+    }
+    (writes, syncs, only_wakes)
+}
+
+/// Appends the batch's messages (and the done marks waiting) to the
+/// commit log and syncs it; the messages become resident. False when
+/// the log cannot take them (or there were none).
+fn append_to_log(spool: &Spool, wal: &mut Wal, writes: &[PendingWrite]) -> bool {
+    let bodies: Vec<&[u8]> = writes
+        .iter()
+        .filter_map(|w| w.0.as_ref().ok().map(Vec::as_slice))
+        .collect();
+    if bodies.is_empty() {
+        wal.flush_done();
+        return false;
+    }
+    let Ok(locations) = wal.commit(&bodies) else {
+        return false;
+    };
+    let ids = writes
+        .iter()
+        .filter(|w| w.0.is_ok())
+        .map(|w| w.1.id.clone());
+    spool.residents().extend(ids.zip(locations).map(|(id, at)| {
+        (
+            id,
+            Resident {
+                at,
+                state_file: false,
+            },
+        )
+    }));
+    true
+}
+
+/// Writes each message its own file and syncs its data (the directory
+/// is the caller's); a message whose file cannot be written gets the
+/// error, a failed sync fails the batch.
+fn write_own_files(spool: &Spool, writes: &mut [PendingWrite]) -> io::Result<()> {
+    let mut synced = Ok(());
+    for w in writes.iter_mut() {
+        if let Ok(bytes) = &w.0 {
+            match spool.write_bytes(&w.1.id, bytes, false) {
+                Ok(f) => {
+                    if let Err(e) = f.sync_data() {
+                        synced = Err(e);
+                    }
+                }
+                Err(e) => w.0 = Err(e),
+            }
+        }
+    }
+    synced
+}
+
+/// Sealed segments: the messages they still hold get their own files;
+/// the checkpoint syncs those and then lets the segment go, in sequence
+/// order, once every file of a segment is written (a failure is retried
+/// with the next batch; the message stays resident meanwhile).
+fn checkpoint_sealed(
+    spool: &Spool,
+    wal: &mut Wal,
+    sealed: &mut std::collections::VecDeque<SealedSegment>,
+) {
+    sealed.extend(wal.take_sealed().into_iter().map(|seq| SealedSegment {
+        seq,
+        files: Vec::new(),
+        complete: false,
+    }));
+    for seg in sealed.iter_mut().filter(|s| !s.complete) {
+        let held: Vec<(String, Location)> = spool
+            .residents()
+            .iter()
+            .filter(|(_, r)| r.at.seq == seg.seq)
+            .map(|(id, r)| (id.clone(), r.at.clone()))
+            .collect();
+        let mut failed = 0;
+        for (id, at) in &held {
+            match spool.materialize(id, at) {
+                Ok(path) => {
+                    seg.files.push(path);
+                    spool.residents().remove(id);
+                }
+                Err(e) => {
+                    failed += 1;
+                    tracing::error!(target: "smarthost::queue", id, error = %e, "cannot write a queued message's file from the commit log");
+                }
+            }
+        }
+        seg.complete = failed == 0;
+    }
+    while sealed.front().is_some_and(|s| s.complete) {
+        let seg = sealed.pop_front().expect("front");
+        wal.checkpoint(seg.seq, seg.files);
+    }
+}
+
+/// Answers the batch's writers: their job and message back when the
+/// batch is durable (`r`); otherwise the error, and a message that was
+/// written is taken back (marked done, its files removed), so it is
+/// never delivered behind the client's back.
+fn answer(spool: &Spool, wal: &mut Wal, writes: Vec<PendingWrite>, r: &SyncResult) {
+    for (w, job, msg, tx) in writes {
+        let w = match (w, r) {
+            (Ok(_), Ok(())) => Ok((job, msg)),
+            (Ok(_), Err((kind, text))) => {
+                wal.done(&job.id);
+                spool.residents().remove(&job.id);
+                spool.remove(&job.id);
+                Err(io::Error::new(*kind, text.clone()))
+            }
+            (Err(e), _) => Err(e),
+        };
+        let _ = tx.send(w);
     }
 }
 
