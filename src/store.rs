@@ -307,33 +307,6 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-
-    #[test]
-    fn a_spool_the_relay_may_not_write_says_where_it_may() {
-        // mkdir under /sys fails with EPERM, as root too.
-        let Err(err) = Store::open(std::path::Path::new("/sys/smarthost-test-spool")) else {
-            panic!("opened a store under /sys");
-        };
-        let text = err.to_string();
-        assert!(
-            text.contains("/sys/smarthost-test-spool/state.redb"),
-            "{text}"
-        );
-        assert!(
-            text.contains("spool = \"/var/lib/smarthost/spool\""),
-            "{text}"
-        );
-        // Other failures get no such hint.
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("a-file");
-        std::fs::write(&file, b"x").unwrap();
-        let Err(err) = Store::open(&file) else {
-            panic!("opened a store under a file");
-        };
-        let text = err.to_string();
-        assert!(!text.contains("/var/lib/smarthost"), "{text}");
-    }
-
     use super::*;
 
     const T: TableDef<u64> = TableDef::new("test_counts");
@@ -375,5 +348,31 @@ mod tests {
             s.get(&T, "x"),
             Err(StoreError::Codec { key, .. }) if key == "x"
         ));
+    }
+
+    #[test]
+    fn a_spool_the_relay_may_not_write_says_where_it_may() {
+        // mkdir under /sys fails with EPERM, as root too.
+        let Err(err) = Store::open(std::path::Path::new("/sys/smarthost-test-spool")) else {
+            panic!("opened a store under /sys");
+        };
+        let text = err.to_string();
+        assert!(
+            text.contains("/sys/smarthost-test-spool/state.redb"),
+            "{text}"
+        );
+        assert!(
+            text.contains("spool = \"/var/lib/smarthost/spool\""),
+            "{text}"
+        );
+        // Other failures get no such hint.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a-file");
+        std::fs::write(&file, b"x").unwrap();
+        let Err(err) = Store::open(&file) else {
+            panic!("opened a store under a file");
+        };
+        let text = err.to_string();
+        assert!(!text.contains("/var/lib/smarthost"), "{text}");
     }
 }

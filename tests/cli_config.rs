@@ -2,6 +2,8 @@
 //! `file:line: key: message` format, and explain's JSON for every example
 //! application.
 
+mod common;
+
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -381,29 +383,15 @@ fn a_few_narrow_public_networks_pass() {
 fn run_refuses_a_spool_it_cannot_write_and_says_where_it_may() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("smarthost.toml");
-    std::fs::write(
-        &cfg,
-        r#"[system]
-spool = "/sys/smarthost-test-spool"
-default_server = "outbox"
-
-[[listener]]
-address = "127.0.0.1:0"
-auth = "none"
-
-[server.outbox]
-kind = "capture"
-path = "outbox"
-
-[tenant.t]
-sender = "relay@example.test"
-
-[application.a]
-tenant = "t"
-client_ips = ["127.0.0.0/8"]
-"#,
-    )
-    .unwrap();
+    let text = common::relay::simple_config("").replace(
+        "[system]\n",
+        "[system]\nspool = \"/sys/smarthost-test-spool\"\n",
+    );
+    assert!(
+        text.contains("spool = "),
+        "the helper's [system] table moved"
+    );
+    std::fs::write(&cfg, text).unwrap();
     let out = smarthost(&["run", "--config", cfg.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
