@@ -574,6 +574,9 @@ impl<W: Write> Write for HashingWriter<W> {
 /// only in the log has none).
 fn mark_done(spool: &Spool, wal: &mut Wal) -> Vec<String> {
     let ids = std::mem::take(&mut *spool.removals.lock().unwrap_or_else(|p| p.into_inner()));
+    if ids.is_empty() {
+        return ids;
+    }
     let mut residents = spool.residents();
     let mut unlink = Vec::new();
     for id in ids {
