@@ -353,7 +353,6 @@ impl Relay {
         let q = tokio::task::spawn_blocking(move || crate::queue::Queue::open(&cfg))
             .await
             .map_err(io::Error::other)??;
-        let q = Arc::new(q);
         if self.queue.set(q.clone()).is_err() {
             return Ok(());
         }

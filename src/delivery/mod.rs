@@ -79,6 +79,13 @@ impl Outcome {
         }
     }
 
+    /// Whether a server accepted every recipient tried: the message is
+    /// the upstream's responsibility now, nothing is left to retry or to
+    /// report.
+    pub fn delivered_all(&self) -> bool {
+        matches!(self, Outcome::Delivered { refused, deferred, .. } if refused.is_empty() && deferred.is_empty())
+    }
+
     /// Servers tried or skipped on the way.
     pub fn failovers(&self) -> &[Failover] {
         match self {

@@ -8,6 +8,10 @@
 //!   expiry, and the operator's controls (list, retry, delete, hold,
 //!   release).
 //!
+//! A fresh message's first attempt runs while it is being committed
+//! ([`Queue::commit_and_attempt`]): the client's 250 follows the commit,
+//! or a server's acceptance of every recipient, whichever comes first.
+//!
 //! Deliveries go through [`Engine::attempt`], the same chain walk as
 //! direct mode. Memory per queued message is its index entry (ids,
 //! sender, recipient states); the content stays in the spool except for a
@@ -60,6 +64,45 @@ struct Entry {
     state: State,
     in_flight: bool,
     deleted: bool,
+    /// Whether the spool holds it (false for a message a server accepted
+    /// before its commit was through, withdrawn from the committer).
+    in_spool: bool,
+}
+
+impl Entry {
+    /// A freshly committed message, before its first attempt.
+    fn new(job: &Job, size: u64, now: i64, in_flight: bool) -> Entry {
+        Entry {
+            sender: job.envelope.mail_from.clone(),
+            received_at: job.received_at,
+            size,
+            state: State::new(job.deliver_to(), now),
+            in_flight,
+            deleted: false,
+            in_spool: true,
+        }
+    }
+}
+
+/// The error a writer gets when its message cannot be committed.
+fn enqueue_error(e: io::Error) -> EnqueueError {
+    if spool::is_no_space(&e) {
+        EnqueueError::NoSpace
+    } else {
+        EnqueueError::Io(e)
+    }
+}
+
+/// The span of one queue attempt. No session around it (a first attempt
+/// too runs on a task of its own): it carries the message id, and the
+/// submitting session's id, so a delivery line and its session line
+/// share an id.
+fn delivery_span(id: &str, session: Option<&str>) -> tracing::Span {
+    let span = tracing::info_span!(target: "smarthost::delivery", parent: None, "delivery", id = %id, session_id = tracing::field::Empty);
+    if let Some(s) = session {
+        span.record("session_id", tracing::field::display(s));
+    }
+    span
 }
 
 #[derive(Default)]
@@ -130,12 +173,17 @@ pub struct Queue {
     /// Deliveries that may run at once; shutdown waits for all of them.
     workers: Arc<Semaphore>,
     max_workers: u32,
+    /// The queue itself, for the tasks it spawns from `enqueue`.
+    me: std::sync::Weak<Queue>,
+    /// The engine, once [`Queue::run`] is started: until then a message
+    /// waits for the scheduler like any other.
+    engine: std::sync::OnceLock<std::sync::Weak<Engine>>,
 }
 
 impl Queue {
     /// Opens the queue in `{spool}/queue` and recovers every committed
     /// message (blocking: call it on a blocking thread or before serving).
-    pub fn open(cfg: &Config) -> io::Result<Queue> {
+    pub fn open(cfg: &Config) -> io::Result<Arc<Queue>> {
         let spool = Arc::new(Spool::open(&cfg.system.spool.join("queue"))?);
         let found = spool.recover()?;
         let now = now_ms();
@@ -161,6 +209,7 @@ impl Queue {
                     state,
                     in_flight: false,
                     deleted: false,
+                    in_spool: true,
                 },
             );
         }
@@ -171,13 +220,15 @@ impl Queue {
             .queue
             .concurrency
             .clamp(1, Semaphore::MAX_PERMITS as u32);
-        Ok(Queue {
+        Ok(Arc::new_cyclic(|me| Queue {
             spool,
             inner: Mutex::new(inner),
             wake: Notify::new(),
             workers: Arc::new(Semaphore::new(max as usize)),
             max_workers: max,
-        })
+            me: me.clone(),
+            engine: std::sync::OnceLock::new(),
+        }))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -200,32 +251,43 @@ impl Queue {
             .map_or(0, |t| (now - t).max(0) as u64)
     }
 
-    /// Makes `sub` durable (written and synced) and schedules it.
+    /// Makes `sub` durable (written and synced) and schedules it; `Ok`
+    /// once it is on stable storage, or once a server has accepted it for
+    /// every recipient (see [`Queue::commit_and_attempt`]).
     pub async fn enqueue_now(&self, sub: Submission) -> Result<(), EnqueueError> {
+        if Spool::logs(&sub.message)
+            && let Some(me) = self.me.upgrade()
+            && let Some(engine) = self.engine.get().and_then(std::sync::Weak::upgrade)
+            && let Ok(permit) = self.workers.clone().try_acquire_owned()
+        {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let span = delivery_span(&sub.job.id, sub.job.session.as_deref());
+            tokio::spawn(tracing::Instrument::instrument(
+                async move {
+                    me.commit_and_attempt(&engine, sub, tx).await;
+                    drop(permit);
+                },
+                span,
+            ));
+            return rx.await.unwrap_or_else(|_| {
+                Err(EnqueueError::Io(io::Error::other(
+                    "the queue's first attempt stopped",
+                )))
+            });
+        }
         let Submission { job, message } = sub;
-        let (job, message) = self.spool.commit(job, message).await.map_err(|e| {
-            if spool::is_no_space(&e) {
-                EnqueueError::NoSpace
-            } else {
-                EnqueueError::Io(e)
-            }
-        })?;
+        let (job, message) = self
+            .spool
+            .commit(job, message)
+            .await
+            .map_err(enqueue_error)?;
         let now = now_ms();
         let id = job.id.clone();
         {
             let mut g = self.lock();
             let size = message.len();
-            g.entries.insert(
-                id.clone(),
-                Entry {
-                    sender: job.envelope.mail_from.clone(),
-                    received_at: job.received_at,
-                    size,
-                    state: State::new(job.deliver_to(), now),
-                    in_flight: false,
-                    deleted: false,
-                },
-            );
+            g.entries
+                .insert(id.clone(), Entry::new(&job, size, now, false));
             if g.hot_bytes + size <= HOT_BYTES {
                 g.hot_bytes += size;
                 g.hot.insert(id.clone(), (job, message));
@@ -244,6 +306,7 @@ impl Queue {
         mut shutdown: watch::Receiver<bool>,
         grace: Duration,
     ) {
+        let _ = self.engine.set(Arc::downgrade(&engine));
         let mut gauges = tokio::time::interval(Duration::from_secs(1));
         'outer: loop {
             let permit = tokio::select! {
@@ -261,10 +324,8 @@ impl Queue {
                 match next {
                     Ok(id) => {
                         let (q, e) = (self.clone(), engine.clone());
-                        // No session around a queue attempt: the span
-                        // carries the message id, and the submitting
-                        // session's id once the job is loaded.
-                        let span = tracing::info_span!(target: "smarthost::delivery", "delivery", id = %id, session_id = tracing::field::Empty);
+                        // The session id is recorded once the job is loaded.
+                        let span = delivery_span(&id, None);
                         tokio::spawn(tracing::Instrument::instrument(
                             async move {
                                 q.work(&e, &id).await;
@@ -381,6 +442,118 @@ impl Queue {
         } else {
             engine.attempt(&cfg, &job, &msg, &rcpts, true).await.outcome
         };
+        self.after_attempt(
+            engine,
+            &cfg,
+            id,
+            (job, msg),
+            rcpts,
+            attempts,
+            outcome,
+            started,
+        )
+        .await;
+    }
+
+    /// A fresh message's commit, and its first attempt at the same time
+    /// (on a worker permit the caller holds). The writer is answered by
+    /// whichever settles the message first: the commit (durable: `250`),
+    /// or the attempt when a server accepted every recipient (the message
+    /// is the upstream's now: `250`, and it is withdrawn from the
+    /// committer if that has not answered yet). A direct-mode client waits
+    /// for the upstream; this one waits for the quicker of the upstream
+    /// and the disk. When the commit fails first the writer gets the error
+    /// and the attempt is dropped (the client will send again).
+    async fn commit_and_attempt(
+        self: &Arc<Self>,
+        engine: &Engine,
+        sub: Submission,
+        answer: tokio::sync::oneshot::Sender<Result<(), EnqueueError>>,
+    ) {
+        let Submission { job, message: msg } = sub;
+        let mut commit = match self.spool.start_commit(&job, &msg) {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = answer.send(Err(enqueue_error(e)));
+                return;
+            }
+        };
+        let cfg = engine.config();
+        let rcpts = job.deliver_to();
+        let started = Instant::now();
+        let mut answer = Some(answer);
+        let outcome = {
+            let attempt = engine.attempt(&cfg, &job, &msg, &rcpts, true);
+            tokio::pin!(attempt);
+            let mut outcome: Option<Outcome> = None;
+            // `Some`: the committer's answer; `None`: delivered before it.
+            let committed = loop {
+                tokio::select! {
+                    biased;
+                    c = commit.wait() => break Some(c),
+                    a = &mut attempt, if outcome.is_none() => {
+                        let all = a.outcome.delivered_all();
+                        outcome = Some(a.outcome);
+                        if all {
+                            break None;
+                        }
+                    }
+                }
+            };
+            let in_spool = match committed {
+                Some(Err(e)) => {
+                    if let Some(tx) = answer.take() {
+                        let _ = tx.send(Err(enqueue_error(e)));
+                    }
+                    return;
+                }
+                Some(Ok(())) => true,
+                None => {
+                    if let Some(tx) = answer.take() {
+                        let _ = tx.send(Ok(()));
+                    }
+                    match commit.withdraw() {
+                        None => false,
+                        Some(Ok(())) => true,
+                        Some(Err(e)) => {
+                            tracing::warn!(target: "smarthost::queue", error = %e, "cannot commit a message that a server already accepted: it is delivered, not queued");
+                            false
+                        }
+                    }
+                }
+            };
+            let mut entry = Entry::new(&job, msg.len(), now_ms(), true);
+            entry.in_spool = in_spool;
+            self.lock().entries.insert(job.id.clone(), entry);
+            // Committed first: answered once it is listed.
+            if let Some(tx) = answer.take() {
+                let _ = tx.send(Ok(()));
+            }
+            match outcome {
+                Some(o) => o,
+                None => attempt.await.outcome,
+            }
+        };
+        let id = job.id.clone();
+        self.after_attempt(engine, &cfg, &id, (job, msg), rcpts, 0, outcome, started)
+            .await;
+    }
+
+    /// The bookkeeping after an attempt of message `id` (in flight) to
+    /// `rcpts`, its attempt number `attempts + 1`: recipient states, DSNs,
+    /// the log lines, and removal or the next attempt's schedule.
+    #[allow(clippy::too_many_arguments)]
+    async fn after_attempt(
+        self: &Arc<Self>,
+        engine: &Engine,
+        cfg: &Arc<Config>,
+        id: &str,
+        (job, msg): (Job, Message),
+        rcpts: Vec<String>,
+        attempts: u32,
+        outcome: Outcome,
+        started: Instant,
+    ) {
         if matches!(outcome, Outcome::Delivered { .. }) {
             self.unpark_all();
         }
@@ -393,6 +566,7 @@ impl Queue {
         let mut expired_rcpts: Vec<RefusedRecipient> = Vec::new();
         let summary = failure_summary(&outcome);
         let done;
+        let in_spool;
         let snapshot;
         {
             let mut g = self.lock();
@@ -477,6 +651,7 @@ impl Queue {
                 }
             }
             done = e.deleted || e.state.rcpts.iter().all(|r| !r.open());
+            in_spool = e.in_spool;
             if !done {
                 // Every server over its send limit: try again exactly when
                 // the earliest budget returns (PRODUCT §3.7), not on the
@@ -536,26 +711,28 @@ impl Queue {
                 dsn::SUMMARY_FAILED
             };
             engine
-                .send_dsn(&cfg, &job, outcome.server(), &refused, &msg, summary)
+                .send_dsn(cfg, &job, outcome.server(), &refused, &msg, summary)
                 .await;
         }
         if !expired_rcpts.is_empty() {
             tracing::warn!(target: "smarthost::queue", id, recipients = expired_rcpts.len(), "message expired (max_age)");
             engine
-                .send_dsn(&cfg, &job, None, &expired_rcpts, &msg, dsn::SUMMARY_FAILED)
+                .send_dsn(cfg, &job, None, &expired_rcpts, &msg, dsn::SUMMARY_FAILED)
                 .await;
         }
         if done {
             let final_outcome = final_outcome(&snapshot, outcome);
-            engine.count_outcome(&cfg, &job, &final_outcome);
-            engine.record(&cfg, &job, &final_outcome);
+            engine.count_outcome(cfg, &job, &final_outcome);
+            engine.record(cfg, &job, &final_outcome);
             engine.log_final(&job, &final_outcome, msg.len(), started);
             drop(msg);
-            self.spool.remove_later(id);
+            if in_spool {
+                self.spool.remove_later(id);
+            }
             self.lock().entries.remove(id);
             return;
         }
-        engine.record(&cfg, &job, &outcome);
+        engine.record(cfg, &job, &outcome);
         drop(msg);
         // When no server was even tried (all skipped as down), nothing a
         // crash could repeat happened: the state stays in memory only, so

@@ -129,13 +129,14 @@ pub fn is_no_space(e: &io::Error) -> bool {
 
 type SyncResult = Result<(), (io::ErrorKind, String)>;
 type SyncReply = tokio::sync::oneshot::Sender<SyncResult>;
-type WriteReply = tokio::sync::oneshot::Sender<io::Result<(Job, Message)>>;
+type WriteReply = tokio::sync::oneshot::Sender<io::Result<()>>;
 
 /// What the committer thread is asked to do.
 enum Op {
     /// Write a small message (its `ID.msg` bytes, encoded by the caller)
     /// and answer once it is synced.
-    Write(Box<(Vec<u8>, Job, Message)>, WriteReply),
+    /// The id goes with them: the caller keeps its job and message.
+    Write(Box<(Vec<u8>, String)>, WriteReply),
     /// Answer once everything written so far is synced.
     Sync(SyncReply),
     /// Removals are waiting (sent only when the list was empty): handle
@@ -161,6 +162,28 @@ struct Resident {
     /// Whether an `ID.st` was written for it (so its removal has a file
     /// to unlink).
     state_file: bool,
+}
+
+/// A message handed to the committer ([`Spool::start_commit`]).
+pub struct Commit(tokio::sync::oneshot::Receiver<io::Result<()>>);
+
+impl Commit {
+    /// Waits until the message is on stable storage (or could not be
+    /// written). Cancel-safe: a dropped `wait` loses nothing.
+    pub async fn wait(&mut self) -> io::Result<()> {
+        (&mut self.0)
+            .await
+            .map_err(|_| io::Error::other("the spool committer stopped"))?
+    }
+
+    /// Takes the message back: `None` when that happened before the
+    /// committer answered (a message not yet written is skipped; one
+    /// written meanwhile is marked done at once, so it is never delivered
+    /// from the spool); otherwise the committer's answer, which stands.
+    pub fn withdraw(mut self) -> Option<io::Result<()>> {
+        self.0.close();
+        self.0.try_recv().ok()
+    }
 }
 
 /// The queue directory and its committer thread.
@@ -268,8 +291,7 @@ impl Spool {
     /// commit); gives the job and message back. On error nothing is left
     /// behind.
     pub async fn commit(self: &Arc<Self>, job: Job, msg: Message) -> io::Result<(Job, Message)> {
-        let stopped = || io::Error::other("the spool committer stopped");
-        if msg.len() > COMMITTER_WRITES_UP_TO {
+        if !Self::logs(&msg) {
             let me = self.clone();
             let (job, msg) = tokio::task::spawn_blocking(move || {
                 me.write_message(&job, &msg)?;
@@ -288,12 +310,28 @@ impl Spool {
             }
             return Ok((job, msg));
         }
+        self.start_commit(&job, &msg)?.wait().await?;
+        Ok((job, msg))
+    }
+
+    /// Whether [`Spool::start_commit`] takes `msg` (small enough for the
+    /// committer to write it to the log).
+    pub fn logs(msg: &Message) -> bool {
+        msg.len() <= COMMITTER_WRITES_UP_TO
+    }
+
+    /// Hands a message that [`Spool::logs`] to the committer: the
+    /// [`Commit`] waits for it, or withdraws it (the queue's first attempt
+    /// runs while its commit is under way, and a message a server accepted
+    /// need not be stored).
+    pub fn start_commit(&self, job: &Job, msg: &Message) -> io::Result<Commit> {
+        debug_assert!(Self::logs(msg));
         // Encoded here, on the caller's thread: the committer's time is
         // every writer's latency.
-        let bytes = encode_into(&job, &msg, Vec::with_capacity(msg.len() as usize + 1024))?;
+        let bytes = encode_into(job, msg, Vec::with_capacity(msg.len() as usize + 1024))?;
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.send(Op::Write(Box::new((bytes, job, msg)), tx))?;
-        rx.await.map_err(|_| stopped())?
+        self.send(Op::Write(Box::new((bytes, job.id.clone())), tx))?;
+        Ok(Commit(rx))
     }
 
     /// Removes a message's files in the background (it is done): the
@@ -590,9 +628,8 @@ fn mark_done(spool: &Spool, wal: &mut Wal) -> Vec<String> {
 }
 
 /// A write waiting for the committer: the message's encoded bytes (or
-/// what went wrong with them), the job and message to hand back, and the
-/// writer's reply.
-type PendingWrite = (io::Result<Vec<u8>>, Job, Message, WriteReply);
+/// what went wrong with them), its id, and the writer's reply.
+type PendingWrite = (io::Result<Vec<u8>>, String, WriteReply);
 
 /// A sealed segment on its way to the checkpoint: the files written for
 /// the messages it still held, and whether every one of them is written.
@@ -638,6 +675,9 @@ fn committer(spool: &Spool, dir: File, mut wal: Wal, rx: mpsc::Receiver<Op>) {
                 spool.remove(&id);
             }
         }
+        if !writes.is_empty() {
+            slow_disk_for_tests();
+        }
         let logged = append_to_log(spool, &mut wal, &writes);
         // Without the log: their own files, each synced, and the
         // directory below.
@@ -675,6 +715,26 @@ fn committer(spool: &Spool, dir: File, mut wal: Wal, rx: mpsc::Receiver<Op>) {
     }
 }
 
+/// Debug builds (the test suite runs the debug binary) read
+/// `SMARTHOST_TEST_COMMIT_DELAY_MS` and wait that long before writing
+/// each batch of messages: a disk whose syncs are slow, so tests can
+/// tell what a client's answer waits for. Release builds ignore it.
+fn slow_disk_for_tests() {
+    #[cfg(debug_assertions)]
+    {
+        static DELAY: std::sync::OnceLock<Option<std::time::Duration>> = std::sync::OnceLock::new();
+        let delay = DELAY.get_or_init(|| {
+            std::env::var("SMARTHOST_TEST_COMMIT_DELAY_MS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .map(std::time::Duration::from_millis)
+        });
+        if let Some(d) = delay {
+            std::thread::sleep(*d);
+        }
+    }
+}
+
 /// The next request; a wake-up when removals are due; `None` when every
 /// sender is gone.
 fn next_op(rx: &mpsc::Receiver<Op>, removals_due: Option<std::time::Instant>) -> Option<Op> {
@@ -698,9 +758,11 @@ fn take_batch(first: Op, rx: &mpsc::Receiver<Op>) -> (Vec<PendingWrite>, Vec<Syn
     let mut only_wakes = true;
     for op in std::iter::once(first).chain(rx.try_iter().take(1023)) {
         match op {
+            // Withdrawn by its writer before it was written: skipped.
+            Op::Write(_, tx) if tx.is_closed() => {}
             Op::Write(b, tx) => {
-                let (bytes, job, msg) = *b;
-                writes.push((Ok(bytes), job, msg, tx));
+                let (bytes, id) = *b;
+                writes.push((Ok(bytes), id, tx));
                 only_wakes = false;
             }
             Op::Sync(tx) => {
@@ -728,10 +790,7 @@ fn append_to_log(spool: &Spool, wal: &mut Wal, writes: &[PendingWrite]) -> bool 
     let Ok(locations) = wal.commit(&bodies) else {
         return false;
     };
-    let ids = writes
-        .iter()
-        .filter(|w| w.0.is_ok())
-        .map(|w| w.1.id.clone());
+    let ids = writes.iter().filter(|w| w.0.is_ok()).map(|w| w.1.clone());
     spool.residents().extend(ids.zip(locations).map(|(id, at)| {
         (
             id,
@@ -751,7 +810,7 @@ fn write_own_files(spool: &Spool, writes: &mut [PendingWrite]) -> io::Result<()>
     let mut synced = Ok(());
     for w in writes.iter_mut() {
         if let Ok(bytes) = &w.0 {
-            match spool.write_bytes(&w.1.id, bytes, false) {
+            match spool.write_bytes(&w.1, bytes, false) {
                 Ok(f) => {
                     if let Err(e) = f.sync_data() {
                         synced = Err(e);
@@ -806,18 +865,28 @@ fn checkpoint_sealed(
     }
 }
 
-/// Answers the batch's writers: their job and message back when the
-/// batch is durable (`r`); otherwise the error, and a message that was
-/// written is taken back (marked done, its files removed), so it is
-/// never delivered behind the client's back.
+/// Answers the batch's writers: `Ok` when the batch is durable (`r`);
+/// otherwise the error, and a message that was written is taken back
+/// (marked done, its files removed), so it is never delivered behind the
+/// client's back. A message whose writer withdrew it meanwhile is taken
+/// back too.
 fn answer(spool: &Spool, wal: &mut Wal, writes: Vec<PendingWrite>, r: &SyncResult) {
-    for (w, job, msg, tx) in writes {
+    for (w, id, tx) in writes {
         let w = match (w, r) {
-            (Ok(_), Ok(())) => Ok((job, msg)),
+            (Ok(_), Ok(())) => {
+                if tx.send(Ok(())).is_err() {
+                    wal.done(&id);
+                    let in_log = spool.residents().remove(&id).is_some();
+                    if !in_log {
+                        spool.remove(&id);
+                    }
+                }
+                continue;
+            }
             (Ok(_), Err((kind, text))) => {
-                wal.done(&job.id);
-                spool.residents().remove(&job.id);
-                spool.remove(&job.id);
+                wal.done(&id);
+                spool.residents().remove(&id);
+                spool.remove(&id);
                 Err(io::Error::new(*kind, text.clone()))
             }
             (Err(e), _) => Err(e),
@@ -966,6 +1035,35 @@ mod tests {
             (2..=super::super::wal::MAX_SEGMENTS).contains(&segments),
             "{segments} segment files"
         );
+    }
+
+    /// A message its writer withdrew is never recovered, whether the
+    /// committer had not taken it yet (skipped) or had written it
+    /// (marked done at once); one whose commit was answered first stays.
+    /// Which of the three happens is a race: the property holds for each.
+    #[tokio::test]
+    async fn a_withdrawn_message_is_never_recovered() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Arc::new(Spool::open(dir.path()).unwrap());
+        let body = Message::in_memory(b"Subject: x\r\n\r\nhi\r\n".to_vec());
+        let (mut kept, mut gone) = (Vec::new(), 0);
+        for i in 0..200 {
+            let id = format!("w{i:03}");
+            let c = s.start_commit(&job(&id), &body).unwrap();
+            if i % 2 == 1 {
+                tokio::task::yield_now().await;
+            }
+            match c.withdraw() {
+                None => gone += 1,
+                Some(Ok(())) => kept.push(id),
+                Some(Err(e)) => panic!("{e}"),
+            }
+        }
+        s.sync().await.unwrap();
+        drop(s);
+        let s = Arc::new(Spool::open(dir.path()).unwrap());
+        assert_eq!(ids(&s), kept);
+        assert!(gone > 0, "no message was withdrawn in time");
     }
 
     fn ids(s: &Spool) -> Vec<String> {

@@ -31,16 +31,22 @@ impl Proc {
     /// Like [`Proc::start`], in `dir` (e.g. the directory of a relay that
     /// was stopped, to start it again on the same spool).
     pub fn start_in(dir: TempDir, toml: &str) -> Proc {
-        Self::start_full(dir, toml, &[])
+        Self::start_full(dir, toml, &[], &[])
+    }
+
+    /// Like [`Proc::start_in`], with extra environment variables (e.g.
+    /// the debug build's fault injection, `SMARTHOST_TEST_…`).
+    pub fn start_in_with_env(dir: TempDir, toml: &str, env: &[(&str, &str)]) -> Proc {
+        Self::start_full(dir, toml, &[], env)
     }
 
     /// [`Proc::start`], the binary run through `prefix` (e.g. `prlimit
     /// --nofile=64:64 --` to start it with few file descriptors).
     pub fn start_with_prefix(toml: &str, prefix: &[&str]) -> Proc {
-        Self::start_full(tempfile::tempdir().unwrap(), toml, prefix)
+        Self::start_full(tempfile::tempdir().unwrap(), toml, prefix, &[])
     }
 
-    fn start_full(dir: TempDir, toml: &str, prefix: &[&str]) -> Proc {
+    fn start_full(dir: TempDir, toml: &str, prefix: &[&str], env: &[(&str, &str)]) -> Proc {
         let text = super::relay::direct_by_default(toml)
             .replace("{dir}", dir.path().to_str().unwrap())
             .replace("{certs}", super::relay::certs().to_str().unwrap());
@@ -56,6 +62,7 @@ impl Proc {
             .args(pre)
             .args(["run", "--config", path.to_str().unwrap()])
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
