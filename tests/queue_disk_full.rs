@@ -118,3 +118,80 @@ client_ips = ["127.0.0.0/8"]
     assert_eq!(subjects, want, "every acknowledged message, once");
     relay.stop();
 }
+
+/// A full spool refuses new mail even when the upstream would take it at
+/// once: the first attempt's head start (which skips the disk for a
+/// message a server accepts quickly) is given only when the spool has
+/// room, so the client learns the disk is full. Through the binary.
+#[test]
+fn a_full_spool_refuses_with_452_while_the_upstream_is_up() {
+    let sink = Sink::start();
+    let base = tempfile::tempdir().unwrap();
+    let spool = base.path().join("spool");
+    std::fs::create_dir(&spool).unwrap();
+    let _m = Mount::tmpfs(&spool, "256k");
+    // A head start long enough that only the spool's lack of room can
+    // make the relay refuse.
+    let p = common::process::Proc::start_in_with_env(
+        tempfile::tempdir().unwrap(),
+        &format!(
+            r#"
+[system]
+delivery = "queue"
+hostname = "relay.test"
+spool = "{spool}"
+default_server = "sink"
+
+[reload]
+watch = false
+
+[[listener]]
+name = "main"
+address = "127.0.0.1:0"
+auth = "none"
+
+[server.sink]
+host = "127.0.0.1"
+port = {port}
+security = "none"
+
+[tenant.t]
+sender = "app@relay.test"
+
+[application.app]
+tenant = "t"
+client_ips = ["127.0.0.0/8"]
+"#,
+            spool = spool.display(),
+            port = sink.port()
+        ),
+        &[("SMARTHOST_TEST_HEAD_START_MS", "10000")],
+    );
+    let send = |subject: &str| {
+        let mut c = Raw::connect(p.addr("main"));
+        c.begin("app@legacy.test", &["rcpt@example.com"]);
+        c.send(&sample_message(subject, &vec![b'x'; 8000]));
+        c.send(b"\r\n");
+        let r = c.cmd(".");
+        c.cmd("QUIT");
+        r
+    };
+    // Fill what is left of the file system.
+    let filler = spool.join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let block = vec![0u8; 4096];
+        while f.write_all(&block).and_then(|()| f.sync_data()).is_ok() {}
+    }
+    let r = send("refused");
+    assert!(r.starts_with("452 4.3.1 "), "{r}");
+    assert!(sink.got().is_empty(), "a refused message was delivered");
+    // Space returns: mail flows again.
+    std::fs::remove_file(&filler).unwrap();
+    let r = send("accepted");
+    assert!(r.starts_with("250 2.0.0 Ok: queued as "), "{r}");
+    let got = sink.wait(Duration::from_secs(20), |g| !g.is_empty());
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].header("Subject").as_deref(), Some("accepted"));
+}

@@ -1,9 +1,11 @@
-//! The queue's first attempt runs while the message is being committed
-//! (PRODUCT §3.8): the client's `250` waits for whichever settles the
-//! message first, the disk (durable) or a server that accepted every
-//! recipient (the message is the upstream's). Driven through the binary,
-//! with the debug build's slow-disk injection (`SMARTHOST_TEST_COMMIT_DELAY_MS`
-//! makes every commit take that long) so the order is not left to chance.
+//! The queue's first attempt (PRODUCT §3.8): it gets a short head start,
+//! then the commit runs alongside it, and the client's `250` waits for
+//! whichever settles the message first, the disk (durable) or a server
+//! that accepted every recipient (the message is the upstream's). Driven
+//! through the binary, with the debug build's fault injection so the
+//! order is not left to chance: `SMARTHOST_TEST_COMMIT_DELAY_MS` makes
+//! every commit take that long, `SMARTHOST_TEST_HEAD_START_MS` sets the
+//! head start.
 
 mod common;
 
@@ -52,12 +54,15 @@ client_ips = ["127.0.0.0/8"]
     )
 }
 
-fn start(dir: tempfile::TempDir, sink: &Sink) -> Proc {
+fn start(dir: tempfile::TempDir, sink: &Sink, head_start_ms: &str) -> Proc {
     let delay = COMMIT_DELAY.as_millis().to_string();
     Proc::start_in_with_env(
         dir,
         &config(sink.port()),
-        &[("SMARTHOST_TEST_COMMIT_DELAY_MS", &delay)],
+        &[
+            ("SMARTHOST_TEST_COMMIT_DELAY_MS", &delay),
+            ("SMARTHOST_TEST_HEAD_START_MS", head_start_ms),
+        ],
     )
 }
 
@@ -74,12 +79,11 @@ fn send(p: &Proc, subject: &str) -> (String, Duration) {
     (r, waited)
 }
 
-#[test]
-fn a_message_the_upstream_accepts_is_answered_without_waiting_for_the_disk() {
+/// Two messages a server accepts, sent one after the other; then a
+/// restart on the same spool must find neither.
+fn accepted_messages_are_answered_at_once_and_never_come_back(head_start_ms: &str) {
     let sink = Sink::start();
-    let p = start(tempfile::tempdir().unwrap(), &sink);
-    // The first is written while the committer "syncs" for 3 s; the
-    // second reaches the committer's queue behind it.
+    let p = start(tempfile::tempdir().unwrap(), &sink, head_start_ms);
     for (n, subject) in ["first", "second"].into_iter().enumerate() {
         let (reply, waited) = send(&p, subject);
         assert!(reply.starts_with("250 2.0.0 Ok: queued as "), "{reply}");
@@ -106,11 +110,10 @@ fn a_message_the_upstream_accepts_is_answered_without_waiting_for_the_disk() {
             .count()
             == 2
     });
-    // ... and neither is left in the spool: the one the committer had
-    // taken is marked done, the other never written. A restart on the
-    // same spool finds nothing to deliver again.
+    // ... and neither is left in the spool. A restart on the same spool
+    // finds nothing to deliver again.
     let dir = p.stop();
-    let p = start(dir, &sink);
+    let p = start(dir, &sink, head_start_ms);
     let (reply, _) = send(&p, "third");
     assert!(reply.starts_with("250 "), "{reply}");
     let got = sink.wait(WAIT, |g| g.len() >= 3);
@@ -122,11 +125,25 @@ fn a_message_the_upstream_accepts_is_answered_without_waiting_for_the_disk() {
     );
 }
 
+/// Delivered within the head start: the disk is never involved.
+#[test]
+fn a_message_the_upstream_accepts_within_the_head_start_skips_the_disk() {
+    accepted_messages_are_answered_at_once_and_never_come_back("10000");
+}
+
+/// No head start: the commit starts at once and the committer "syncs"
+/// for 3 s. The first message is written meanwhile and marked done when
+/// its writer withdraws it; the second waits behind it and is skipped.
+#[test]
+fn a_message_the_upstream_accepts_during_its_commit_is_withdrawn() {
+    accepted_messages_are_answered_at_once_and_never_come_back("0");
+}
+
 #[test]
 fn a_deferred_message_is_answered_only_once_it_is_durable_and_survives_a_crash() {
     let sink = Sink::start();
     sink.set_mode(Mode::DeferData);
-    let mut p = start(tempfile::tempdir().unwrap(), &sink);
+    let mut p = start(tempfile::tempdir().unwrap(), &sink, "0");
     let (reply, waited) = send(&p, "deferred");
     assert!(reply.starts_with("250 2.0.0 Ok: queued as "), "{reply}");
     // The first attempt failed long before the commit was through: the
@@ -147,7 +164,7 @@ fn a_deferred_message_is_answered_only_once_it_is_durable_and_survives_a_crash()
     let dir = std::mem::replace(&mut p.dir, tempfile::tempdir().unwrap());
     drop(p);
     sink.set_mode(Mode::Accept);
-    let p = start(dir, &sink);
+    let p = start(dir, &sink, "0");
     let got = sink.wait(WAIT, |g| !g.is_empty());
     assert_eq!(got.len(), 1);
     assert!(

@@ -90,8 +90,10 @@ section! {
         /// `false` refuses all sending with a 4xx, whatever tenants configure.
         /// Default `true`.
         pub enabled: bool = true,
-        /// `"queue"` (default: the message is fsynced to the spool before the
-        /// client's 250 and delivered in the background with retries) or
+        /// `"queue"` (default: the client's 250 follows the message's sync to
+        /// the spool, or a server's acceptance of every recipient on the
+        /// first attempt, whichever comes first; then it is delivered in the
+        /// background with retries) or
         /// `"direct"` (the client's reply waits for the upstream's answer).
         pub delivery: DeliveryMode = DeliveryMode::Queue,
         /// Directory for the queue and persistent state (relative to the

@@ -8,9 +8,10 @@
 //!   expiry, and the operator's controls (list, retry, delete, hold,
 //!   release).
 //!
-//! A fresh message's first attempt runs while it is being committed
-//! ([`Queue::commit_and_attempt`]): the client's 250 follows the commit,
-//! or a server's acceptance of every recipient, whichever comes first.
+//! A fresh message's first attempt starts at once, with a short head
+//! start over its commit (`Queue::commit_and_attempt`): the client's 250
+//! follows the commit, or a server's acceptance of every recipient,
+//! whichever comes first (ARCHITECTURE.md, "The queue").
 //!
 //! Deliveries go through [`Engine::attempt`], the same chain walk as
 //! direct mode. Memory per queued message is its index entry (ids,
@@ -39,6 +40,31 @@ use tokio::sync::{Notify, Semaphore, watch};
 
 /// Fresh messages kept in memory for their first attempt, at most.
 const HOT_BYTES: u64 = 64 << 20;
+
+/// How long a fresh message's first attempt runs before its commit
+/// starts: a server that accepts every recipient within it (a nearby
+/// upstream takes well under a millisecond) makes the disk unnecessary;
+/// a slower one costs the client at most this much on top of the commit.
+const HEAD_START: Duration = Duration::from_millis(2);
+
+/// [`HEAD_START`]; debug builds (the test suite runs the debug binary)
+/// read `SMARTHOST_TEST_HEAD_START_MS` instead when it is set, so tests
+/// can choose which of attempt and commit comes first.
+fn head_start() -> Duration {
+    #[cfg(debug_assertions)]
+    {
+        static FOR_TESTS: std::sync::OnceLock<Option<Duration>> = std::sync::OnceLock::new();
+        if let Some(d) = FOR_TESTS.get_or_init(|| {
+            std::env::var("SMARTHOST_TEST_HEAD_START_MS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .map(Duration::from_millis)
+        }) {
+            return *d;
+        }
+    }
+    HEAD_START
+}
 
 pub use crate::delivery::engine::EnqueueError;
 
@@ -256,6 +282,7 @@ impl Queue {
     /// every recipient (see [`Queue::commit_and_attempt`]).
     pub async fn enqueue_now(&self, sub: Submission) -> Result<(), EnqueueError> {
         if Spool::logs(&sub.message)
+            && self.spool.has_room(sub.message.len())
             && let Some(me) = self.me.upgrade()
             && let Some(engine) = self.engine.get().and_then(std::sync::Weak::upgrade)
             && let Ok(permit) = self.workers.clone().try_acquire_owned()
@@ -455,15 +482,16 @@ impl Queue {
         .await;
     }
 
-    /// A fresh message's commit, and its first attempt at the same time
-    /// (on a worker permit the caller holds). The writer is answered by
+    /// A fresh message's first attempt, and its commit (on a worker permit
+    /// the caller holds). The attempt gets a head start of [`HEAD_START`]:
+    /// a server that accepts every recipient within it takes the message
+    /// off our hands, and the writer gets its `250` without the disk being
+    /// touched. Otherwise the commit starts and the writer is answered by
     /// whichever settles the message first: the commit (durable: `250`),
-    /// or the attempt when a server accepted every recipient (the message
-    /// is the upstream's now: `250`, and it is withdrawn from the
-    /// committer if that has not answered yet). A direct-mode client waits
-    /// for the upstream; this one waits for the quicker of the upstream
-    /// and the disk. When the commit fails first the writer gets the error
-    /// and the attempt is dropped (the client will send again).
+    /// or the attempt when a server accepted every recipient (`250`; the
+    /// message is withdrawn from the committer if that has not answered
+    /// yet). When the commit fails first the writer gets the error and the
+    /// attempt is dropped (the client will send again).
     async fn commit_and_attempt(
         self: &Arc<Self>,
         engine: &Engine,
@@ -471,53 +499,62 @@ impl Queue {
         answer: tokio::sync::oneshot::Sender<Result<(), EnqueueError>>,
     ) {
         let Submission { job, message: msg } = sub;
-        let mut commit = match self.spool.start_commit(&job, &msg) {
-            Ok(c) => c,
-            Err(e) => {
-                let _ = answer.send(Err(enqueue_error(e)));
-                return;
-            }
-        };
         let cfg = engine.config();
         let rcpts = job.deliver_to();
         let started = Instant::now();
         let mut answer = Some(answer);
+        let mut reply = |r: Result<(), EnqueueError>| {
+            if let Some(tx) = answer.take() {
+                let _ = tx.send(r);
+            }
+        };
         let outcome = {
             let attempt = engine.attempt(&cfg, &job, &msg, &rcpts, true);
             tokio::pin!(attempt);
-            let mut outcome: Option<Outcome> = None;
-            // `Some`: the committer's answer; `None`: delivered before it.
-            let committed = loop {
-                tokio::select! {
-                    biased;
-                    c = commit.wait() => break Some(c),
-                    a = &mut attempt, if outcome.is_none() => {
-                        let all = a.outcome.delivered_all();
-                        outcome = Some(a.outcome);
-                        if all {
-                            break None;
+            let mut outcome: Option<Outcome> = tokio::select! {
+                a = &mut attempt => Some(a.outcome),
+                () = tokio::time::sleep(head_start()) => None,
+            };
+            let in_spool = if outcome.as_ref().is_some_and(Outcome::delivered_all) {
+                reply(Ok(()));
+                false
+            } else {
+                let mut commit = match self.spool.start_commit(&job, &msg) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        reply(Err(enqueue_error(e)));
+                        return;
+                    }
+                };
+                // `Some`: the committer's answer; `None`: delivered before it.
+                let committed = loop {
+                    tokio::select! {
+                        biased;
+                        c = commit.wait() => break Some(c),
+                        a = &mut attempt, if outcome.is_none() => {
+                            let all = a.outcome.delivered_all();
+                            outcome = Some(a.outcome);
+                            if all {
+                                break None;
+                            }
                         }
                     }
-                }
-            };
-            let in_spool = match committed {
-                Some(Err(e)) => {
-                    if let Some(tx) = answer.take() {
-                        let _ = tx.send(Err(enqueue_error(e)));
+                };
+                match committed {
+                    Some(Err(e)) => {
+                        reply(Err(enqueue_error(e)));
+                        return;
                     }
-                    return;
-                }
-                Some(Ok(())) => true,
-                None => {
-                    if let Some(tx) = answer.take() {
-                        let _ = tx.send(Ok(()));
-                    }
-                    match commit.withdraw() {
-                        None => false,
-                        Some(Ok(())) => true,
-                        Some(Err(e)) => {
-                            tracing::warn!(target: "smarthost::queue", error = %e, "cannot commit a message that a server already accepted: it is delivered, not queued");
-                            false
+                    Some(Ok(())) => true,
+                    None => {
+                        reply(Ok(()));
+                        match commit.withdraw() {
+                            None => false,
+                            Some(Ok(())) => true,
+                            Some(Err(e)) => {
+                                tracing::warn!(target: "smarthost::queue", error = %e, "cannot commit a message that a server already accepted: it is delivered, not queued");
+                                false
+                            }
                         }
                     }
                 }
@@ -526,9 +563,7 @@ impl Queue {
             entry.in_spool = in_spool;
             self.lock().entries.insert(job.id.clone(), entry);
             // Committed first: answered once it is listed.
-            if let Some(tx) = answer.take() {
-                let _ = tx.send(Ok(()));
-            }
+            reply(Ok(()));
             match outcome {
                 Some(o) => o,
                 None => attempt.await.outcome,

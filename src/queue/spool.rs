@@ -155,6 +155,9 @@ const REMOVE_DELAY: std::time::Duration = std::time::Duration::from_millis(20);
 /// so they do not hold up the others.
 const COMMITTER_WRITES_UP_TO: u64 = 256 << 10;
 
+/// Free space [`Spool::has_room`] keeps in reserve.
+const ROOM_MARGIN: u64 = 1 << 20;
+
 /// A message that so far lives only in the commit log.
 struct Resident {
     /// Where its bytes are.
@@ -312,6 +315,17 @@ impl Spool {
         }
         self.start_commit(&job, &msg)?.wait().await?;
         Ok((job, msg))
+    }
+
+    /// Whether the spool's file system has room for `bytes` more and a
+    /// margin ([`ROOM_MARGIN`]); false when that cannot be told. The
+    /// queue gives a message's first attempt a head start only then, so a
+    /// full disk refuses new mail (`452 4.3.1`) whether or not a server
+    /// would take it at once.
+    pub fn has_room(&self, bytes: u64) -> bool {
+        rustix::fs::statvfs(&self.dir).is_ok_and(|v| {
+            v.f_bavail.saturating_mul(v.f_frsize) >= bytes.saturating_add(ROOM_MARGIN)
+        })
     }
 
     /// Whether [`Spool::start_commit`] takes `msg` (small enough for the
