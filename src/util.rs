@@ -1,7 +1,23 @@
-//! Small pure helpers: RFC 5322 dates, message ids, command output.
+//! Small helpers: RFC 5322 dates, message ids, command output, and the
+//! debug build's fault-injection knobs for the test suite.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// A duration in milliseconds from environment variable `name` (one of
+/// the test suite's `SMARTHOST_TEST_…` knobs), in debug builds only: the
+/// suite runs the debug binary, and release builds have no such knobs
+/// (always `None`). `None` too when unset or not a number. Callers cache
+/// it.
+pub fn test_knob_ms(name: &str) -> Option<Duration> {
+    if !cfg!(debug_assertions) {
+        return None;
+    }
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_millis)
+}
 
 /// Days since 1970-01-01 → (year, month, day), proleptic Gregorian
 /// (Howard Hinnant's `civil_from_days`).

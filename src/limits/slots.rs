@@ -40,15 +40,9 @@ const LEASE: Duration = Duration::from_secs(30);
 pub fn lease() -> Duration {
     static L: OnceLock<Duration> = OnceLock::new();
     *L.get_or_init(|| {
-        #[cfg(debug_assertions)]
-        if let Some(ms) = std::env::var("SMARTHOST_TEST_SLOT_LEASE_MS")
-            .ok()
-            .and_then(|v| v.parse::<u64>().ok())
-            .filter(|&ms| ms >= 300)
-        {
-            return Duration::from_millis(ms);
-        }
-        LEASE
+        crate::util::test_knob_ms("SMARTHOST_TEST_SLOT_LEASE_MS")
+            .filter(|d| *d >= Duration::from_millis(300))
+            .unwrap_or(LEASE)
     })
 }
 

@@ -51,19 +51,10 @@ const HEAD_START: Duration = Duration::from_millis(2);
 /// read `SMARTHOST_TEST_HEAD_START_MS` instead when it is set, so tests
 /// can choose which of attempt and commit comes first.
 fn head_start() -> Duration {
-    #[cfg(debug_assertions)]
-    {
-        static FOR_TESTS: std::sync::OnceLock<Option<Duration>> = std::sync::OnceLock::new();
-        if let Some(d) = FOR_TESTS.get_or_init(|| {
-            std::env::var("SMARTHOST_TEST_HEAD_START_MS")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .map(Duration::from_millis)
-        }) {
-            return *d;
-        }
-    }
-    HEAD_START
+    static D: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    *D.get_or_init(|| {
+        crate::util::test_knob_ms("SMARTHOST_TEST_HEAD_START_MS").unwrap_or(HEAD_START)
+    })
 }
 
 pub use crate::delivery::engine::EnqueueError;

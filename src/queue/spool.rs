@@ -734,18 +734,11 @@ fn committer(spool: &Spool, dir: File, mut wal: Wal, rx: mpsc::Receiver<Op>) {
 /// each batch of messages: a disk whose syncs are slow, so tests can
 /// tell what a client's answer waits for. Release builds ignore it.
 fn slow_disk_for_tests() {
-    #[cfg(debug_assertions)]
+    static DELAY: std::sync::OnceLock<Option<std::time::Duration>> = std::sync::OnceLock::new();
+    if let Some(d) =
+        DELAY.get_or_init(|| crate::util::test_knob_ms("SMARTHOST_TEST_COMMIT_DELAY_MS"))
     {
-        static DELAY: std::sync::OnceLock<Option<std::time::Duration>> = std::sync::OnceLock::new();
-        let delay = DELAY.get_or_init(|| {
-            std::env::var("SMARTHOST_TEST_COMMIT_DELAY_MS")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .map(std::time::Duration::from_millis)
-        });
-        if let Some(d) = delay {
-            std::thread::sleep(*d);
-        }
+        std::thread::sleep(*d);
     }
 }
 
