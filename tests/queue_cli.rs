@@ -16,13 +16,11 @@ use std::time::{Duration, Instant};
 const TOKEN: &str = "queue-cli-token-5e2a";
 
 fn config(sink_port: u16, admin_port: u16) -> String {
-    format!(
-        r#"
-[system]
-delivery = "queue"
-hostname = "relay.test"
-default_server = "sink"
-
+    common::relay::queue_config(
+        sink_port,
+        "{dir}/spool",
+        &format!(
+            r#"
 [queue]
 min_backoff = "1h"
 max_backoff = "1h"
@@ -30,24 +28,8 @@ max_backoff = "1h"
 [admin]
 address = "127.0.0.1:{admin_port}"
 token = "{TOKEN}"
-
-[[listener]]
-name = "main"
-address = "127.0.0.1:0"
-auth = "none"
-
-[server.sink]
-host = "127.0.0.1"
-port = {sink_port}
-security = "none"
-
-[tenant.t]
-sender = "app@relay.test"
-
-[application.app]
-tenant = "t"
-client_ips = ["127.0.0.0/8"]
 "#
+        ),
     )
 }
 

@@ -19,39 +19,17 @@ const CYCLES: usize = 20;
 const SENDERS: usize = 4;
 
 fn config(sink_port: u16, spool: &std::path::Path) -> String {
-    format!(
+    common::relay::queue_config(
+        sink_port,
+        &spool.display().to_string(),
         r#"
-[system]
-delivery = "queue"
-hostname = "relay.test"
-spool = "{spool}"
-default_server = "sink"
-
 [queue]
 min_backoff = "100ms"
 max_backoff = "300ms"
 
 [reload]
 watch = false
-
-[[listener]]
-name = "main"
-address = "127.0.0.1:0"
-auth = "none"
-
-[server.sink]
-host = "127.0.0.1"
-port = {sink_port}
-security = "none"
-
-[tenant.t]
-sender = "app@relay.test"
-
-[application.app]
-tenant = "t"
-client_ips = ["127.0.0.0/8"]
 "#,
-        spool = spool.display()
     )
 }
 

@@ -34,8 +34,8 @@ impl Drop for Mount {
     }
 }
 
-fn send(relay: &TestRelay, subject: &str) -> String {
-    let mut c = Raw::connect(relay.addr("main"));
+fn send(addr: std::net::SocketAddr, subject: &str) -> String {
+    let mut c = Raw::connect(addr);
     c.begin("app@legacy.test", &["rcpt@example.com"]);
     c.send(&sample_message(subject, &vec![b'x'; 8000]));
     c.send(b"\r\n");
@@ -52,47 +52,24 @@ fn a_full_spool_refuses_with_452_and_loses_nothing() {
     let spool = base.path().join("spool");
     std::fs::create_dir(&spool).unwrap();
     let _m = Mount::tmpfs(&spool, "256k");
-    let relay = TestRelay::start(&format!(
+    let relay = TestRelay::start(&common::relay::queue_config(
+        sink.port(),
+        &spool.display().to_string(),
         r#"
-[system]
-delivery = "queue"
-hostname = "relay.test"
-spool = "{spool}"
-default_server = "sink"
-
 [queue]
 min_backoff = "100ms"
 max_backoff = "200ms"
 
-[[listener]]
-name = "main"
-address = "127.0.0.1:0"
-auth = "none"
-
-[server.sink]
-host = "127.0.0.1"
-port = {port}
-security = "none"
-
 [health]
 failures = 1000
-
-[tenant.t]
-sender = "app@relay.test"
-
-[application.app]
-tenant = "t"
-client_ips = ["127.0.0.0/8"]
 "#,
-        spool = spool.display(),
-        port = sink.port()
     ));
     // Fill the spool with messages (the upstream is down) until it is full.
     let mut accepted = Vec::new();
     let mut refused = None;
     for i in 0..200 {
         let subject = format!("full-{i}");
-        let r = send(&relay, &subject);
+        let r = send(relay.addr("main"), &subject);
         if r.starts_with("250 ") {
             accepted.push(subject);
         } else {
@@ -107,7 +84,7 @@ client_ips = ["127.0.0.0/8"]
     // mail is accepted again.
     sink.set_mode(Mode::Accept);
     sink.wait(Duration::from_secs(30), |g| g.len() >= accepted.len());
-    let r = send(&relay, "after");
+    let r = send(relay.addr("main"), "after");
     assert!(r.starts_with("250 2.0.0 Ok: queued as "), "{r}");
     let got = sink.wait(Duration::from_secs(30), |g| g.len() > accepted.len());
     let mut subjects: Vec<String> = got.iter().filter_map(|g| g.header("Subject")).collect();
@@ -134,48 +111,13 @@ fn a_full_spool_refuses_with_452_while_the_upstream_is_up() {
     // make the relay refuse.
     let p = common::process::Proc::start_in_with_env(
         tempfile::tempdir().unwrap(),
-        &format!(
-            r#"
-[system]
-delivery = "queue"
-hostname = "relay.test"
-spool = "{spool}"
-default_server = "sink"
-
-[reload]
-watch = false
-
-[[listener]]
-name = "main"
-address = "127.0.0.1:0"
-auth = "none"
-
-[server.sink]
-host = "127.0.0.1"
-port = {port}
-security = "none"
-
-[tenant.t]
-sender = "app@relay.test"
-
-[application.app]
-tenant = "t"
-client_ips = ["127.0.0.0/8"]
-"#,
-            spool = spool.display(),
-            port = sink.port()
+        &common::relay::queue_config(
+            sink.port(),
+            &spool.display().to_string(),
+            "[reload]\nwatch = false\n",
         ),
         &[("SMARTHOST_TEST_HEAD_START_MS", "10000")],
     );
-    let send = |subject: &str| {
-        let mut c = Raw::connect(p.addr("main"));
-        c.begin("app@legacy.test", &["rcpt@example.com"]);
-        c.send(&sample_message(subject, &vec![b'x'; 8000]));
-        c.send(b"\r\n");
-        let r = c.cmd(".");
-        c.cmd("QUIT");
-        r
-    };
     // Fill what is left of the file system.
     let filler = spool.join("filler");
     {
@@ -184,12 +126,12 @@ client_ips = ["127.0.0.0/8"]
         let block = vec![0u8; 4096];
         while f.write_all(&block).and_then(|()| f.sync_data()).is_ok() {}
     }
-    let r = send("refused");
+    let r = send(p.addr("main"), "refused");
     assert!(r.starts_with("452 4.3.1 "), "{r}");
     assert!(sink.got().is_empty(), "a refused message was delivered");
     // Space returns: mail flows again.
     std::fs::remove_file(&filler).unwrap();
-    let r = send("accepted");
+    let r = send(p.addr("main"), "accepted");
     assert!(r.starts_with("250 2.0.0 Ok: queued as "), "{r}");
     let got = sink.wait(Duration::from_secs(20), |g| !g.is_empty());
     assert_eq!(got.len(), 1);

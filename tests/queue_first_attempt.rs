@@ -10,7 +10,7 @@
 mod common;
 
 use common::process::Proc;
-use common::relay::{Raw, sample_message};
+use common::relay::{Raw, queue_config, sample_message};
 use common::sink::{Mode, Sink};
 use std::time::{Duration, Instant};
 
@@ -19,38 +19,17 @@ const COMMIT_DELAY: Duration = Duration::from_millis(3000);
 const WAIT: Duration = Duration::from_secs(20);
 
 fn config(sink_port: u16) -> String {
-    format!(
+    queue_config(
+        sink_port,
+        "{dir}/spool",
         r#"
-[system]
-delivery = "queue"
-hostname = "relay.test"
-spool = "{{dir}}/spool"
-default_server = "sink"
-
 [queue]
 min_backoff = "100ms"
 max_backoff = "200ms"
 
 [reload]
 watch = false
-
-[[listener]]
-name = "main"
-address = "127.0.0.1:0"
-auth = "none"
-
-[server.sink]
-host = "127.0.0.1"
-port = {sink_port}
-security = "none"
-
-[tenant.t]
-sender = "app@relay.test"
-
-[application.app]
-tenant = "t"
-client_ips = ["127.0.0.0/8"]
-"#
+"#,
     )
 }
 

@@ -72,6 +72,41 @@ client_ips = ["127.0.0.0/8"]
     )
 }
 
+/// A queue-mode config: the spool in `spool`, one plaintext listener
+/// `main` on port 0 where loopback clients are the application `app` of
+/// tenant `t`, delivering to the SMTP server `sink` on
+/// `127.0.0.1:sink_port`. `extra` is appended (e.g. `[queue]`,
+/// `[reload]`).
+pub fn queue_config(sink_port: u16, spool: &str, extra: &str) -> String {
+    format!(
+        r#"
+[system]
+delivery = "queue"
+hostname = "relay.test"
+spool = "{spool}"
+default_server = "sink"
+
+[[listener]]
+name = "main"
+address = "127.0.0.1:0"
+auth = "none"
+
+[server.sink]
+host = "127.0.0.1"
+port = {sink_port}
+security = "none"
+
+[tenant.t]
+sender = "app@relay.test"
+
+[application.app]
+tenant = "t"
+client_ips = ["127.0.0.0/8"]
+{extra}
+"#
+    )
+}
+
 /// The relay under test.
 pub struct TestRelay {
     /// The relay's shared state.
